@@ -1,1 +1,195 @@
-fn main(){}
+//! The `mfa-gateway` command: `run`, `check-config`, `--version`.
+
+#![forbid(unsafe_code)]
+// Input from the network, the browser and the identity provider is hostile: no panics on it.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mfa_gateway::config::Config;
+use mfa_gateway::{Gateway, Listeners};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "mfa-gateway",
+    version,
+    about = "Multifactor authentication in front of on-premises Exchange"
+)]
+struct Cli {
+    /// Log format: `text` for people, `json` for a SIEM.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. SIGHUP reloads the file and certificates; SIGTERM drains and exits.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a complete local demonstration on loopback: a sample Exchange server and the
+    /// gateway in front of it. Prints the URL to open.
+    Demo {
+        /// Address of the gateway's listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Check a configuration file: exit 0 when it is valid, else print every problem.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    mfa_gateway::install_crypto_provider();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Demo { listen } => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            let result = runtime.block_on(mfa_gateway::demo::run(listen, async {
+                let _ = tokio::signal::ctrl_c().await;
+            }));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MFA_GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            println!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
+    // not match its certificate shows up before the gateway is restarted with the file.
+    let metrics = mfa_gateway::metrics::Metrics::default();
+    if let Err(e) = mfa_gateway::server::Snapshot::build(config, &metrics) {
+        println!("{e}");
+        return ExitCode::FAILURE;
+    }
+    println!("{}: configuration is valid", path.display());
+    ExitCode::SUCCESS
+}
+
+async fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                tracing::error!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut terminate, mut hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listeners = match Listeners::bind(&config.server).await {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway = match Gateway::start(config, listeners, async move {
+        let _ = stop_rx.await;
+    })
+    .await
+    {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "mfa-gateway started");
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hangup.recv() => match Config::load(&path) {
+                Ok(config) => match gateway.reload(config) {
+                    Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays in force"),
+                },
+                Err(errors) => {
+                    gateway.reload_failed();
+                    for error in &errors.0 {
+                        tracing::error!("reload refused, the running configuration stays in force: {error}");
+                    }
+                }
+            },
+        }
+    }
+    let _ = stop_tx.send(());
+    gateway.wait().await;
+    ExitCode::SUCCESS
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use secret::{SecretSource, Secrets, SystemSecrets};
+pub use secret::{MapSecrets, SecretSource, Secrets, SystemSecrets};
 pub use validate::{ConfigError, ConfigErrors};
 
 /// The validated configuration. Built only by [`Config::from_toml`] / [`Config::load`].
@@ -38,12 +38,13 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Extension: open connections accepted at once on the public listeners together.
     pub max_connections: usize,
-    /// Extension: time a client has to send its TLS handshake and complete request headers.
+    /// Extension: time a client has to complete its TLS handshake and each request head. It
+    /// also bounds how long an idle HTTP/1.1 keep-alive connection waits for its next request
+    /// (slowloris protection and idle cleanup are the same timer).
     pub header_read_timeout: Duration,
     /// Extension: largest request head (request line + headers) accepted; larger gets 431.
+    /// At least 8192 (the HTTP/1 parser's smallest buffer).
     pub max_header_bytes: usize,
-    /// Extension: how long an idle keep-alive connection from a browser is kept.
-    pub keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -133,7 +134,10 @@ impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::single(ConfigError::new("", format!("cannot read {}: {e}", path.display())))
+            ConfigErrors::single(ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            ))
         })?;
         Config::from_toml(&text, &SystemSecrets)
     }

@@ -1,0 +1,230 @@
+//! Header rules toward Exchange and back. Hop-by-hop headers belong to one connection and are
+//! never forwarded (RFC 9110 section 7.6.1), including any header the sender names in
+//! `Connection` — otherwise a client could make the gateway drop or keep headers at will.
+//! `X-Forwarded-*` from the browser is believed only from `trusted_proxies`: anyone else could
+//! claim any address.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, FORWARDED, UPGRADE};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers and every header listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The protocol a request asks to switch to (WebSocket), when it asks in the HTTP/1.1 way:
+/// `Connection: upgrade` plus `Upgrade: <protocol>`.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    !trusted.is_empty() && trusted.iter().any(|net| net.contains(&peer))
+}
+
+/// The address of the browser: the peer itself, or — when the peer is a trusted proxy — the
+/// nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(addr) => {
+                client = addr;
+                if !is_trusted(addr, trusted) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` for Exchange. From a trusted proxy the chain it sent is
+/// kept and the peer appended; from anyone else every client-sent forwarding header is replaced.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: &HeaderValue,
+) {
+    let peer_text = peer.to_string();
+    if peer_trusted {
+        let chain: Vec<&str> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let value = if chain.is_empty() {
+            peer_text
+        } else {
+            format!("{}, {peer_text}", chain.join(", "))
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+    } else {
+        headers.remove(FORWARDED);
+        headers.remove(X_REAL_IP);
+        if let Ok(value) = HeaderValue::try_from(peer_text) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_not_forwarded() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("cookie", "a=b"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("cookie"));
+    }
+
+    #[test]
+    fn spoofed_forwarded_for_from_an_untrusted_peer_is_replaced() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("x-real-ip", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        set_forwarded(
+            &mut map,
+            peer,
+            false,
+            "https",
+            &HeaderValue::from_static("mail.contoso.com"),
+        );
+        assert_eq!(map["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-forwarded-host"], "mail.contoso.com");
+        assert!(!map.contains_key("x-real-ip"));
+        assert!(!map.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_kept_and_the_peer_appended() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "198.51.100.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        set_forwarded(
+            &mut map,
+            peer,
+            true,
+            "http",
+            &HeaderValue::from_static("mail.contoso.com"),
+        );
+        assert_eq!(map["x-forwarded-for"], "198.51.100.9, 10.0.0.5");
+        assert_eq!(map["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn client_address_skips_trusted_hops_but_not_untrusted_ones() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let map = headers(&[("x-forwarded-for", "203.0.113.1, 198.51.100.9, 10.0.0.4")]);
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(
+            client_address(&map, peer, &trusted),
+            "198.51.100.9".parse::<IpAddr>().unwrap()
+        );
+        let outsider: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_address(&map, outsider, &trusted), outsider);
+    }
+
+    #[test]
+    fn websocket_upgrade_is_recognised_only_with_connection_upgrade() {
+        let map = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(requested_upgrade(&map).unwrap(), "websocket");
+        let map = headers(&[("upgrade", "websocket")]);
+        assert!(requested_upgrade(&map).is_none());
+    }
+}

@@ -1,0 +1,230 @@
+//! Forwarding one request to Exchange: pick a healthy server, rewrite headers, stream the body
+//! there and the response back. HTTP/2 from the browser becomes HTTP/1.1 toward Exchange, which
+//! is what IIS serves OWA and ECP with.
+
+pub mod headers;
+mod pool;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+pub use pool::{PoolError, ServerStatus, UpstreamPool};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::error::GatewayError;
+
+/// What the proxy needs to know about the browser's connection.
+pub struct Downstream {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub tls: bool,
+}
+
+/// The outcome of forwarding: the response, and which server answered (for the access log).
+pub struct Forwarded {
+    pub response: Response<ResponseBody>,
+    pub server: Arc<str>,
+}
+
+pub struct ForwardError {
+    pub error: GatewayError,
+    pub server: Option<Arc<str>>,
+}
+
+impl From<GatewayError> for ForwardError {
+    fn from(error: GatewayError) -> Self {
+        ForwardError {
+            error,
+            server: None,
+        }
+    }
+}
+
+/// Sends `request` to one server of `pool`. `host` is the host the browser asked for; Exchange
+/// needs it unchanged (it builds OWA's URLs from it).
+pub async fn forward(
+    mut request: Request<Incoming>,
+    host: HeaderValue,
+    pool: &UpstreamPool,
+    downstream: &Downstream,
+) -> Result<Forwarded, ForwardError> {
+    let limits = pool.config();
+    if let Some(length) = content_length(&request) {
+        if length > limits.max_request_body {
+            return Err(GatewayError::BodyTooLarge.into());
+        }
+    }
+
+    let upgrade = match request.version() {
+        Version::HTTP_11 => headers::requested_upgrade(request.headers()),
+        _ => None,
+    };
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+    let (parts, body) = request.into_parts();
+    let bodiless = http_body::Body::is_end_stream(&body);
+    let retryable = bodiless && is_idempotent(&parts.method);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+
+    let mut headers = parts.headers;
+    headers::strip_hop_by_hop(&mut headers);
+    let proto = if downstream.tls { "https" } else { "http" };
+    headers::set_forwarded(
+        &mut headers,
+        downstream.peer,
+        downstream.peer_trusted,
+        proto,
+        &host,
+    );
+    headers.insert(HOST, host);
+    if let Some(protocol) = &upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol.clone());
+    }
+
+    let mut body = Some(if bodiless {
+        RequestBody::empty()
+    } else {
+        RequestBody::new(body, limits.max_request_body)
+    });
+    let mut tried: u64 = 0;
+    let mut last_error = GatewayError::NoHealthyServer;
+    let mut last_server = None;
+    let attempts = pool.servers().len().min(64);
+    for _ in 0..attempts.max(1) {
+        let Some(index) = pool.pick(tried) else { break };
+        tried |= 1 << index;
+        let Some(server) = pool.server(index) else {
+            break;
+        };
+        let uri: Uri = match format!("{}{}", server.origin, path_and_query).parse() {
+            Ok(uri) => uri,
+            Err(_) => return Err(GatewayError::BadRequest("request target").into()),
+        };
+        let Some(this_body) = body.take() else { break };
+        let mut upstream_request = Request::new(this_body);
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.version_mut() = Version::HTTP_11;
+        *upstream_request.headers_mut() = if retryable {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+
+        let sent =
+            tokio::time::timeout(limits.idle_timeout, pool.client().request(upstream_request))
+                .await;
+        let label = server.label.clone();
+        match sent {
+            Err(_elapsed) => {
+                return Err(ForwardError {
+                    error: GatewayError::UpstreamTimeout,
+                    server: Some(label),
+                })
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                pool.mark_unreachable(index);
+                last_error = GatewayError::UpstreamConnect(error_chain(&e));
+                last_server = Some(label);
+                if !retryable {
+                    break;
+                }
+                body = Some(RequestBody::empty());
+            }
+            Ok(Err(e)) => {
+                return Err(ForwardError {
+                    error: GatewayError::UpstreamProtocol(error_chain(&e)),
+                    server: Some(label),
+                })
+            }
+            Ok(Ok(response)) => {
+                let response = match downstream_upgrade {
+                    Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        bridge_upgrade(response, client_side)
+                    }
+                    _ => pass_response(response, limits.idle_timeout),
+                };
+                return Ok(Forwarded {
+                    response,
+                    server: label,
+                });
+            }
+        }
+    }
+    Err(ForwardError {
+        error: last_error,
+        server: last_server,
+    })
+}
+
+fn pass_response(
+    response: Response<Incoming>,
+    idle_timeout: std::time::Duration,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ResponseBody::upstream(body, idle_timeout))
+}
+
+/// Exchange agreed to switch protocols (WebSocket): answer the browser with the same 101 and
+/// splice the two upgraded connections together.
+fn bridge_upgrade(
+    mut response: Response<Incoming>,
+    client_side: hyper::upgrade::OnUpgrade,
+) -> Response<ResponseBody> {
+    let server_side = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (client, server) = match tokio::try_join!(client_side, server_side) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "protocol upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut server = TokioIo::new(server);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, ResponseBody::empty())
+}
+
+fn content_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The error and its causes on one line ("client error (Connect): tcp connect error: Connection
+/// refused"), for the log only: pages never show it.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

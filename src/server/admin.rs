@@ -1,0 +1,114 @@
+//! The admin listener: `/healthz` (the process is alive), `/readyz` (JSON: ready or not, why,
+//! each Exchange server's state, draining) and `/metrics` (Prometheus). Keep it off the DMZ
+//! interface: it tells which Exchange servers exist.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.cancelled() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &shared)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/healthz" => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "alive\n".to_owned(),
+        ),
+        "/readyz" => readiness(shared),
+        "/metrics" => {
+            let snapshot = shared.snapshot.load();
+            let draining = shared.draining.load(Ordering::Relaxed);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                shared.metrics.render(&snapshot.pools, draining),
+            )
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn readiness(shared: &Shared) -> (StatusCode, &'static str, String) {
+    let snapshot = shared.snapshot.load();
+    let draining = shared.draining.load(Ordering::Relaxed);
+    let upstreams_ready = snapshot.upstreams_ready();
+    let ready = !draining && upstreams_ready;
+    let upstreams: Vec<serde_json::Value> = snapshot
+        .pools
+        .iter()
+        .map(|pool| {
+            let servers: Vec<serde_json::Value> = pool
+                .servers()
+                .into_iter()
+                .map(|s| serde_json::json!({ "url": s.url, "healthy": s.healthy }))
+                .collect();
+            serde_json::json!({
+                "name": pool.name(),
+                "healthy_servers": pool.healthy_count(),
+                "servers": servers,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "ready": ready,
+        "draining": draining,
+        "upstreams": upstreams,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, "application/json", format!("{body}\n"))
+}

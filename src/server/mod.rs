@@ -1,0 +1,364 @@
+//! The running gateway: listeners, the configuration snapshot every request reads, reload and
+//! drain.
+//!
+//! Configuration is shared through an atomically swapped [`Snapshot`]: a request takes the
+//! snapshot current when it arrives and keeps it to the end, so a reload never changes the rules
+//! under a request in flight, and the hot path takes no lock.
+
+mod admin;
+mod listener;
+mod request;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Access, Config, ServerConfig};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::UpstreamPool;
+use crate::routing::Router;
+use tls::{CertSet, CertStore};
+
+/// What a route resolves to at request time.
+pub struct RouteEntry {
+    pub access: Access,
+    pub pool: Arc<UpstreamPool>,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// One immutable generation of configuration, with everything built from it.
+pub struct Snapshot {
+    pub config: Config,
+    pub router: Router<RouteEntry>,
+    pub pools: Vec<Arc<UpstreamPool>>,
+    /// Hosts named by routes: the only hosts the HTTP listener redirects to HTTPS.
+    pub hosts: Vec<String>,
+    /// Connection settings for new browser connections.
+    pub(crate) http: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Snapshot {
+    /// Builds everything a configuration describes except the listeners. Reads the certificate
+    /// and CA files, so this is where a missing or mismatched file is found.
+    pub fn build(config: Config, metrics: &Metrics) -> Result<(Snapshot, CertSet), String> {
+        let certs = CertSet::load(&config.tls.certificates)?;
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            pools.push(UpstreamPool::new(upstream.clone()).map_err(|e| e.to_string())?);
+        }
+        let mut router = Router::new();
+        let mut hosts: Vec<String> = Vec::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            let pool = pools
+                .iter()
+                .find(|p| p.name() == route.upstream)
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "routes[{i}].upstream: no upstream named {:?}",
+                        route.upstream
+                    )
+                })?;
+            let entry = RouteEntry {
+                access: route.access,
+                pool,
+                metrics: metrics.route(&format!("{}{}", route.host, route.path)),
+            };
+            router
+                .insert(&route.host, &route.path, entry)
+                .map_err(|_| {
+                    format!(
+                        "routes[{i}]: {}{} is published twice",
+                        route.host, route.path
+                    )
+                })?;
+            if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&route.host)) {
+                hosts.push(route.host.to_ascii_lowercase());
+            }
+        }
+        let http = Arc::new(http_builder(&config.server));
+        Ok((
+            Snapshot {
+                config,
+                router,
+                pools,
+                hosts,
+                http,
+            },
+            certs,
+        ))
+    }
+
+    /// Ready when every upstream that a route forwards to has at least one server in rotation.
+    pub fn upstreams_ready(&self) -> bool {
+        self.pools.iter().all(|p| {
+            let used = self
+                .config
+                .routes
+                .iter()
+                .any(|r| r.upstream == p.name() && r.access != Access::Deny);
+            !used || p.healthy_count() > 0
+        })
+    }
+}
+
+fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(server.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(250)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    builder
+}
+
+/// State shared by every connection of the gateway.
+pub struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) gateway_metrics: Arc<RouteMetrics>,
+    pub(crate) unrouted_metrics: Arc<RouteMetrics>,
+    certs: Option<Arc<CertStore>>,
+    /// Tells the health-check tasks of replaced pools and of shutdown to stop.
+    health_stop: watch::Sender<bool>,
+    /// The HTTPS listener's port, for redirects from the HTTP listener.
+    pub(crate) https_port: Option<u16>,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.snapshot.load().upstreams_ready()
+    }
+}
+
+/// Already-bound sockets, so tests can bind `127.0.0.1:0` and read the port back.
+#[derive(Default)]
+pub struct Listeners {
+    pub https: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `[server]`.
+    pub async fn bind(server: &ServerConfig) -> std::io::Result<Listeners> {
+        async fn bind(
+            addr: Option<SocketAddr>,
+            what: &str,
+        ) -> std::io::Result<Option<TcpListener>> {
+            match addr {
+                Some(addr) => TcpListener::bind(addr).await.map(Some).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("server.{what}: cannot listen on {addr}: {e}"),
+                    )
+                }),
+                None => Ok(None),
+            }
+        }
+        Ok(Listeners {
+            https: bind(server.https_listen, "https_listen").await?,
+            http: bind(server.http_listen, "http_listen").await?,
+            admin: bind(server.admin_listen, "admin_listen").await?,
+        })
+    }
+}
+
+/// A started gateway. Dropping it does not stop it; the shutdown future given to
+/// [`Gateway::start`] does.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    done: tokio::task::JoinHandle<()>,
+    pub https_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Starts serving on `listeners` with `config` until `shutdown` completes, then drains:
+    /// readiness turns 503 at once, listeners stop accepting, requests in flight get up to
+    /// `shutdown_grace` to finish.
+    pub async fn start(
+        config: Config,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Gateway, String> {
+        let metrics = Arc::new(Metrics::default());
+        let (snapshot, certs) = Snapshot::build(config, &metrics)?;
+        if listeners.https.is_some() && certs.is_empty() {
+            return Err("server.https_listen needs at least one [[tls.certificates]]".into());
+        }
+        let cert_store = (!certs.is_empty()).then(|| CertStore::new(certs));
+        let (health_stop, _) = watch::channel(false);
+        for pool in &snapshot.pools {
+            pool.spawn_health_checks(health_stop.subscribe());
+        }
+        let shutdown_grace = snapshot.config.server.shutdown_grace;
+        let max_connections = snapshot.config.server.max_connections;
+        let https_addr = listeners.https.as_ref().and_then(|l| l.local_addr().ok());
+        let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+        let shared = Arc::new(Shared {
+            gateway_metrics: metrics.route("gateway"),
+            unrouted_metrics: metrics.route("none"),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            draining: AtomicBool::new(false),
+            certs: cert_store.clone(),
+            health_stop,
+            https_port: https_addr.map(|a| a.port()),
+        });
+
+        let drain = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(max_connections));
+        let mut accept_loops = Vec::new();
+        if let Some(listener) = listeners.https {
+            let tls = match &cert_store {
+                Some(store) => tls::server_config(store.clone())?,
+                None => {
+                    return Err(
+                        "server.https_listen needs at least one [[tls.certificates]]".into(),
+                    )
+                }
+            };
+            tracing::info!(address = %https_addr.map_or_else(String::new, |a| a.to_string()), "listening for HTTPS");
+            accept_loops.push(tokio::spawn(listener::accept_loop(
+                listener,
+                Some(tokio_rustls::TlsAcceptor::from(tls)),
+                shared.clone(),
+                limit.clone(),
+                drain.clone(),
+                connections.clone(),
+            )));
+        }
+        if let Some(listener) = listeners.http {
+            if cert_store.is_some() {
+                tracing::info!(address = %http_addr.map_or_else(String::new, |a| a.to_string()), "listening for HTTP (redirects to HTTPS)");
+            } else {
+                tracing::warn!(address = %http_addr.map_or_else(String::new, |a| a.to_string()), "listening for plain HTTP with no TLS configured: the load balancer in front must terminate TLS");
+            }
+            accept_loops.push(tokio::spawn(listener::accept_loop(
+                listener,
+                None,
+                shared.clone(),
+                limit.clone(),
+                drain.clone(),
+                connections.clone(),
+            )));
+        }
+        if let Some(listener) = listeners.admin {
+            tracing::info!(address = %admin_addr.map_or_else(String::new, |a| a.to_string()), "admin listener (healthz, readyz, metrics)");
+            accept_loops.push(tokio::spawn(admin::serve(
+                listener,
+                shared.clone(),
+                drain.clone(),
+            )));
+        }
+
+        let done = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                shared.draining.store(true, Ordering::SeqCst);
+                tracing::info!(grace = ?shutdown_grace, "shutting down: readiness is now 503, finishing requests in flight");
+                drain.cancel();
+                for task in accept_loops {
+                    let _ = task.await;
+                }
+                connections.close();
+                if tokio::time::timeout(shutdown_grace, connections.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "shutdown_grace elapsed with requests still in flight; closing them"
+                    );
+                }
+                let _ = shared.health_stop.send(true);
+                tracing::info!("stopped");
+            })
+        };
+
+        Ok(Gateway {
+            shared,
+            done,
+            https_addr,
+            http_addr,
+            admin_addr,
+        })
+    }
+
+    /// Applies a new configuration to new requests and new TLS handshakes. On error the running
+    /// configuration stays in force. Listen addresses are bound at start: changing them needs a
+    /// restart, and a reload that changes them says so.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let result = self.try_reload(config);
+        self.shared.metrics.reloaded(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, config: Config) -> Result<(), String> {
+        let current = self.shared.snapshot.load();
+        let old = &current.config.server;
+        let new = &config.server;
+        if old.https_listen != new.https_listen
+            || old.http_listen != new.http_listen
+            || old.admin_listen != new.admin_listen
+        {
+            tracing::warn!(
+                "listen addresses changed in the file; they take effect only after a restart"
+            );
+        }
+        if self.shared.certs.is_none() && !config.tls.certificates.is_empty() {
+            return Err("TLS certificates were added but the gateway started without HTTPS; restart to enable it".into());
+        }
+        let (snapshot, certs) = Snapshot::build(config, &self.shared.metrics)?;
+        if let Some(store) = &self.shared.certs {
+            if certs.is_empty() {
+                return Err("tls.certificates: the HTTPS listener needs at least one certificate; keeping the running ones".into());
+            }
+            store.replace(certs);
+        }
+        for pool in &snapshot.pools {
+            pool.spawn_health_checks(self.shared.health_stop.subscribe());
+        }
+        self.shared.snapshot.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// Counts a reload refused before it reached [`Gateway::reload`] (the file did not parse).
+    pub fn reload_failed(&self) {
+        self.shared.metrics.reloaded(false);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+
+    /// Completes once the gateway has drained after its shutdown future fired.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}

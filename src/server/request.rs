@@ -1,0 +1,219 @@
+//! One browser request, top to bottom: sanity checks → gateway endpoints → HTTPS redirect →
+//! router → access decision → proxy. Every outcome, forwarded or refused, leaves one access log
+//! line and one metric sample.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::Shared;
+use crate::access::AccessRecord;
+use crate::body::ResponseBody;
+use crate::config::Access;
+use crate::error::GatewayError;
+use crate::proxy::{self, headers, Downstream};
+use crate::routing::{host_without_port, RouteMatch};
+
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+pub(super) async fn handle(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    shared: &Arc<Shared>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let snapshot = shared.snapshot.load();
+    let trusted = &snapshot.config.server.trusted_proxies;
+    let peer_trusted = headers::is_trusted(peer.ip(), trusted);
+    let client = headers::client_address(request.headers(), peer.ip(), trusted);
+    let mut record = AccessRecord::new(
+        start,
+        shared.metrics.clone(),
+        shared.unrouted_metrics.clone(),
+        request.method().clone(),
+        request.uri().clone(),
+        request.version(),
+        client,
+    );
+
+    let outcome: Result<Response<ResponseBody>, GatewayError> = 'outcome: {
+        if let Err(e) = check_framing(&request) {
+            break 'outcome Err(e);
+        }
+        let host = match request_host(&request) {
+            Ok(host) => host,
+            Err(e) => break 'outcome Err(e),
+        };
+        let Ok(host_text) = host.to_str() else {
+            break 'outcome Err(GatewayError::BadRequest("Host is not text"));
+        };
+        let host_name = host_without_port(host_text);
+        let path = request.uri().path();
+
+        if path.len() >= 10 && path[..10].eq_ignore_ascii_case("/_gateway/") {
+            record.set_route(shared.gateway_metrics.clone());
+            break 'outcome gateway_endpoint(&path[10..], shared);
+        }
+
+        if !tls && shared.certs.is_some() {
+            // Plain HTTP with TLS configured: send the browser to HTTPS, but only for a host
+            // this gateway publishes — never an open redirect to whatever Host was sent.
+            if !snapshot
+                .hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host_name.trim_end_matches('.')))
+            {
+                break 'outcome Err(GatewayError::NoRoute);
+            }
+            break 'outcome Ok(redirect_to_https(&request, host_name, shared.https_port));
+        }
+
+        let entry = match snapshot.router.lookup(host_text, path) {
+            RouteMatch::Found(entry) => entry,
+            RouteMatch::NotFound => break 'outcome Err(GatewayError::NoRoute),
+            RouteMatch::BadPath => break 'outcome Err(GatewayError::BadPath),
+        };
+        record.set_route(entry.metrics.clone());
+        match entry.access {
+            Access::Public => {}
+            Access::Deny => break 'outcome Err(GatewayError::Denied),
+            // Configuration refuses "mfa" until sign-in exists; should one ever get here,
+            // closed is the only safe answer.
+            Access::Mfa => break 'outcome Err(GatewayError::Denied),
+        }
+
+        let downstream = Downstream {
+            peer: peer.ip(),
+            peer_trusted,
+            tls,
+        };
+        let host = host.clone();
+        match proxy::forward(request, host, &entry.pool, &downstream).await {
+            Ok(forwarded) => {
+                record.set_upstream(forwarded.server);
+                Ok(forwarded.response)
+            }
+            Err(failure) => {
+                if let Some(server) = failure.server {
+                    record.set_upstream(server);
+                }
+                Err(failure.error)
+            }
+        }
+    };
+
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(error) => {
+            record.set_failure(error.side(), error.to_string());
+            if error.side() == crate::error::Side::Upstream {
+                tracing::warn!(reason = error.reason(), error = %error, "request to Exchange failed");
+            }
+            error.page().response(error.status())
+        }
+    };
+    if tls {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
+    }
+    record.set_status(response.status().as_u16());
+    response.body_mut().set_record(record);
+    response
+}
+
+/// Refuses requests whose framing two parsers could read differently (request smuggling):
+/// `Transfer-Encoding` together with `Content-Length`, or several `Content-Length` values.
+fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
+    let headers = request.headers();
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err(GatewayError::BadRequest(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    if lengths.next().is_some() && lengths.next().is_some() {
+        return Err(GatewayError::BadRequest("several Content-Length headers"));
+    }
+    if request.version() == Version::HTTP_2 && headers.contains_key(TRANSFER_ENCODING) {
+        return Err(GatewayError::BadRequest("Transfer-Encoding in HTTP/2"));
+    }
+    Ok(())
+}
+
+/// The host the browser asked for: `:authority` (HTTP/2) or an absolute-form target, else the
+/// single `Host` header.
+fn request_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayError> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("several Host headers"));
+    }
+    if let Some(authority) = request.uri().authority() {
+        return HeaderValue::from_str(authority.as_str())
+            .map_err(|_| GatewayError::BadRequest("bad authority"));
+    }
+    match header {
+        Some(host) if !host.is_empty() => Ok(host.clone()),
+        _ => Err(GatewayError::BadRequest("no Host header")),
+    }
+}
+
+fn gateway_endpoint(
+    endpoint: &str,
+    shared: &Shared,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    if endpoint.eq_ignore_ascii_case("health") {
+        let (status, text) = if shared.is_ready() {
+            (StatusCode::OK, "ready\n")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        };
+        let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        return Ok(response);
+    }
+    Err(GatewayError::NoRoute)
+}
+
+fn redirect_to_https(
+    request: &Request<Incoming>,
+    host: &str,
+    https_port: Option<u16>,
+) -> Response<ResponseBody> {
+    let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match https_port {
+        Some(443) | None => format!("https://{host}{path_and_query}"),
+        Some(port) => format!("https://{host}:{port}{path_and_query}"),
+    };
+    // GET and HEAD may become GET after a 301; anything with a body needs 308 to keep it.
+    let status = if matches!(*request.method(), Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = status;
+    match HeaderValue::try_from(location) {
+        Ok(value) => {
+            response.headers_mut().insert(LOCATION, value);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
