@@ -870,6 +870,13 @@ fn check_route_path(path: &str) -> Result<String, String> {
             ));
         }
     }
+    // The gateway answers everything under /_gateway/ itself, before routing.
+    let first = trimmed[1..].split('/').next().unwrap_or_default();
+    if first.eq_ignore_ascii_case("_gateway") {
+        return Err(format!(
+            "{path:?}: paths under /_gateway/ belong to the gateway's own endpoints (sign-in, health) and cannot be routed to an upstream"
+        ));
+    }
     // The router compares routes with normalised request paths: a route must be in that form.
     match crate::routing::normalize_path(trimmed) {
         Ok(normal) if normal == trimmed => Ok(trimmed.to_owned()),
@@ -1535,6 +1542,7 @@ access = "public"
             ("/owa/./x", "\"..\" segments"),
             ("/owa//x", "empty segment"),
             ("/ecp.", "dot or a space"),
+            ("/_Gateway/health", "gateway's own endpoints"),
             ("/owa /x", "dot or a space"),
         ] {
             refused(
