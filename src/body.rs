@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -164,14 +166,18 @@ pin_project! {
         #[pin]
         inner: Option<Incoming>,
         remaining: u64,
+        progress: Option<Arc<AtomicU64>>,
     }
 }
 
 impl RequestBody {
-    pub fn new(body: Incoming, limit: u64) -> RequestBody {
+    /// `progress` counts the bytes passed on, so the proxy can tell a slow upload that is
+    /// still moving from an Exchange server that went silent.
+    pub fn new(body: Incoming, limit: u64, progress: Arc<AtomicU64>) -> RequestBody {
         RequestBody {
             inner: Some(body),
             remaining: limit,
+            progress: Some(progress),
         }
     }
 
@@ -179,6 +185,7 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
+            progress: None,
         }
     }
 }
@@ -205,6 +212,9 @@ impl Body for RequestBody {
                         ))));
                     }
                     *this.remaining -= len;
+                    if let Some(progress) = this.progress {
+                        progress.fetch_add(len, Ordering::Relaxed);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -120,6 +120,11 @@ fn check_config(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for warning in Config::warnings(&text) {
+            println!("warning: {warning}");
+        }
+    }
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
     let metrics = mfa_gateway::metrics::Metrics::default();

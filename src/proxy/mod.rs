@@ -6,7 +6,9 @@ pub mod headers;
 mod pool;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -91,15 +93,15 @@ pub async fn forward(
         headers.insert(UPGRADE, protocol.clone());
     }
 
-    let mut body = Some(if bodiless {
-        RequestBody::empty()
-    } else {
-        RequestBody::new(body, limits.max_request_body)
+    let progress = (!bodiless).then(|| Arc::new(AtomicU64::new(0)));
+    let mut body = Some(match &progress {
+        Some(progress) => RequestBody::new(body, limits.max_request_body, progress.clone()),
+        None => RequestBody::empty(),
     });
     let mut tried: u64 = 0;
     let mut last_error = GatewayError::NoHealthyServer;
     let mut last_server = None;
-    let attempts = pool.servers().len().min(64);
+    let attempts = pool.len().min(64);
     for _ in 0..attempts.max(1) {
         let Some(index) = pool.pick(tried) else { break };
         tried |= 1 << index;
@@ -121,9 +123,12 @@ pub async fn forward(
             std::mem::take(&mut headers)
         };
 
-        let sent =
-            tokio::time::timeout(limits.idle_timeout, pool.client().request(upstream_request))
-                .await;
+        let sent = until_idle(
+            pool.client().request(upstream_request),
+            limits.idle_timeout,
+            progress.as_deref(),
+        )
+        .await;
         let label = server.label.clone();
         match sent {
             Err(_elapsed) => {
@@ -165,6 +170,30 @@ pub async fn forward(
         error: last_error,
         server: last_server,
     })
+}
+
+/// Waits for Exchange's response head, giving up after `idle` without progress: no response
+/// and, while the browser's body is being uploaded, no upload bytes either. A 1 GiB upload that
+/// keeps moving is never cut; a server that stopped answering is.
+async fn until_idle<F: std::future::Future>(
+    response: F,
+    idle: Duration,
+    upload_progress: Option<&AtomicU64>,
+) -> Result<F::Output, ()> {
+    tokio::pin!(response);
+    let mut seen = upload_progress.map_or(0, |p| p.load(Ordering::Relaxed));
+    loop {
+        match tokio::time::timeout(idle, response.as_mut()).await {
+            Ok(output) => return Ok(output),
+            Err(_) => {
+                let now = upload_progress.map_or(0, |p| p.load(Ordering::Relaxed));
+                if now == seen {
+                    return Err(());
+                }
+                seen = now;
+            }
+        }
+    }
 }
 
 fn pass_response(

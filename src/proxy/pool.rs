@@ -123,6 +123,15 @@ impl UpstreamPool {
             .collect()
     }
 
+    /// Number of servers configured, healthy or not.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
     pub fn healthy_count(&self) -> usize {
         let now = self.now_ms();
         self.servers.iter().filter(|s| s.is_available(now)).count()
