@@ -20,7 +20,9 @@ use crate::access::AccessRecord;
 /// Error of a body stream, with the side that failed.
 #[derive(Debug)]
 pub enum BodyError {
-    /// The browser's connection failed or it sent more than `max_request_body`.
+    /// The browser sent more than `max_request_body`.
+    TooLarge,
+    /// The browser's connection failed mid-body.
     Downstream(String),
     /// Exchange's connection failed or fell silent for longer than `idle_timeout`.
     Upstream(String),
@@ -29,6 +31,9 @@ pub enum BodyError {
 impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            BodyError::TooLarge => {
+                f.write_str("browser side: request body larger than max_request_body")
+            }
             BodyError::Downstream(e) => write!(f, "browser side: {e}"),
             BodyError::Upstream(e) => write!(f, "exchange side: {e}"),
         }
@@ -207,9 +212,7 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > *this.remaining {
-                        return Poll::Ready(Some(Err(BodyError::Downstream(
-                            "request body larger than max_request_body".into(),
-                        ))));
+                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
                     }
                     *this.remaining -= len;
                     if let Some(progress) = this.progress {

@@ -41,6 +41,8 @@ pub enum GatewayError {
     BadRequest(&'static str),
     /// The request body is larger than the upstream's `max_request_body`.
     BodyTooLarge,
+    /// The browser's connection failed while its request body was being forwarded.
+    DownstreamAborted(String),
     /// The route is closed by configuration (`access = "deny"`).
     Denied,
     /// The gateway is not ready or is shutting down.
@@ -61,7 +63,8 @@ impl GatewayError {
             GatewayError::NoRoute
             | GatewayError::BadPath
             | GatewayError::BadRequest(_)
-            | GatewayError::BodyTooLarge => Side::Downstream,
+            | GatewayError::BodyTooLarge
+            | GatewayError::DownstreamAborted(_) => Side::Downstream,
             GatewayError::Denied | GatewayError::NotReady => Side::Gateway,
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
@@ -73,7 +76,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::BadPath | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadPath
+            | GatewayError::BadRequest(_)
+            | GatewayError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Denied => StatusCode::FORBIDDEN,
             GatewayError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +96,7 @@ impl GatewayError {
             GatewayError::BadPath => "bad_path",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::BodyTooLarge => "body_too_large",
+            GatewayError::DownstreamAborted(_) => "browser_aborted",
             GatewayError::Denied => "denied",
             GatewayError::NotReady => "not_ready",
             GatewayError::NoHealthyServer => "no_healthy_server",
@@ -108,7 +114,9 @@ impl GatewayError {
                 "Page not found",
                 "There is nothing published at this address. Check the link, or start again from Outlook on the web.",
             ),
-            GatewayError::BadPath | GatewayError::BadRequest(_) => Page::new(
+            GatewayError::BadPath
+            | GatewayError::BadRequest(_)
+            | GatewayError::DownstreamAborted(_) => Page::new(
                 "Bad request",
                 "Your browser sent a request this site cannot accept. Start again from Outlook on the web.",
             ),
@@ -145,6 +153,9 @@ impl fmt::Display for GatewayError {
             GatewayError::BadPath => f.write_str("path cannot be normalised"),
             GatewayError::BadRequest(why) => write!(f, "bad request: {why}"),
             GatewayError::BodyTooLarge => f.write_str("request body larger than max_request_body"),
+            GatewayError::DownstreamAborted(e) => {
+                write!(f, "browser connection failed during upload: {e}")
+            }
             GatewayError::Denied => f.write_str("route closed by configuration"),
             GatewayError::NotReady => f.write_str("gateway not ready"),
             GatewayError::NoHealthyServer => f.write_str("no healthy upstream server"),

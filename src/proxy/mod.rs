@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 pub use pool::{PoolError, ServerStatus, UpstreamPool};
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{BodyError, RequestBody, ResponseBody};
 use crate::error::GatewayError;
 
 /// What the proxy needs to know about the browser's connection.
@@ -148,7 +148,7 @@ pub async fn forward(
             }
             Ok(Err(e)) => {
                 return Err(ForwardError {
-                    error: GatewayError::UpstreamProtocol(error_chain(&e)),
+                    error: classify_send_error(&e),
                     server: Some(label),
                 })
             }
@@ -228,6 +228,24 @@ fn bridge_upgrade(
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, ResponseBody::empty())
+}
+
+/// A failed exchange with Exchange after the connection was made. The browser's own body can
+/// be the cause (too large, or its connection dropped mid-upload): that is the browser's side,
+/// not Exchange's, and must be answered and logged as such.
+fn classify_send_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(body_error) = cause.downcast_ref::<BodyError>() {
+            return match body_error {
+                BodyError::TooLarge => GatewayError::BodyTooLarge,
+                BodyError::Downstream(e) => GatewayError::DownstreamAborted(e.clone()),
+                BodyError::Upstream(e) => GatewayError::UpstreamProtocol(e.clone()),
+            };
+        }
+        source = cause.source();
+    }
+    GatewayError::UpstreamProtocol(error_chain(error))
 }
 
 fn content_length<B>(request: &Request<B>) -> Option<u64> {

@@ -141,8 +141,23 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     if lengths.next().is_some() && lengths.next().is_some() {
         return Err(GatewayError::BadRequest("several Content-Length headers"));
     }
-    if request.version() == Version::HTTP_2 && headers.contains_key(TRANSFER_ENCODING) {
-        return Err(GatewayError::BadRequest("Transfer-Encoding in HTTP/2"));
+    // HTTP/1.1 hands us Transfer-Encoding only when it ends in chunked. Anything but a single
+    // plain `chunked` (`gzip, chunked`, `chunked, chunked`, two header lines) would be decoded
+    // here and re-framed toward Exchange with a meaning the sender did not intend: refuse it.
+    // HTTP/2 has no Transfer-Encoding at all.
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let plain_chunked = request.version() == Version::HTTP_11
+            && codings.next().is_none()
+            && first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked");
+        if !plain_chunked {
+            return Err(GatewayError::BadRequest(
+                "Transfer-Encoding other than chunked",
+            ));
+        }
     }
     Ok(())
 }

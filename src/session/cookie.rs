@@ -1,0 +1,308 @@
+//! Cookie headers: setting and clearing the gateway's cookies, finding one in a request, and
+//! removing them from what goes to Exchange.
+//!
+//! Browsers send `Cookie: a=1; b=2`, over HTTP/2 often as several `Cookie` fields (RFC 9113
+//! section 8.2.3), which must be read together. Exchange's own cookies (`X-OWA-CANARY`, which
+//! OWA's script reads and echoes, `cadata`, `ClientId`, …) are passed through exactly as the
+//! browser sent them: the gateway only takes its own out.
+
+use std::time::Duration;
+
+use http::header::{HeaderValue, COOKIE};
+use http::HeaderMap;
+
+/// The `SameSite` attribute of a cookie the gateway sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SameSite {
+    /// The session: sent on top-level navigations from other sites (a link in a mail), not on
+    /// cross-site subrequests or POSTs.
+    Lax,
+    /// The pending login with `response_mode=form_post`: Entra's callback is a cross-site
+    /// POST, which a `Lax` cookie would not accompany.
+    None,
+}
+
+impl SameSite {
+    fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// Whether `name` is a cookie name as RFC 6265 allows (an HTTP token). The configured
+/// `session.cookie_name` must pass this; [`super::SessionSeal::new`] refuses one that does not.
+pub fn is_valid_cookie_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(is_token_byte)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn sanitized_name(name: &str) -> String {
+    name.bytes().filter(|b| is_token_byte(*b)).map(char::from).collect()
+}
+
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
+/// `Set-Cookie` for one of the gateway's cookies: `HttpOnly` (no script reads it), `Secure`,
+/// `Path=/` and no `Domain`, which is also exactly what a `__Host-` prefixed name requires
+/// (the prefix stops a sibling subdomain from planting a cookie of the same name).
+///
+/// `name` must satisfy [`is_valid_cookie_name`] and `value` be cookie octets, as sealed values
+/// (base64url) are; any other character is dropped rather than let split the header.
+pub fn set_cookie_header(
+    name: &str,
+    value: &str,
+    max_age: Duration,
+    same_site: SameSite,
+) -> HeaderValue {
+    let name = sanitized_name(name);
+    let value: String = value.bytes().filter(|b| is_cookie_octet(*b)).map(char::from).collect();
+    header(format!(
+        "{name}={value}; Max-Age={}; HttpOnly; Secure; Path=/; SameSite={}",
+        max_age.as_secs(),
+        same_site.as_str()
+    ))
+}
+
+/// `Set-Cookie` that makes the browser drop one of the gateway's cookies. It repeats `Secure`
+/// and `Path=/`: a browser ignores a `__Host-` cookie update without them.
+pub fn clear_cookie_header(name: &str) -> HeaderValue {
+    let name = sanitized_name(name);
+    header(format!(
+        "{name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; Secure; Path=/; \
+         SameSite=Lax"
+    ))
+}
+
+fn header(text: String) -> HeaderValue {
+    // Only visible ASCII and spaces remain after filtering, which is always a valid value.
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Every `name=value` pair of every `Cookie` header, in order, borrowed from the headers.
+/// Pairs without `=`, or not UTF-8, are skipped (they cannot be the gateway's).
+pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .filter_map(split_pair)
+}
+
+/// The value of the cookie `name`, without allocating. When a browser sends the name twice
+/// (a cookie planted for a longer path, or a parent domain), this is the first; use
+/// [`cookie_values`] to try each.
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_values(headers, name).next()
+}
+
+/// Every value sent for the cookie `name`, in the order the browser sent them.
+pub fn cookie_values<'a, 'n>(
+    headers: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    cookies(headers)
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// Removes the gateway's own cookies from a request going to Exchange. Every other cookie is
+/// kept byte for byte, in order, in a single `Cookie` header (what HTTP/1.1 servers expect);
+/// the header is removed when nothing is left.
+pub fn strip_cookies(headers: &mut HeaderMap, is_gateway_cookie: impl Fn(&str) -> bool) {
+    let fields = headers.get_all(COOKIE).iter().count();
+    if fields == 0 {
+        return;
+    }
+    if fields == 1 && !cookies(headers).any(|(name, _)| is_gateway_cookie(name)) {
+        return;
+    }
+    let mut kept: Vec<u8> = Vec::new();
+    for value in headers.get_all(COOKIE) {
+        for piece in value.as_bytes().split(|&b| b == b';') {
+            let piece = trim_ows(piece);
+            if piece.is_empty() {
+                continue;
+            }
+            if split_pair(piece).is_some_and(|(name, _)| is_gateway_cookie(name)) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(piece);
+        }
+    }
+    headers.remove(COOKIE);
+    if kept.is_empty() {
+        return;
+    }
+    // The kept bytes all come from valid header values, joined by "; ": always valid.
+    if let Ok(mut merged) = HeaderValue::from_bytes(&kept) {
+        merged.set_sensitive(true);
+        headers.insert(COOKIE, merged);
+    }
+}
+
+fn split_pair(piece: &[u8]) -> Option<(&str, &str)> {
+    let piece = trim_ows(piece);
+    let eq = piece.iter().position(|&b| b == b'=')?;
+    let (name, value) = piece.split_at(eq);
+    let value = value.get(1..)?;
+    let name = std::str::from_utf8(trim_ows(name)).ok()?;
+    let value = trim_ows(value);
+    // RFC 6265 allows a value in double quotes; the quotes are not part of it.
+    let value = value
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(value);
+    let value = std::str::from_utf8(value).ok()?;
+    Some((name, value))
+}
+
+fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
+    bytes.get(start..end).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(cookie_fields: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for field in cookie_fields {
+            headers.append(COOKIE, HeaderValue::from_str(field).unwrap());
+        }
+        headers
+    }
+
+    fn cookie_fields(headers: &HeaderMap) -> Vec<&str> {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn session_cookie_is_http_only_secure_and_lax() {
+        let value = set_cookie_header(
+            "__Host-mfagw",
+            "AbC-_9",
+            Duration::from_secs(36000),
+            SameSite::Lax,
+        );
+        assert_eq!(
+            value,
+            "__Host-mfagw=AbC-_9; Max-Age=36000; HttpOnly; Secure; Path=/; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn host_prefixed_cookie_has_root_path_and_no_domain() {
+        for same_site in [SameSite::Lax, SameSite::None] {
+            let value = set_cookie_header("__Host-x", "v", Duration::from_secs(60), same_site);
+            let text = value.to_str().unwrap();
+            assert!(text.contains("; Path=/;") || text.ends_with("; Path=/"), "{text}");
+            assert!(text.contains("; Secure"), "{text}");
+            assert!(!text.to_ascii_lowercase().contains("domain"), "{text}");
+        }
+        let cleared = clear_cookie_header("__Host-x");
+        let text = cleared.to_str().unwrap();
+        assert!(text.starts_with("__Host-x=;"), "{text}");
+        assert!(text.contains("; Max-Age=0;") && text.contains("; Secure;") && text.contains("; Path=/;"));
+        assert!(!text.to_ascii_lowercase().contains("domain"), "{text}");
+    }
+
+    #[test]
+    fn form_post_login_cookie_is_same_site_none() {
+        let value = set_cookie_header("__Host-mfagw-login-ab", "v", Duration::from_secs(600), SameSite::None);
+        assert!(value.to_str().unwrap().ends_with("; Secure; Path=/; SameSite=None"));
+    }
+
+    #[test]
+    fn characters_that_would_split_the_header_are_dropped() {
+        let value = set_cookie_header("a;b c", "x; Domain=evil\r\n", Duration::ZERO, SameSite::Lax);
+        let text = value.to_str().unwrap();
+        assert!(text.starts_with("abc=xDomain=evil; Max-Age=0;"), "{text}");
+    }
+
+    #[test]
+    fn cookie_is_found_across_several_http2_cookie_fields() {
+        let headers = request(&["a=1; b=2", "__Host-mfagw=sealed; c=3", "d=\"quoted\""]);
+        assert_eq!(find_cookie(&headers, "__Host-mfagw"), Some("sealed"));
+        assert_eq!(find_cookie(&headers, "a"), Some("1"));
+        assert_eq!(find_cookie(&headers, "c"), Some("3"));
+        assert_eq!(find_cookie(&headers, "d"), Some("quoted"));
+        assert_eq!(find_cookie(&headers, "__Host-mfagw-login"), None);
+        assert_eq!(find_cookie(&HeaderMap::new(), "a"), None);
+    }
+
+    #[test]
+    fn a_planted_duplicate_does_not_hide_the_real_cookie() {
+        let headers = request(&["mfagw=planted; mfagw=real"]);
+        let values: Vec<&str> = cookie_values(&headers, "mfagw").collect();
+        assert_eq!(values, ["planted", "real"]);
+    }
+
+    #[test]
+    fn gateway_cookies_stripped_and_exchange_cookies_untouched() {
+        let mut headers = request(&[
+            "X-OWA-CANARY=Zm9v_YmFy-1234.; __Host-mfagw=sealed",
+            "cadata=\"1AbC/+==\"; __Host-mfagw-login-0123=tx;ClientId=ABC ",
+            "PrivateComputer=true;  UC=ab%20c",
+        ]);
+        strip_cookies(&mut headers, |name| name.starts_with("__Host-mfagw"));
+        assert_eq!(
+            cookie_fields(&headers),
+            ["X-OWA-CANARY=Zm9v_YmFy-1234.; cadata=\"1AbC/+==\"; ClientId=ABC; PrivateComputer=true; UC=ab%20c"]
+        );
+    }
+
+    #[test]
+    fn cookie_header_without_gateway_cookies_is_left_alone() {
+        let original = "X-OWA-CANARY=abc;cadata=x  ; odd";
+        let mut headers = request(&[original]);
+        strip_cookies(&mut headers, |name| name == "__Host-mfagw");
+        assert_eq!(cookie_fields(&headers), [original]);
+    }
+
+    #[test]
+    fn several_cookie_fields_are_merged_into_one_for_exchange() {
+        let mut headers = request(&["a=1", "b=2"]);
+        strip_cookies(&mut headers, |name| name == "__Host-mfagw");
+        assert_eq!(cookie_fields(&headers), ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn cookie_header_is_removed_when_only_gateway_cookies_were_sent() {
+        let mut headers = request(&["__Host-mfagw=s", "__Host-mfagw-login-1=t; "]);
+        headers.insert("x-other", HeaderValue::from_static("kept"));
+        strip_cookies(&mut headers, |name| name.starts_with("__Host-mfagw"));
+        assert!(!headers.contains_key(COOKIE));
+        assert_eq!(headers["x-other"], "kept");
+    }
+
+    #[test]
+    fn cookie_names_are_tokens() {
+        assert!(is_valid_cookie_name("__Host-mfagw"));
+        assert!(is_valid_cookie_name("mfagw.session"));
+        for bad in ["", "a b", "a;b", "a=b", "é", "a\"b", "a,b"] {
+            assert!(!is_valid_cookie_name(bad), "{bad}");
+        }
+    }
+}

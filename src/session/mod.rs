@@ -1,0 +1,43 @@
+//! Sessions: who signed in, with which MFA evidence, sealed into one cookie the browser carries.
+//!
+//! Why a sealed cookie and no session table: several gateways run side by side behind a load
+//! balancer. When the whole session travels with the request, encrypted and authenticated
+//! with keys every gateway holds, *any* gateway with the same keys serves *any* request — the
+//! load balancer needs no affinity, a gateway can restart or drain without signing anyone out,
+//! and no request waits on a shared store. What a stateless cookie cannot do by itself is be
+//! revoked everywhere at once (sign-out, Entra's front-channel logout by `sid`); that comes
+//! later through a shared revocation list keyed by [`SessionId`] and `sid`, consulted after
+//! [`SessionSeal::open`].
+//!
+//! - [`Session`]: only what decisions and logs need, kept small
+//!   (GUIDs as 16 bytes, only the groups some route names) because it rides on every request
+//!   and oversized cookies are the anchors' most common failure: under 1 KB with 20 groups.
+//! - [`SessionSeal`]: the key ring. AES-256-GCM, the first key seals, every key opens, the
+//!   cookie name bound in as associated data. Anything it cannot open — tampered, truncated,
+//!   foreign, moved from another cookie, an older format — is `None`: signed out, never an
+//!   error page.
+//! - [`LoginTransaction`]: a sign-in in progress (state, nonce, PKCE verifier, return path),
+//!   sealed by the same ring into its own short-lived cookie per `state`.
+//! - [`cookie`]: `Set-Cookie` values, finding a cookie among several `Cookie` fields, and
+//!   taking the gateway's cookies out of what goes to Exchange.
+//!
+//! Times are unix seconds passed in as `now`, never read from the clock here, so expiry is
+//! tested with fixed times and every gateway judges a cookie the same way.
+
+pub mod cookie;
+mod login;
+mod model;
+mod seal;
+
+pub use cookie::{
+    clear_cookie_header, cookie_values, cookies, find_cookie, is_valid_cookie_name,
+    set_cookie_header, strip_cookies, SameSite,
+};
+pub use login::LoginTransaction;
+pub use model::{
+    EntraId, Guid, MfaEvidence, Session, SessionExpired, SessionId, TOUCH_INTERVAL,
+};
+pub use seal::{SealError, SessionKey, SessionSeal, FORMAT_VERSION, MIN_KEY_BYTES};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,406 @@
+//! The `mfa-gateway` command as an administrator uses it before a restart:
+//! `check-config` says valid or lists every problem with its key path, and `--version`.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::TestPki;
+
+fn mfa_gateway(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mfa-gateway"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn check_config(path: &Path) -> (Option<i32>, String, String) {
+    let output = mfa_gateway(&["check-config", "--config", path.to_str().unwrap()]);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn quoted(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Non-empty lines of the command's output.
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[test]
+fn check_config_says_a_complete_configuration_with_real_certificates_is_valid() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&["mail.contoso.com"]);
+    let path = write(
+        pki.dir(),
+        "gateway.toml",
+        &format!(
+            r#"
+[server]
+https_listen = "127.0.0.1:8443"
+http_listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9100"
+shutdown_grace = "30s"
+
+[[tls.certificates]]
+cert = {cert}
+key = {key}
+
+[upstreams.exchange]
+servers = ["https://ex01.corp.contoso.com", "https://ex02.corp.contoso.com"]
+ca_file = {ca}
+tls_server_name = "mail.contoso.com"
+health_check = {{ path = "/owa/healthcheck.htm", interval = "10s", timeout = "3s" }}
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "public"
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/ecp"
+upstream = "exchange"
+access = "deny"
+"#,
+            cert = quoted(&cert.cert),
+            key = quoted(&cert.key),
+            ca = quoted(&pki.ca_path()),
+        ),
+    );
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("valid"), "{stdout}");
+    assert!(
+        stdout.contains(path.to_str().unwrap()),
+        "names the file it checked: {stdout}"
+    );
+}
+
+#[test]
+fn check_config_reports_the_missing_certificate_files_of_the_shipped_example() {
+    let example = repo_file("config/gateway.example.toml");
+    assert!(
+        example.exists(),
+        "config/gateway.example.toml is missing from the repository"
+    );
+    let text = std::fs::read_to_string(&example).unwrap();
+    let (code, stdout, stderr) = check_config(&example);
+    // The example points at /etc/mfa-gateway/…, which a test machine does not have: the file
+    // itself must be valid, and check-config must name the certificate file it cannot read.
+    let cert_path = "/etc/mfa-gateway/mail.contoso.com.pem";
+    assert!(
+        text.contains(cert_path),
+        "the example no longer uses {cert_path}; update this test"
+    );
+    if Path::new(cert_path).exists() {
+        assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        return;
+    }
+    assert_ne!(
+        code,
+        Some(0),
+        "a configuration whose certificate is missing passed: {stdout}"
+    );
+    let problems = lines(&stdout);
+    assert!(
+        !problems.is_empty(),
+        "no problem printed; stderr:\n{stderr}"
+    );
+    assert!(
+        problems
+            .iter()
+            .all(|line| line.starts_with("tls.certificates[0].cert")
+                || line.starts_with("tls.certificates[0].key")
+                || line.contains("ca_file")),
+        "the example has problems other than files absent on this machine:\n{stdout}"
+    );
+    assert!(
+        problems[0].starts_with("tls.certificates[0].cert") && problems[0].contains(cert_path),
+        "the missing certificate is not reported with its key path and file:\n{stdout}"
+    );
+}
+
+#[test]
+fn check_config_says_the_shipped_local_configuration_is_valid() {
+    let local = repo_file("config/local.toml");
+    assert!(
+        local.exists(),
+        "config/local.toml is missing from the repository"
+    );
+    let (code, stdout, stderr) = check_config(&local);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("valid"), "{stdout}");
+}
+
+#[test]
+fn check_config_lists_every_error_on_its_own_line_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "gateway.toml",
+        r#"
+[server]
+http_listen = "127.0.0.1:8080"
+shutdown_grace = "soon"
+
+[upstreams.exchange]
+servers = ["ftp://ex01.corp.contoso.com"]
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchnage"
+access = "public"
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/ecp"
+upstream = "exchange"
+access = "sometimes"
+"#,
+    );
+    let (code, stdout, stderr) = check_config(&path);
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit {code:?}; stdout:\n{stdout}"
+    );
+    let problems = lines(&stdout);
+    let expected = [
+        "server.shutdown_grace",
+        "upstreams.exchange.servers[0]",
+        "routes[0].upstream",
+        "routes[1].access",
+    ];
+    for key in expected {
+        let matching: Vec<&&str> = problems.iter().filter(|l| l.starts_with(key)).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected exactly one line starting with {key}:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        problems.len(),
+        expected.len(),
+        "one line per problem:\n{stdout}"
+    );
+    let line_of = |key: &str| {
+        problems
+            .iter()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        line_of("routes[0].upstream").contains("exchnage"),
+        "{stdout}"
+    );
+    assert!(
+        line_of("server.shutdown_grace").contains("(line 4)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_refuses_a_route_that_asks_for_mfa_because_sign_in_is_not_available_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "gateway.toml",
+        r#"
+[server]
+http_listen = "127.0.0.1:8080"
+
+[upstreams.exchange]
+servers = ["http://127.0.0.1:8081"]
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "mfa"
+"#,
+    );
+    let (code, stdout, stderr) = check_config(&path);
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "access = \"mfa\" passed: {stdout}"
+    );
+    let problems = lines(&stdout);
+    assert_eq!(problems.len(), 1, "{stdout}\n{stderr}");
+    assert!(problems[0].starts_with("routes[0].access"), "{stdout}");
+    assert!(
+        problems[0].contains("sign-in"),
+        "the refusal does not explain why: {stdout}"
+    );
+}
+
+#[test]
+fn check_config_reports_an_unknown_key_with_its_line_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "gateway.toml",
+        r#"[server]
+http_listen = "127.0.0.1:8080"
+shutdown_grace = "30s"
+shutdown_grase = "30s"
+
+[upstreams.exchange]
+servers = ["http://127.0.0.1:8081"]
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "public"
+"#,
+    );
+    let (code, stdout, _) = check_config(&path);
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "an unknown key passed: {stdout}"
+    );
+    let problems = lines(&stdout);
+    assert_eq!(problems.len(), 1, "{stdout}");
+    assert!(
+        problems[0].starts_with("server.shutdown_grase (line 4)"),
+        "the unknown key is not reported with its path and line: {stdout}"
+    );
+    assert!(problems[0].contains("unknown key"), "{stdout}");
+}
+
+#[test]
+fn check_config_names_a_certificate_file_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("mail.contoso.com.pem");
+    let path = write(
+        dir.path(),
+        "gateway.toml",
+        &format!(
+            r#"
+[server]
+https_listen = "127.0.0.1:8443"
+
+[[tls.certificates]]
+cert = {cert}
+key = {key}
+
+[upstreams.exchange]
+servers = ["https://ex01.corp.contoso.com"]
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "public"
+"#,
+            cert = quoted(&missing),
+            key = quoted(&dir.path().join("mail.contoso.com.key")),
+        ),
+    );
+    let (code, stdout, _) = check_config(&path);
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "a missing certificate passed: {stdout}"
+    );
+    let problems = lines(&stdout);
+    assert!(
+        problems[0].starts_with("tls.certificates[0].cert")
+            && problems[0].contains(missing.to_str().unwrap()),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_of_a_file_that_does_not_exist_fails_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nowhere.toml");
+    let (code, stdout, _) = check_config(&path);
+    assert!(matches!(code, Some(c) if c != 0));
+    assert!(stdout.contains(path.to_str().unwrap()), "{stdout}");
+}
+
+#[test]
+fn version_prints_the_version() {
+    let output = mfa_gateway(&["--version"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!("mfa-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_config_reports_every_missing_file_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = |name: &str| quoted(&dir.path().join(name));
+    let path = write(
+        dir.path(),
+        "gateway.toml",
+        &format!(
+            r#"
+[server]
+https_listen = "127.0.0.1:8443"
+
+[[tls.certificates]]
+cert = {cert0}
+key = {key0}
+
+[[tls.certificates]]
+cert = {cert1}
+key = {key1}
+
+[upstreams.exchange]
+servers = ["https://ex01.corp.contoso.com"]
+ca_file = {ca}
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "public"
+"#,
+            cert0 = absent("mail.pem"),
+            key0 = absent("mail.key"),
+            cert1 = absent("autodiscover.pem"),
+            key1 = absent("autodiscover.key"),
+            ca = absent("corp-root.pem"),
+        ),
+    );
+    let (code, stdout, _) = check_config(&path);
+    assert!(matches!(code, Some(c) if c != 0));
+    // An administrator fixing the file before a restart sees every unreadable file at once.
+    let problems = lines(&stdout);
+    for key in [
+        "tls.certificates[0].cert",
+        "tls.certificates[1].cert",
+        "upstreams.exchange.ca_file",
+    ] {
+        assert!(
+            problems.iter().any(|l| l.starts_with(key)),
+            "{key} is not reported:\n{stdout}"
+        );
+    }
+}
