@@ -29,6 +29,7 @@ pub mod pages;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod session;
 
 pub use server::{Gateway, Listeners};
 

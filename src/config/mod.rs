@@ -27,6 +27,129 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
+    /// Sign-in through Entra ID. Required when any route has `access = "mfa"`.
+    pub oidc: Option<OidcConfig>,
+    /// What counts as multifactor authentication (defaults apply when the section is absent).
+    pub mfa: MfaConfig,
+    /// The sealed session cookie. Required together with `[oidc]`.
+    pub session: Option<SessionConfig>,
+}
+
+/// `[oidc]`: the relying party registered in Entra ID.
+#[derive(Clone)]
+pub struct OidcConfig {
+    /// The tenant-specific issuer, exactly as tokens carry it, e.g.
+    /// `https://sts.windows.net/<tid>/` (v1.0) or `https://login.microsoftonline.com/<tid>/v2.0`.
+    pub issuer: String,
+    /// Which Entra token version the issuer implies; decides whether `amr` can be relied on.
+    pub token_version: TokenVersion,
+    /// Extension: where the provider's metadata is read. Default: for a v1.0 issuer
+    /// `https://login.microsoftonline.com/<tid>/.well-known/openid-configuration`, otherwise
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub discovery_url: String,
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    /// Always contains `openid`.
+    pub scopes: Vec<String>,
+    /// Tenant ids (`tid`) accepted; default: the tenant in the issuer.
+    pub allowed_tenants: Vec<String>,
+    pub clock_skew: std::time::Duration,
+    /// Extension: `form_post` (default, recommended by Microsoft for web apps) or `query`.
+    pub response_mode: ResponseMode,
+    /// Extension: how long a pending sign-in (the login-transaction cookie) stays valid.
+    /// Default "10m".
+    pub login_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_auth", &self.client_auth)
+            .field("scopes", &self.scopes)
+            .field("allowed_tenants", &self.allowed_tenants)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVersion {
+    /// `https://sts.windows.net/<tid>/`: ID tokens carry `amr`.
+    EntraV1,
+    /// `https://login.microsoftonline.com/<tid>/v2.0`: no `amr`; MFA only through `acrs`.
+    EntraV2,
+    /// Any other issuer (a test provider on loopback, another OpenID provider).
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    FormPost,
+    Query,
+}
+
+/// How the gateway authenticates itself at the token endpoint.
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// `client_secret = { file | env | value }`; sent in the form body (`client_secret_post`)
+    /// or as HTTP Basic (`client_secret_basic`, extension key `client_secret_method = "basic"`).
+    Secret { secret: String, basic: bool },
+    /// `client_certificate = { cert = "…", key = "…" }`: `private_key_jwt` signed with the key;
+    /// the certificate's thumbprints go into the assertion header.
+    Certificate { cert: PathBuf, key: PathBuf },
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAuth::Secret { basic, .. } => f
+                .debug_struct("Secret")
+                .field("secret", &"<redacted>")
+                .field("basic", basic)
+                .finish(),
+            ClientAuth::Certificate { cert, key } => f
+                .debug_struct("Certificate")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+        }
+    }
+}
+
+/// `[mfa]`: the evidence an ID token must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaConfig {
+    /// `amr` must contain one of these (default `["mfa", "ngcmfa"]`) …
+    pub amr_any_of: Vec<String>,
+    /// … or `acrs` one of these Conditional Access authentication-context ids (default none).
+    pub acrs_any_of: Vec<String>,
+    /// Sign-ins older than this must sign in again (default "12h").
+    pub max_auth_age: std::time::Duration,
+}
+
+/// `[session]`: the sealed cookie.
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// Default `__Host-mfagw`.
+    pub cookie_name: String,
+    /// Decoded key material, each at least 32 bytes; the first seals, all open.
+    pub keys: Vec<Vec<u8>>,
+    /// Default "10h".
+    pub lifetime: std::time::Duration,
+    /// Default "1h".
+    pub idle_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("cookie_name", &self.cookie_name)
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("lifetime", &self.lifetime)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +234,15 @@ pub struct RouteConfig {
     /// Name of an entry of [`Config::upstreams`].
     pub upstream: String,
     pub access: Access,
+    /// Extension: status for a request without a session that is not a top-level navigation
+    /// (XHR, `fetch`, non-GET): 401 by default; OWA's script treats 440 as "session expired".
+    pub unauthenticated_status: u16,
+    /// Stricter than `[mfa].max_auth_age` for this route (step-up by signing in again).
+    pub max_auth_age: Option<std::time::Duration>,
+    /// Stricter MFA for this route: an `acrs` authentication context to request and require.
+    pub acrs_any_of: Vec<String>,
+    /// Entra group object ids; the session must carry one of them.
+    pub groups_any_of: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +258,16 @@ impl Access {
             Access::Mfa => "mfa",
             Access::Public => "public",
             Access::Deny => "deny",
+        }
+    }
+}
+
+impl Default for MfaConfig {
+    fn default() -> Self {
+        MfaConfig {
+            amr_any_of: vec!["mfa".to_owned(), "ngcmfa".to_owned()],
+            acrs_any_of: Vec::new(),
+            max_auth_age: std::time::Duration::from_secs(12 * 3600),
         }
     }
 }

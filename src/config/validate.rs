@@ -14,8 +14,8 @@ use toml::Spanned;
 use super::raw::{self, key_path, RawConfig, RawHealthCheck, RawRoute, RawSize, RawUpstream, Text};
 use super::secret::{Secrets, SystemSecrets};
 use super::{
-    Access, CertificateConfig, Config, HealthCheckConfig, RouteConfig, ServerConfig, TlsConfig,
-    UpstreamConfig, UpstreamScheme, UpstreamServer,
+    Access, CertificateConfig, Config, HealthCheckConfig, MfaConfig, RouteConfig, ServerConfig,
+    TlsConfig, UpstreamConfig, UpstreamScheme, UpstreamServer,
 };
 
 /// One problem in the configuration, at a key path such as `routes[1].upstream`.
@@ -176,6 +176,9 @@ fn check(
             tls,
             upstreams,
             routes,
+            oidc: None,
+            mfa: MfaConfig::default(),
+            session: None,
         };
         (Ok(config), warnings)
     } else {
@@ -683,6 +686,10 @@ impl Checker<'_> {
                     path,
                     upstream: upstream.clone(),
                     access,
+                    unauthenticated_status: 401,
+                    max_auth_age: None,
+                    acrs_any_of: Vec::new(),
+                    groups_any_of: Vec::new(),
                 });
             }
         }

@@ -42,7 +42,10 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 fn sanitized_name(name: &str) -> String {
-    name.bytes().filter(|b| is_token_byte(*b)).map(char::from).collect()
+    name.bytes()
+        .filter(|b| is_token_byte(*b))
+        .map(char::from)
+        .collect()
 }
 
 fn is_cookie_octet(b: u8) -> bool {
@@ -62,7 +65,11 @@ pub fn set_cookie_header(
     same_site: SameSite,
 ) -> HeaderValue {
     let name = sanitized_name(name);
-    let value: String = value.bytes().filter(|b| is_cookie_octet(*b)).map(char::from).collect();
+    let value: String = value
+        .bytes()
+        .filter(|b| is_cookie_octet(*b))
+        .map(char::from)
+        .collect();
     header(format!(
         "{name}={value}; Max-Age={}; HttpOnly; Secure; Path=/; SameSite={}",
         max_age.as_secs(),
@@ -217,21 +224,36 @@ mod tests {
         for same_site in [SameSite::Lax, SameSite::None] {
             let value = set_cookie_header("__Host-x", "v", Duration::from_secs(60), same_site);
             let text = value.to_str().unwrap();
-            assert!(text.contains("; Path=/;") || text.ends_with("; Path=/"), "{text}");
+            assert!(
+                text.contains("; Path=/;") || text.ends_with("; Path=/"),
+                "{text}"
+            );
             assert!(text.contains("; Secure"), "{text}");
             assert!(!text.to_ascii_lowercase().contains("domain"), "{text}");
         }
         let cleared = clear_cookie_header("__Host-x");
         let text = cleared.to_str().unwrap();
         assert!(text.starts_with("__Host-x=;"), "{text}");
-        assert!(text.contains("; Max-Age=0;") && text.contains("; Secure;") && text.contains("; Path=/;"));
+        assert!(
+            text.contains("; Max-Age=0;")
+                && text.contains("; Secure;")
+                && text.contains("; Path=/;")
+        );
         assert!(!text.to_ascii_lowercase().contains("domain"), "{text}");
     }
 
     #[test]
     fn form_post_login_cookie_is_same_site_none() {
-        let value = set_cookie_header("__Host-mfagw-login-ab", "v", Duration::from_secs(600), SameSite::None);
-        assert!(value.to_str().unwrap().ends_with("; Secure; Path=/; SameSite=None"));
+        let value = set_cookie_header(
+            "__Host-mfagw-login-ab",
+            "v",
+            Duration::from_secs(600),
+            SameSite::None,
+        );
+        assert!(value
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure; Path=/; SameSite=None"));
     }
 
     #[test]

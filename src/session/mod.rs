@@ -34,9 +34,7 @@ pub use cookie::{
     set_cookie_header, strip_cookies, SameSite,
 };
 pub use login::LoginTransaction;
-pub use model::{
-    EntraId, Guid, MfaEvidence, Session, SessionExpired, SessionId, TOUCH_INTERVAL,
-};
+pub use model::{EntraId, Guid, MfaEvidence, Session, SessionExpired, SessionId, TOUCH_INTERVAL};
 pub use seal::{SealError, SessionKey, SessionSeal, FORMAT_VERSION, MIN_KEY_BYTES};
 
 #[cfg(test)]

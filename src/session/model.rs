@@ -288,14 +288,8 @@ mod tests {
         // Active all along: the lifetime still ends the session.
         s.touch(T0 + 10 * 3600 - 30);
         assert_eq!(s.check(T0 + 10 * 3600 - 1, HOUR), Ok(()));
-        assert_eq!(
-            s.check(T0 + 10 * 3600, HOUR),
-            Err(SessionExpired::Lifetime)
-        );
-        assert_eq!(
-            s.check(u64::MAX, HOUR),
-            Err(SessionExpired::Lifetime)
-        );
+        assert_eq!(s.check(T0 + 10 * 3600, HOUR), Err(SessionExpired::Lifetime));
+        assert_eq!(s.check(u64::MAX, HOUR), Err(SessionExpired::Lifetime));
     }
 
     #[test]
@@ -362,7 +356,11 @@ mod tests {
         let mut s = session();
         s.groups = vec![Guid::parse("11111111-2222-3333-4444-555555555555").unwrap()];
         assert!(s.in_group("11111111-2222-3333-4444-555555555555"));
-        assert!(s.in_group("11111111-2222-3333-4444-555555555555".to_uppercase().as_str()));
+        assert!(s.in_group(
+            "11111111-2222-3333-4444-555555555555"
+                .to_uppercase()
+                .as_str()
+        ));
         assert!(!s.in_group("11111111-2222-3333-4444-555555555556"));
         assert!(!s.in_group("Domain Admins"));
     }

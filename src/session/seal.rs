@@ -268,7 +268,11 @@ impl SessionSeal {
         let mut sealed = postcard::to_extend(value, sealed).map_err(|_| SealError)?;
 
         let (prefix, body) = sealed.split_at_mut(HEADER_LEN);
-        let aad = associated_data(prefix.get(..PREFIX_LEN).unwrap_or_default(), purpose, cookie_name);
+        let aad = associated_data(
+            prefix.get(..PREFIX_LEN).unwrap_or_default(),
+            purpose,
+            cookie_name,
+        );
         let tag = key
             .key
             .seal_in_place_separate_tag(
@@ -333,4 +337,34 @@ fn hex(bytes: &[u8]) -> String {
         out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authentic_value_of_another_shape_is_refused() {
+        // Only a gateway with the keys can produce this, e.g. one running a future format
+        // without bumping the version: it must still mean signed out, not a panic.
+        let seal = SessionSeal::new(
+            "__Host-mfagw",
+            vec![SessionKey::from_bytes(&[1; 32]).unwrap()],
+        )
+        .unwrap();
+        for bytes in [&[][..], &[0xff; 3][..], &[1, 2, 3, 4, 5, 6, 7, 8][..]] {
+            let value = seal
+                .seal_value(Purpose::Session, "__Host-mfagw", &bytes)
+                .unwrap();
+            assert_eq!(seal.open(&value), None);
+        }
+        let login = seal
+            .seal_value(
+                Purpose::Login,
+                &seal.login_cookie_name("s"),
+                &("s", "n", "v", "/", 1u64, 9u8),
+            )
+            .unwrap();
+        assert_eq!(seal.open_login("s", &login), None, "trailing bytes");
+    }
 }

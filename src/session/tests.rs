@@ -33,7 +33,12 @@ fn session(groups: usize) -> Session {
     session.name = Some("Margaretha van der Berghe-Olsen (Treasury)".into());
     session.onprem_sid = Some("S-1-5-21-3623811015-3361044348-30300820-101324".into());
     session.groups = (0..groups)
-        .map(|i| Guid([i as u8, 0x5c, 0x7e, 0x11, 0x2b, 0x9d, 0x40, 0x1a, 0x83, 0x6f, 0xe2, 0x0c, 0x4b, 0x77, 0xd1, 0x3a]))
+        .map(|i| {
+            Guid([
+                i as u8, 0x5c, 0x7e, 0x11, 0x2b, 0x9d, 0x40, 0x1a, 0x83, 0x6f, 0xe2, 0x0c, 0x4b,
+                0x77, 0xd1, 0x3a,
+            ])
+        })
         .collect();
     session.mfa = MfaEvidence {
         amr: vec!["pwd".into(), "mfa".into(), "rsa".into()],
@@ -92,7 +97,11 @@ fn tampered_cookie_means_signed_out() {
     for index in 0..raw.len() {
         let mut flipped = raw.clone();
         flipped[index] ^= 0x01;
-        assert_eq!(seal.open(&URL_SAFE_NO_PAD.encode(&flipped)), None, "byte {index}");
+        assert_eq!(
+            seal.open(&URL_SAFE_NO_PAD.encode(&flipped)),
+            None,
+            "byte {index}"
+        );
     }
 }
 
@@ -140,7 +149,9 @@ fn cookie_from_a_key_that_shares_the_key_id_is_refused() {
     // Same id in the clear, different key: authentication, not the id, decides.
     let seal = ring(vec![key(1)]);
     let foreign = ring(vec![key(9)]);
-    let ours = URL_SAFE_NO_PAD.decode(seal.seal(&session(1)).unwrap()).unwrap();
+    let ours = URL_SAFE_NO_PAD
+        .decode(seal.seal(&session(1)).unwrap())
+        .unwrap();
     let mut theirs = URL_SAFE_NO_PAD
         .decode(foreign.seal(&session(1)).unwrap())
         .unwrap();
@@ -303,7 +314,10 @@ fn random_cookie_headers_never_panic() {
 fn key_shorter_than_32_bytes_is_refused() {
     let short = STANDARD.encode([7u8; 31]);
     let error = SessionKey::from_base64(&short).unwrap_err();
-    assert!(error.contains("31 bytes") && error.contains("32"), "{error}");
+    assert!(
+        error.contains("31 bytes") && error.contains("32"),
+        "{error}"
+    );
     assert!(!error.contains(&short), "the error must not echo the key");
     assert!(SessionKey::from_base64("").is_err());
     assert!(SessionKey::from_base64("not base64 at all!").is_err());
@@ -364,7 +378,9 @@ fn each_pending_login_has_its_own_gateway_cookie() {
         assert!(seal.is_login_cookie(name) && seal.is_gateway_cookie(name));
     }
     // Whatever a browser sends as state, the name stays a valid cookie name.
-    assert!(is_valid_cookie_name(&seal.login_cookie_name("; Domain=evil\r\n")));
+    assert!(is_valid_cookie_name(
+        &seal.login_cookie_name("; Domain=evil\r\n")
+    ));
     assert!(seal.is_gateway_cookie(COOKIE));
     assert!(!seal.is_login_cookie(COOKIE));
     assert!(!seal.is_gateway_cookie("X-OWA-CANARY"));
@@ -376,7 +392,10 @@ fn sealed_cookies_round_trip_through_the_headers() {
     let seal = ring(vec![key(1)]);
     let value = seal.seal(&session(5)).unwrap();
     let set = set_cookie_header(COOKIE, &value, Duration::from_secs(36000), SameSite::Lax);
-    assert!(set.to_str().unwrap().starts_with(&format!("{COOKIE}={value};")));
+    assert!(set
+        .to_str()
+        .unwrap()
+        .starts_with(&format!("{COOKIE}={value};")));
     let mut headers = http::HeaderMap::new();
     headers.insert(
         http::header::COOKIE,
