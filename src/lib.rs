@@ -20,7 +20,10 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access;
+pub mod audit;
+pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;

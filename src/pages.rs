@@ -2,21 +2,46 @@
 //! mailbox user understands and never show internals: no server names, no error strings from
 //! Exchange, nothing the browser sent (so nothing can be reflected into the page).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    pub title: &'static str,
-    pub message: &'static str,
+    pub title: Cow<'static, str>,
+    pub message: Cow<'static, str>,
+    /// A link to offer (label, same-site URL), e.g. "Sign in again".
+    pub link: Option<(Cow<'static, str>, String)>,
 }
 
 impl Page {
     pub const fn new(title: &'static str, message: &'static str) -> Page {
-        Page { title, message }
+        Page {
+            title: Cow::Borrowed(title),
+            message: Cow::Borrowed(message),
+            link: None,
+        }
+    }
+
+    /// A page whose text is built at run time. Everything is HTML-escaped when rendered.
+    pub fn owned(
+        title: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Page {
+        Page {
+            title: title.into(),
+            message: message.into(),
+            link: None,
+        }
+    }
+
+    pub fn with_link(mut self, label: &'static str, href: String) -> Page {
+        self.link = Some((Cow::Borrowed(label), href));
+        self
     }
 
     pub fn render(&self, status: StatusCode) -> String {
@@ -27,10 +52,17 @@ impl Page {
 body{{font-family:\"Segoe UI\",system-ui,sans-serif;background:#f3f2f1;color:#201f1e;margin:0}}\
 main{{max-width:34rem;margin:12vh auto;background:#fff;padding:2rem 2.5rem;border-radius:4px;\
 box-shadow:0 1px 4px rgba(0,0,0,.15)}}h1{{font-size:1.5rem;font-weight:600;margin:0 0 1rem}}\
-p{{line-height:1.5}}.code{{color:#605e5c;font-size:.85rem}}</style></head>\
-<body><main><h1>{title}</h1><p>{message}</p><p class=\"code\">Error {code}</p></main></body></html>\n",
-            title = self.title,
-            message = self.message,
+p{{line-height:1.5}}.code{{color:#605e5c;font-size:.85rem}}\
+a.button{{display:inline-block;background:#0f6cbd;color:#fff;padding:.5rem 1.2rem;border-radius:4px;\
+text-decoration:none}}</style></head>\
+<body><main><h1>{title}</h1><p>{message}</p>{link}<p class=\"code\">Error {code}</p></main></body></html>\n",
+            title = escape(&self.title),
+            message = escape(&self.message),
+            link = self.link.as_ref().map_or_else(String::new, |(label, href)| format!(
+                "<p><a class=\"button\" href=\"{}\">{}</a></p>",
+                escape(href),
+                escape(label)
+            )),
             code = status.as_u16(),
         )
     }
@@ -58,6 +90,22 @@ p{{line-height:1.5}}.code{{color:#605e5c;font-size:.85rem}}</style></head>\
     }
 }
 
+/// Escapes text for HTML element content and double-quoted attributes.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +116,15 @@ mod tests {
         assert!(html.contains("<h1>Access denied</h1>"));
         assert!(html.contains("Not here."));
         assert!(html.contains("Error 403"));
+    }
+
+    #[test]
+    fn text_from_the_identity_provider_cannot_inject_markup() {
+        let page = Page::owned("Sign-in failed", "<script>alert(1)</script>")
+            .with_link("Sign in again", "/owa/?a=\"><x".to_owned());
+        let html = page.render(StatusCode::FORBIDDEN);
+        assert!(!html.contains("<script>"));
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains("href=\"/owa/?a=&quot;&gt;&lt;x\""));
     }
 }

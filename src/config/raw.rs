@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use super::secret::SecretSource;
 use super::validate::{line_at, ConfigError, ConfigErrors};
 
 pub(crate) const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
@@ -26,6 +27,15 @@ pub(crate) const DEFAULT_HEALTH_INTERVAL: &str = "10s";
 pub(crate) const DEFAULT_HEALTH_TIMEOUT: &str = "3s";
 pub(crate) const DEFAULT_UNHEALTHY_THRESHOLD: i64 = 2;
 pub(crate) const DEFAULT_HEALTHY_THRESHOLD: i64 = 1;
+pub(crate) const DEFAULT_SCOPES: [&str; 3] = ["openid", "profile", "email"];
+pub(crate) const DEFAULT_CLOCK_SKEW: &str = "2m";
+pub(crate) const DEFAULT_LOGIN_TIMEOUT: &str = "10m";
+pub(crate) const DEFAULT_AMR_ANY_OF: [&str; 2] = ["mfa", "ngcmfa"];
+pub(crate) const DEFAULT_MAX_AUTH_AGE: &str = "12h";
+pub(crate) const DEFAULT_COOKIE_NAME: &str = "__Host-mfagw";
+pub(crate) const DEFAULT_SESSION_LIFETIME: &str = "10h";
+pub(crate) const DEFAULT_SESSION_IDLE_TIMEOUT: &str = "1h";
+pub(crate) const DEFAULT_UNAUTHENTICATED_STATUS: u16 = 401;
 
 pub(crate) type Text = Spanned<String>;
 
@@ -38,10 +48,9 @@ pub(crate) struct RawConfig {
     pub upstreams: Vec<(Text, Spanned<RawUpstream>)>,
     /// `None` when the file has no `[[routes]]` at all.
     pub routes: Option<Vec<Spanned<RawRoute>>>,
-    /// Sign-in sections of the contract, refused by validation in this version.
-    pub oidc: Option<Spanned<toml::Table>>,
-    pub mfa: Option<Spanned<toml::Table>>,
-    pub session: Option<Spanned<toml::Table>>,
+    pub oidc: Option<Spanned<RawOidc>>,
+    pub mfa: Option<Spanned<RawMfa>>,
+    pub session: Option<Spanned<RawSession>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,8 +109,50 @@ pub(crate) struct RawRoute {
     pub host: Text,
     pub path: Text,
     pub upstream: Text,
-    /// Kept as text so validation can list the accepted values and refuse `"mfa"` with a reason.
+    /// Kept as text so validation can list the accepted values.
     pub access: Text,
+    /// The keys below apply to `access = "mfa"` only; validation refuses them elsewhere.
+    pub unauthenticated_status: Option<Spanned<i64>>,
+    pub max_auth_age: Option<Text>,
+    pub acrs_any_of: Option<Spanned<Vec<Text>>>,
+    pub groups_any_of: Option<Spanned<Vec<Text>>>,
+}
+
+/// `[oidc]`. Choices (`response_mode`, `client_secret_method`) are kept as text so validation
+/// can list the accepted values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOidc {
+    pub issuer: Text,
+    pub client_id: Text,
+    pub client_secret: Option<Spanned<SecretSource>>,
+    pub client_certificate: Option<Spanned<RawCertificate>>,
+    pub client_secret_method: Option<Text>,
+    pub scopes: Option<Spanned<Vec<Text>>>,
+    pub allowed_tenants: Option<Spanned<Vec<Text>>>,
+    pub clock_skew: Option<Text>,
+    pub discovery_url: Option<Text>,
+    pub response_mode: Option<Text>,
+    pub login_timeout: Option<Text>,
+}
+
+/// `[mfa]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMfa {
+    pub amr_any_of: Option<Spanned<Vec<Text>>>,
+    pub acrs_any_of: Option<Spanned<Vec<Text>>>,
+    pub max_auth_age: Option<Text>,
+}
+
+/// `[session]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSession {
+    pub cookie_name: Option<Text>,
+    pub keys: Spanned<Vec<Spanned<SecretSource>>>,
+    pub lifetime: Option<Text>,
+    pub idle_timeout: Option<Text>,
 }
 
 /// A size: an integer number of bytes, or text such as `"128MiB"` (checked by validation).

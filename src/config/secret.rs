@@ -95,24 +95,34 @@ impl SecretSource {
         matches!(self, SecretSource::Value(_))
     }
 
+    /// Where the secret comes from, for messages about its contents: `secret file /path`,
+    /// `environment variable NAME` or `inline secret value`. Never the secret itself.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::File(path) => format!("secret file {}", path.display()),
+            SecretSource::Env(name) => format!("environment variable {name}"),
+            SecretSource::Value(_) => "inline secret value".to_owned(),
+        }
+    }
+
     /// Reads the secret. Surrounding whitespace is removed (the trailing newline of
     /// `openssl rand -base64 32 > file`); an empty secret is refused. The error says where the
     /// secret was looked for, never what it contains.
     pub fn resolve(&self, secrets: &dyn Secrets) -> Result<String, String> {
-        let (raw, origin) = match self {
+        let raw = match self {
             SecretSource::File(path) => match secrets.file(path) {
-                Ok(text) => (text, format!("secret file {}", path.display())),
+                Ok(text) => text,
                 Err(e) => return Err(format!("cannot read secret file {}: {e}", path.display())),
             },
             SecretSource::Env(name) => match secrets.env(name) {
-                Some(text) => (text, format!("environment variable {name}")),
+                Some(text) => text,
                 None => return Err(format!("environment variable {name} is not set")),
             },
-            SecretSource::Value(text) => (text.clone(), "inline secret value".to_owned()),
+            SecretSource::Value(text) => text.clone(),
         };
         let trimmed = raw.trim();
         if trimmed.is_empty() {
-            return Err(format!("{origin} is empty"));
+            return Err(format!("{} is empty", self.describe()));
         }
         Ok(trimmed.to_owned())
     }

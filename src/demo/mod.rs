@@ -2,10 +2,14 @@
 //! stand-in and the gateway in front of it — so an administrator can see the gateway work
 //! before pointing it at real servers.
 
+pub mod provider;
 mod upstream;
 
 use std::net::SocketAddr;
 
+pub use provider::{
+    sign_in_form, ClientCredential, Forgery, ProviderOptions, Signing, TestProvider, TestUser,
+};
 pub use upstream::SampleExchange;
 
 use crate::config::{Config, SystemSecrets};

@@ -13,6 +13,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::pages::escape;
+
 pub struct SampleExchange {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -95,11 +97,4 @@ It received <code>{} {}</code> with these headers:</p><table>{rows}</table></mai
         escape(request.method().as_str()),
         escape(request.uri().path()),
     )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

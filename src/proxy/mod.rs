@@ -137,20 +137,31 @@ pub async fn forward(
                     server: Some(label),
                 })
             }
-            Ok(Err(e)) if e.is_connect() => {
-                pool.mark_unreachable(index);
-                last_error = GatewayError::UpstreamConnect(error_chain(&e));
+            Ok(Err(e)) => {
+                let connect_failed = e.is_connect();
+                if connect_failed {
+                    pool.mark_unreachable(index);
+                }
+                // A request that got no response head may be sent again elsewhere only when it
+                // is idempotent and bodiless (RFC 9110 section 9.2.2): a reused keep-alive
+                // connection reset by a server that just died is the common case. Anything
+                // else might have been acted on and is answered with the error.
+                if !connect_failed && !retryable {
+                    return Err(ForwardError {
+                        error: classify_send_error(&e),
+                        server: Some(label),
+                    });
+                }
+                last_error = if connect_failed {
+                    GatewayError::UpstreamConnect(error_chain(&e))
+                } else {
+                    classify_send_error(&e)
+                };
                 last_server = Some(label);
                 if !retryable {
                     break;
                 }
                 body = Some(RequestBody::empty());
-            }
-            Ok(Err(e)) => {
-                return Err(ForwardError {
-                    error: classify_send_error(&e),
-                    server: Some(label),
-                })
             }
             Ok(Ok(response)) => {
                 let response = match downstream_upgrade {

@@ -51,10 +51,21 @@ impl Snapshot {
     /// Builds everything a configuration describes except the listeners. Reads the certificate
     /// and CA files, so this is where a missing or mismatched file is found.
     pub fn build(config: Config, metrics: &Metrics) -> Result<(Snapshot, CertSet), String> {
-        let certs = CertSet::load(&config.tls.certificates)?;
+        // Every unreadable file is reported, one per line, not just the first.
+        let mut errors = Vec::new();
+        let certs = CertSet::load(&config.tls.certificates).unwrap_or_else(|mut problems| {
+            errors.append(&mut problems);
+            CertSet::empty()
+        });
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
-            pools.push(UpstreamPool::new(upstream.clone()).map_err(|e| e.to_string())?);
+            match UpstreamPool::new(upstream.clone()) {
+                Ok(pool) => pools.push(pool),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("\n"));
         }
         let mut router = Router::new();
         let mut hosts: Vec<String> = Vec::new();
@@ -234,6 +245,8 @@ impl Gateway {
         let connections = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(max_connections));
         let mut accept_loops = Vec::new();
+        let admin_stop = CancellationToken::new();
+        let mut admin_task = None;
         if let Some(listener) = listeners.https {
             let tls = match &cert_store {
                 Some(store) => tls::server_config(store.clone())?,
@@ -270,10 +283,11 @@ impl Gateway {
         }
         if let Some(listener) = listeners.admin {
             tracing::info!(address = %admin_addr.map_or_else(String::new, |a| a.to_string()), "admin listener (healthz, readyz, metrics)");
-            accept_loops.push(tokio::spawn(admin::serve(
+            // The admin listener outlives the drain, so /readyz can be read while it happens.
+            admin_task = Some(tokio::spawn(admin::serve(
                 listener,
                 shared.clone(),
-                drain.clone(),
+                admin_stop.clone(),
             )));
         }
 
@@ -297,6 +311,10 @@ impl Gateway {
                     );
                 }
                 let _ = shared.health_stop.send(true);
+                admin_stop.cancel();
+                if let Some(task) = admin_task {
+                    let _ = task.await;
+                }
                 tracing::info!("stopped");
             })
         };

@@ -25,37 +25,29 @@ pub struct CertSet {
 }
 
 impl CertSet {
-    /// Loads every configured certificate and key; fails with a message naming the file.
-    pub fn load(configs: &[CertificateConfig]) -> Result<CertSet, String> {
+    /// Loads every configured certificate and key. Fails with one line per unusable file, each
+    /// naming its key path, so `check-config` shows every problem in one run.
+    pub fn load(configs: &[CertificateConfig]) -> Result<CertSet, Vec<String>> {
         let provider = provider();
         let mut entries = Vec::with_capacity(configs.len());
+        let mut errors = Vec::new();
         for (i, config) in configs.iter().enumerate() {
-            let key_path = format!("tls.certificates[{i}]");
-            let chain = load_chain(&config.cert).map_err(|e| format!("{key_path}.cert: {e}"))?;
-            let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
-                format!(
-                    "{key_path}.key: cannot read a private key from {}: {e}",
-                    config.key.display()
-                )
-            })?;
-            let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-                format!(
-                    "{key_path}: {} and {} do not form a usable pair: {e}",
-                    config.cert.display(),
-                    config.key.display()
-                )
-            })?;
-            let names = dns_names(&certified)
-                .map_err(|e| format!("{key_path}.cert: {}: {e}", config.cert.display()))?;
-            if names.is_empty() {
-                return Err(format!(
-                    "{key_path}.cert: {} carries no DNS name (subjectAltName) to match SNI against",
-                    config.cert.display()
-                ));
+            match load_one(i, config, &provider) {
+                Ok(entry) => entries.push(entry),
+                Err(mut problems) => errors.append(&mut problems),
             }
-            entries.push((names, Arc::new(certified)));
         }
-        Ok(CertSet { entries })
+        if errors.is_empty() {
+            Ok(CertSet { entries })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn empty() -> CertSet {
+        CertSet {
+            entries: Vec::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,6 +80,43 @@ impl CertSet {
         }
         self.entries.first().map(|(_, key)| key.clone())
     }
+}
+
+fn load_one(
+    i: usize,
+    config: &CertificateConfig,
+    provider: &CryptoProvider,
+) -> Result<(Vec<String>, Arc<CertifiedKey>), Vec<String>> {
+    let key_path = format!("tls.certificates[{i}]");
+    let chain = load_chain(&config.cert).map_err(|e| format!("{key_path}.cert: {e}"));
+    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
+        format!(
+            "{key_path}.key: cannot read a private key from {}: {e}",
+            config.key.display()
+        )
+    });
+    let (chain, key) = match (chain, key) {
+        (Ok(chain), Ok(key)) => (chain, key),
+        (chain, key) => {
+            return Err([chain.err(), key.err()].into_iter().flatten().collect());
+        }
+    };
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        vec![format!(
+            "{key_path}: {} and {} do not form a usable pair: {e}",
+            config.cert.display(),
+            config.key.display()
+        )]
+    })?;
+    let names = dns_names(&certified)
+        .map_err(|e| vec![format!("{key_path}.cert: {}: {e}", config.cert.display())])?;
+    if names.is_empty() {
+        return Err(vec![format!(
+            "{key_path}.cert: {} carries no DNS name (subjectAltName) to match SNI against",
+            config.cert.display()
+        )]);
+    }
+    Ok((names, Arc::new(certified)))
 }
 
 fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

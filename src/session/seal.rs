@@ -251,6 +251,16 @@ impl SessionSeal {
         (login.state == state).then_some(login)
     }
 
+    /// A pending-login cookie opened by its own name (the name is the associated data), to
+    /// learn its age when too many are pending.
+    pub fn open_login_cookie(&self, name: &str, value: &str) -> Option<LoginTransaction> {
+        if !self.is_login_cookie(name) {
+            return None;
+        }
+        let login: LoginTransaction = self.open_value(Purpose::Login, name, value)?;
+        (self.login_cookie_name(&login.state) == name).then_some(login)
+    }
+
     fn seal_value<T: Serialize>(
         &self,
         purpose: Purpose,

@@ -1,0 +1,52 @@
+//! Audit events for the SIEM: one structured event (target `audit`) per sign-in success or
+//! refusal, sign-out and policy denial — who, from where, why. Never a token, a code, a secret
+//! or a cookie value.
+
+use std::net::IpAddr;
+
+use crate::auth::id_token::{UnverifiedFacts, VerifiedIdentity};
+
+pub fn sign_in_succeeded(identity: &VerifiedIdentity, client: IpAddr, host: &str) {
+    tracing::info!(
+        target: "audit",
+        event = "sign_in",
+        outcome = "success",
+        oid = %identity.oid,
+        tid = %identity.tid,
+        upn = identity.upn.as_deref().unwrap_or("-"),
+        amr = %identity.all_amr.join(","),
+        acrs = %identity.acrs.join(","),
+        client = %client,
+        host,
+    );
+}
+
+/// A sign-in refused; `facts` holds what could be read of the token, if anything.
+pub fn sign_in_refused(reason: &str, facts: &UnverifiedFacts, client: IpAddr, host: &str) {
+    tracing::warn!(
+        target: "audit",
+        event = "sign_in",
+        outcome = "refused",
+        reason,
+        oid = facts.oid.as_deref().unwrap_or("-"),
+        tid = facts.tid.as_deref().unwrap_or("-"),
+        upn = facts.upn.as_deref().unwrap_or("-"),
+        amr = %facts.amr.join(","),
+        client = %client,
+        host,
+    );
+}
+
+/// A signed-in user refused by a route's policy (groups).
+pub fn policy_denied(reason: &str, oid: &str, upn: Option<&str>, route: &str, client: IpAddr) {
+    tracing::warn!(
+        target: "audit",
+        event = "policy",
+        outcome = "denied",
+        reason,
+        oid,
+        upn = upn.unwrap_or("-"),
+        route,
+        client = %client,
+    );
+}

@@ -1,0 +1,172 @@
+//! What the gateway knows of the identity provider: its endpoints (from discovery) and its
+//! signing keys (JWKS). Fetched at start — retried with backoff while Entra is unreachable, with
+//! the gateway not ready meanwhile — and refreshed hourly. A token signed with a key id the
+//! cached set lacks triggers one refetch, at most every five minutes, so key rotation works
+//! without letting a stream of forged key ids hammer Entra.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use openidconnect::core::CoreJsonWebKeySet;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::backchannel::BackChannel;
+use crate::config::OidcConfig;
+
+const REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+const UNKNOWN_KID_MIN_INTERVAL: Duration = Duration::from_secs(300);
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// The endpoints the gateway uses, from the discovery document.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Endpoints {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+}
+
+/// One consistent view of the provider.
+pub struct ProviderState {
+    pub endpoints: Endpoints,
+    pub keys: CoreJsonWebKeySet,
+}
+
+pub struct IdentityProvider {
+    config: OidcConfig,
+    channel: BackChannel,
+    state: ArcSwapOption<ProviderState>,
+    last_unknown_kid_refetch: Mutex<Option<Instant>>,
+}
+
+impl IdentityProvider {
+    pub fn new(config: OidcConfig, channel: BackChannel) -> Arc<IdentityProvider> {
+        Arc::new(IdentityProvider {
+            config,
+            channel,
+            state: ArcSwapOption::empty(),
+            last_unknown_kid_refetch: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    pub fn channel(&self) -> &BackChannel {
+        &self.channel
+    }
+
+    /// The endpoints and keys, once fetched.
+    pub fn state(&self) -> Option<Arc<ProviderState>> {
+        self.state.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.load().is_some()
+    }
+
+    /// Fetches discovery and keys until it succeeds (backing off up to a minute), then
+    /// refreshes them every hour, until `stop` fires.
+    pub fn spawn_refresh(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let provider = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut retry = FIRST_RETRY;
+            loop {
+                let Some(current) = provider.upgrade() else {
+                    return;
+                };
+                let wait = match current.refresh().await {
+                    Ok(()) => {
+                        retry = FIRST_RETRY;
+                        REFRESH_INTERVAL
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            issuer = %current.config.issuer,
+                            error = %e,
+                            retry_in = ?retry,
+                            "cannot read the identity provider's metadata or keys; new sign-ins wait until it answers"
+                        );
+                        let wait = retry;
+                        retry = (retry * 2).min(MAX_RETRY);
+                        wait
+                    }
+                };
+                drop(current);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// Reads discovery and keys now.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let body = self
+            .channel
+            .get(&self.config.discovery_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let endpoints: Endpoints = serde_json::from_slice(&body)
+            .map_err(|e| format!("discovery document at {}: {e}", self.config.discovery_url))?;
+        // The issuer in the metadata must be exactly the configured one: a document for another
+        // tenant (or `common`) would otherwise swap the rules under the gateway.
+        if endpoints.issuer != self.config.issuer {
+            return Err(format!(
+                "discovery document at {} names issuer {:?}, but oidc.issuer is {:?}",
+                self.config.discovery_url, endpoints.issuer, self.config.issuer
+            ));
+        }
+        let keys = self.fetch_keys(&endpoints.jwks_uri).await?;
+        let first = self.state.load().is_none();
+        self.state
+            .store(Some(Arc::new(ProviderState { endpoints, keys })));
+        if first {
+            tracing::info!(issuer = %self.config.issuer, "identity provider metadata and signing keys loaded");
+        }
+        Ok(())
+    }
+
+    async fn fetch_keys(&self, jwks_uri: &str) -> Result<CoreJsonWebKeySet, String> {
+        let body = self
+            .channel
+            .get(jwks_uri)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&body).map_err(|e| format!("signing keys at {jwks_uri}: {e}"))
+    }
+
+    /// A token named a key id not in the cached set: refetch the keys, unless that was done
+    /// less than five minutes ago. Returns the new state when keys were refetched.
+    pub async fn refetch_keys_for_unknown_kid(&self) -> Option<Arc<ProviderState>> {
+        let mut last = self.last_unknown_kid_refetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_MIN_INTERVAL) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        let current = self.state.load_full()?;
+        match self.fetch_keys(&current.endpoints.jwks_uri).await {
+            Ok(keys) => {
+                let state = Arc::new(ProviderState {
+                    endpoints: current.endpoints.clone(),
+                    keys,
+                });
+                self.state.store(Some(state.clone()));
+                tracing::info!(issuer = %self.config.issuer, "signing keys refetched for an unknown key id");
+                Some(state)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refetching signing keys failed");
+                None
+            }
+        }
+    }
+}

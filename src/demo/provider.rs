@@ -1,0 +1,636 @@
+//! A test OpenID provider shaped like Microsoft Entra ID (v1.0 endpoints and tokens), served
+//! over plain HTTP on loopback, for `mfa-gateway demo` and the tests. **Never for production**:
+//! it signs in whoever presses "Sign in", lets that person claim multifactor authentication,
+//! and can be told to forge tokens.
+//!
+//! What it imitates, because the gateway must cope with each of these Entra facts:
+//! - a tenant-specific issuer, `http://127.0.0.1:PORT/<tid>/`, with the trailing slash of
+//!   `https://sts.windows.net/<tid>/`, and discovery at `<issuer>.well-known/openid-configuration`;
+//! - the authorization code flow with PKCE S256, `state`, `nonce`, `response_mode` `query` or
+//!   `form_post`, and the `claims` parameter asking for an `acrs` authentication context;
+//! - RS256 ID tokens whose `kid` is in the JWKS, with the v1.0 claims: `tid`, `oid`, pairwise
+//!   `sub`, `upn`, `unique_name`, `name`, `onprem_sid`, `groups` (or the overage marker above
+//!   200), `amr`, `acrs`, `sid`, `auth_time`, `ver` "1.0";
+//! - client authentication by secret (`client_secret_post` or `client_secret_basic`) or by
+//!   certificate (`private_key_jwt`), checked as Entra checks it;
+//! - the end-session endpoint with `post_logout_redirect_uri`.
+//!
+//! Tests steer it through [`TestProvider`]: register clients, rotate signing keys, take the
+//! provider down (every endpoint 503), forge the next ID token ([`Forgery`]), backdate
+//! `auth_time`, and read back the calls it received ([`ProviderCall`]) to prove, for example,
+//! that the token endpoint was never reached.
+
+mod endpoints;
+mod form;
+mod jwt;
+mod pages;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use self::endpoints::CodeGrant;
+use self::form::Params;
+use self::jwt::{PreparedForgery, SigningKey};
+
+/// The tenant id the provider uses unless told otherwise (a made-up GUID).
+pub const DEFAULT_TENANT_ID: &str = "3f6a8e2c-5b1d-4c7e-9a0f-2d4b6c8e1a35";
+/// Object id of the "Mail users" group; alice and carol are members.
+pub const GROUP_MAIL_USERS: &str = "b1c2d3e4-0001-4a5b-8c6d-7e8f9a0b1c2d";
+/// Object id of the "Exchange administrators" group; alice and carol are members.
+pub const GROUP_EXCHANGE_ADMINS: &str = "b1c2d3e4-0002-4a5b-8c6d-7e8f9a0b1c2d";
+
+/// Entra puts at most this many groups in a JWT; above it, an overage marker instead.
+const MAX_GROUPS_IN_TOKEN: usize = 200;
+/// Largest request body read (a sign-in form or a token request is a few kilobytes).
+const MAX_BODY: usize = 64 * 1024;
+
+const DISCOVERY_PATH: &str = ".well-known/openid-configuration";
+const KEYS_PATH: &str = "discovery/keys";
+const AUTHORIZE_PATH: &str = "oauth2/authorize";
+const TOKEN_PATH: &str = "oauth2/token";
+const LOGOUT_PATH: &str = "oauth2/logout";
+
+/// A person who can sign in at the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestUser {
+    /// What the sign-in form sends as `user` (e.g. "alice").
+    pub username: String,
+    /// Display name: the `name` claim.
+    pub name: String,
+    /// The `upn` and `unique_name` claims.
+    pub upn: String,
+    /// The `oid` claim (object id, a GUID).
+    pub oid: String,
+    /// The `onprem_sid` claim of a user synchronised from Active Directory.
+    pub onprem_sid: Option<String>,
+    /// Group object ids; more than 200 become the overage marker.
+    pub groups: Vec<String>,
+}
+
+impl TestUser {
+    /// Member of [`GROUP_MAIL_USERS`] and [`GROUP_EXCHANGE_ADMINS`], synchronised from AD.
+    pub fn alice() -> TestUser {
+        TestUser {
+            username: "alice".into(),
+            name: "Alice Wilber".into(),
+            upn: "alice@contoso.com".into(),
+            oid: "6e9f4c2a-8d1b-4f3e-a5c7-1b2d3e4f5a60".into(),
+            onprem_sid: Some("S-1-5-21-1004336348-1177238915-682003330-1105".into()),
+            groups: vec![GROUP_MAIL_USERS.into(), GROUP_EXCHANGE_ADMINS.into()],
+        }
+    }
+
+    /// In no group.
+    pub fn bob() -> TestUser {
+        TestUser {
+            username: "bob".into(),
+            name: "Bob Kelly".into(),
+            upn: "bob@contoso.com".into(),
+            oid: "0b7d1f3e-5a2c-4e6b-9d8f-3c4a5b6d7e81".into(),
+            onprem_sid: Some("S-1-5-21-1004336348-1177238915-682003330-1106".into()),
+            groups: Vec::new(),
+        }
+    }
+
+    /// In 250 groups (both named groups among them): her tokens carry the overage marker.
+    pub fn carol() -> TestUser {
+        let mut groups = vec![
+            GROUP_MAIL_USERS.to_owned(),
+            GROUP_EXCHANGE_ADMINS.to_owned(),
+        ];
+        groups.extend((3..=250).map(|i| format!("c0ffee00-{i:04x}-4000-8000-000000000000")));
+        TestUser {
+            username: "carol".into(),
+            name: "Carol Lopez".into(),
+            upn: "carol@contoso.com".into(),
+            oid: "9a4e2b6c-1d3f-4a5b-8c7d-e9f0a1b2c3d4".into(),
+            onprem_sid: Some("S-1-5-21-1004336348-1177238915-682003330-1107".into()),
+            groups,
+        }
+    }
+}
+
+/// How to start a [`TestProvider`].
+#[derive(Clone, Debug)]
+pub struct ProviderOptions {
+    /// The tenant id in every URL and in the `tid` claim.
+    pub tenant_id: String,
+    /// Where to listen; default 127.0.0.1 on a free port.
+    pub addr: Option<SocketAddr>,
+    /// Who can sign in; default alice, bob and carol.
+    pub users: Vec<TestUser>,
+    /// ID token lifetime (`exp` − `iat`) and the token response's `expires_in`.
+    pub token_lifetime: Duration,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> ProviderOptions {
+        ProviderOptions {
+            tenant_id: DEFAULT_TENANT_ID.into(),
+            addr: None,
+            users: vec![TestUser::alice(), TestUser::bob(), TestUser::carol()],
+            token_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How a registered client proves itself at the token endpoint.
+#[derive(Clone, Debug)]
+pub enum ClientCredential {
+    /// A client secret, sent with `client_secret_post` or `client_secret_basic`.
+    Secret(String),
+    /// A certificate credential: `private_key_jwt` assertions signed (RS256 or PS256) by the
+    /// private half of `public_key`. With `cert_der`, the assertion header must name that
+    /// certificate by `x5t#S256` and/or `x5t`, as Entra requires.
+    KeyPair {
+        public_key: rsa::RsaPublicKey,
+        cert_der: Option<Vec<u8>>,
+    },
+}
+
+/// How the next ID token is signed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Signing {
+    /// RS256 with the current published key.
+    #[default]
+    Normal,
+    /// Header `alg: "none"` and an empty signature.
+    AlgNone,
+    /// Header `alg: "HS256"`, HMAC-SHA256 keyed with the current public key's SPKI PEM
+    /// (`-----BEGIN PUBLIC KEY-----`, LF line endings): the algorithm-confusion attack.
+    HmacWithPublicKey,
+    /// RS256 with a fresh key that is not in the JWKS, under the current key's `kid`.
+    ForeignKey,
+    /// RS256 with a key whose `kid` is not (yet) in the JWKS. The key stays pending:
+    /// [`TestProvider::publish_pending_key`] or [`TestProvider::rotate_signing_key`] publishes
+    /// it, and normal tokens are then signed with it.
+    UnpublishedKid,
+}
+
+/// Changes to the next ID token the provider issues.
+#[derive(Clone, Debug, Default)]
+pub struct Forgery {
+    /// Merged into the claims; a JSON `null` removes the claim.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Merged into the JOSE header after the signing mode set `alg`/`kid`; `null` removes.
+    pub header: serde_json::Map<String, serde_json::Value>,
+    pub signing: Signing,
+}
+
+impl Forgery {
+    /// Sets (or, with `Value::Null`, removes) one claim.
+    pub fn claim(mut self, name: &str, value: impl Into<serde_json::Value>) -> Forgery {
+        self.claims.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Removes one claim.
+    pub fn without(self, name: &str) -> Forgery {
+        self.claim(name, serde_json::Value::Null)
+    }
+
+    /// Sets (or, with `Value::Null`, removes) one header member.
+    pub fn header(mut self, name: &str, value: impl Into<serde_json::Value>) -> Forgery {
+        self.header.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn signing(mut self, signing: Signing) -> Forgery {
+        self.signing = signing;
+        self
+    }
+}
+
+/// Which endpoint a call reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderEndpoint {
+    Discovery,
+    Keys,
+    Authorize,
+    Token,
+    Logout,
+    /// Any other path (answered 404).
+    Other(String),
+}
+
+/// How a client authenticated at the token endpoint (as presented, accepted or not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    ClientSecretPost,
+    ClientSecretBasic,
+    PrivateKeyJwt,
+}
+
+/// One request the provider received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderCall {
+    pub endpoint: ProviderEndpoint,
+    pub method: Method,
+    /// Query parameters (GET) or form fields (POST), in the order sent.
+    pub params: Vec<(String, String)>,
+    /// Token endpoint only: the client authentication method presented.
+    pub client_auth: Option<ClientAuthMethod>,
+    /// The status the provider answered with.
+    pub status: StatusCode,
+}
+
+impl ProviderCall {
+    /// The first value of parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The running provider. Dropping it stops the listener.
+pub struct TestProvider {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    tenant_id: String,
+    issuer: String,
+    users: Vec<TestUser>,
+    token_lifetime: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    available: bool,
+    /// Published keys; the first signs.
+    keys: Vec<Arc<SigningKey>>,
+    /// A key used by an `UnpublishedKid` forgery, waiting to be published.
+    pending_key: Option<Arc<SigningKey>>,
+    clients: HashMap<String, ClientCredential>,
+    codes: HashMap<String, CodeGrant>,
+    seen_jtis: HashSet<String>,
+    forgeries: VecDeque<PreparedForgery>,
+    calls: Vec<ProviderCall>,
+    last_sid: HashMap<String, String>,
+    auth_time_offset: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    fn user(&self, username: &str) -> Option<&TestUser> {
+        self.users.iter().find(|user| user.username == username)
+    }
+}
+
+impl TestProvider {
+    /// Binds the listener, generates the first signing key and starts serving.
+    pub async fn start(options: ProviderOptions) -> std::io::Result<TestProvider> {
+        let tenant_ok = !options.tenant_id.is_empty()
+            && options
+                .tenant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !tenant_ok {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the tenant id must be letters, digits, '-' and '.'",
+            ));
+        }
+        let key = generate_key()?;
+        let listener = TcpListener::bind(
+            options
+                .addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
+        .await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            issuer: format!("http://{addr}/{}/", options.tenant_id),
+            tenant_id: options.tenant_id,
+            users: options.users,
+            token_lifetime: options.token_lifetime,
+            state: Mutex::new(State {
+                available: true,
+                keys: vec![key],
+                pending_key: None,
+                clients: HashMap::new(),
+                codes: HashMap::new(),
+                seen_jtis: HashSet::new(),
+                forgeries: VecDeque::new(),
+                calls: Vec::new(),
+                last_sid: HashMap::new(),
+                auth_time_offset: Duration::ZERO,
+            }),
+        });
+        let serving = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = serving.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(TestProvider { shared, addr, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.shared.tenant_id
+    }
+
+    /// `http://127.0.0.1:PORT/<tid>/`, exactly as in discovery and in every token's `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.shared.issuer
+    }
+
+    /// `<issuer>.well-known/openid-configuration`.
+    pub fn discovery_url(&self) -> String {
+        self.shared.url(DISCOVERY_PATH)
+    }
+
+    pub fn authorization_endpoint(&self) -> String {
+        self.shared.url(AUTHORIZE_PATH)
+    }
+
+    /// Also the `aud` a `private_key_jwt` assertion must carry.
+    pub fn token_endpoint(&self) -> String {
+        self.shared.url(TOKEN_PATH)
+    }
+
+    pub fn jwks_uri(&self) -> String {
+        self.shared.url(KEYS_PATH)
+    }
+
+    pub fn end_session_endpoint(&self) -> String {
+        self.shared.url(LOGOUT_PATH)
+    }
+
+    pub fn users(&self) -> &[TestUser] {
+        &self.shared.users
+    }
+
+    /// Registers (or replaces) a client. Any `redirect_uri` is accepted for it.
+    pub fn register_client(&self, client_id: impl Into<String>, credential: ClientCredential) {
+        self.shared
+            .lock()
+            .clients
+            .insert(client_id.into(), credential);
+    }
+
+    /// The `kid` that signs normal tokens now.
+    pub fn current_kid(&self) -> String {
+        self.shared
+            .lock()
+            .keys
+            .first()
+            .map(|key| key.kid.clone())
+            .unwrap_or_default()
+    }
+
+    /// Switches to a new signing key and returns its `kid`: the pending key of an
+    /// `UnpublishedKid` forgery if there is one, else a fresh key. The JWKS then serves the new
+    /// key, and the previous ones too when `keep_old`.
+    pub fn rotate_signing_key(&self, keep_old: bool) -> std::io::Result<String> {
+        let pending = self.shared.lock().pending_key.take();
+        let key = match pending {
+            Some(key) => key,
+            None => generate_key()?,
+        };
+        let kid = key.kid.clone();
+        let mut state = self.shared.lock();
+        if !keep_old {
+            state.keys.clear();
+        }
+        state.keys.retain(|old| old.kid != kid);
+        state.keys.insert(0, key);
+        Ok(kid)
+    }
+
+    /// Publishes the pending key of an `UnpublishedKid` forgery as the signing key, keeping
+    /// the others in the JWKS; returns its `kid`, or `None` when no key is pending.
+    pub fn publish_pending_key(&self) -> Option<String> {
+        let mut state = self.shared.lock();
+        let key = state.pending_key.take()?;
+        let kid = key.kid.clone();
+        state.keys.insert(0, key);
+        Some(kid)
+    }
+
+    /// `false`: every endpoint answers 503, as when Entra cannot be reached.
+    pub fn set_available(&self, available: bool) {
+        self.shared.lock().available = available;
+    }
+
+    /// Queues a forgery: each ID token issued takes the next one queued. Keys the forgery
+    /// needs are generated now.
+    pub fn forge_next(&self, forgery: Forgery) -> std::io::Result<()> {
+        let key = match forgery.signing {
+            Signing::ForeignKey => Some(generate_key()?),
+            Signing::UnpublishedKid => {
+                let pending = self.shared.lock().pending_key.clone();
+                let key = match pending {
+                    Some(key) => key,
+                    None => generate_key()?,
+                };
+                self.shared.lock().pending_key = Some(key.clone());
+                Some(key)
+            }
+            Signing::Normal | Signing::AlgNone | Signing::HmacWithPublicKey => None,
+        };
+        self.shared.lock().forgeries.push_back(PreparedForgery {
+            claims: forgery.claims,
+            header: forgery.header,
+            signing: forgery.signing,
+            key,
+        });
+        Ok(())
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn calls(&self) -> Vec<ProviderCall> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// The calls that reached `endpoint`.
+    pub fn calls_to(&self, endpoint: ProviderEndpoint) -> Vec<ProviderCall> {
+        self.shared
+            .lock()
+            .calls
+            .iter()
+            .filter(|call| call.endpoint == endpoint)
+            .cloned()
+            .collect()
+    }
+
+    pub fn clear_calls(&self) {
+        self.shared.lock().calls.clear();
+    }
+
+    /// Sign-ins from now on report `auth_time` this far in the past (tokens are still fresh).
+    pub fn set_auth_time_offset(&self, offset: Duration) {
+        self.shared.lock().auth_time_offset = offset;
+    }
+
+    /// The `sid` of `username`'s latest sign-in (what front-channel logout would send).
+    pub fn last_sid(&self, username: &str) -> Option<String> {
+        self.shared.lock().last_sid.get(username).cloned()
+    }
+}
+
+impl Drop for TestProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn generate_key() -> std::io::Result<Arc<SigningKey>> {
+    SigningKey::generate()
+        .map(Arc::new)
+        .map_err(|e| std::io::Error::other(format!("cannot generate an RSA key: {e}")))
+}
+
+/// Turns the gateway's redirect to the authorization endpoint into the POST the sign-in page
+/// would send: the URL to post to, and the form (every original parameter, `user`, `mfa` and
+/// `decision=approve`). Change `decision` to `cancel` to press Cancel.
+pub fn sign_in_form(authorize_url: &str, user: &str, mfa: bool) -> (String, Vec<(String, String)>) {
+    let without_fragment = authorize_url.split('#').next().unwrap_or(authorize_url);
+    let (url, query) = without_fragment
+        .split_once('?')
+        .unwrap_or((without_fragment, ""));
+    let mut fields = form::decode(query);
+    fields.retain(|(name, _)| !matches!(name.as_str(), "user" | "mfa" | "decision"));
+    fields.push(("user".into(), user.into()));
+    fields.push(("mfa".into(), if mfa { "yes" } else { "no" }.into()));
+    fields.push(("decision".into(), "approve".into()));
+    (url.to_owned(), fields)
+}
+
+/// Reads a `form_post` page from the provider: the redirect URI it posts to and its fields
+/// (`code`, `state`, `session_state`, or `error`, `error_description`, `state`).
+pub fn parse_form_post(html: &str) -> Option<(String, Vec<(String, String)>)> {
+    pages::parse_form_post(html)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn endpoint_of(tenant_id: &str, path: &str) -> ProviderEndpoint {
+    let rest = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(tenant_id))
+        .and_then(|p| p.strip_prefix('/'));
+    match rest {
+        Some(DISCOVERY_PATH) => ProviderEndpoint::Discovery,
+        Some(KEYS_PATH) => ProviderEndpoint::Keys,
+        Some(AUTHORIZE_PATH) => ProviderEndpoint::Authorize,
+        Some(TOKEN_PATH) => ProviderEndpoint::Token,
+        Some(LOGOUT_PATH) => ProviderEndpoint::Logout,
+        _ => ProviderEndpoint::Other(path.to_owned()),
+    }
+}
+
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
+    let (parts, body) = request.into_parts();
+    let endpoint = endpoint_of(&shared.tenant_id, parts.uri.path());
+    let mut params = form::decode(parts.uri.query().unwrap_or(""));
+    let mut body_error = None;
+    if parts.method == Method::POST {
+        let is_form = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            });
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(_) if !is_form => {
+                body_error = Some("the body must be application/x-www-form-urlencoded")
+            }
+            // Only the form counts on a POST: a query string there is ignored, as Entra does.
+            Ok(collected) => params = form::decode(&String::from_utf8_lossy(&collected.to_bytes())),
+            Err(_) => body_error = Some("the body is too large or was cut short"),
+        }
+    }
+    let mut client_auth = None;
+    let available = shared.lock().available;
+    let reply = if !available {
+        endpoints::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is unavailable.",
+        )
+    } else if let Some(message) = body_error {
+        match endpoint {
+            ProviderEndpoint::Token => {
+                endpoints::oauth_error(StatusCode::BAD_REQUEST, "invalid_request", message, false)
+            }
+            _ => endpoints::text(StatusCode::BAD_REQUEST, message),
+        }
+    } else {
+        let params = Params(params.clone());
+        match (&endpoint, &parts.method) {
+            (ProviderEndpoint::Discovery, &Method::GET) => endpoints::discovery(shared),
+            (ProviderEndpoint::Keys, &Method::GET) => endpoints::keys(shared),
+            (ProviderEndpoint::Authorize, &Method::GET) => {
+                endpoints::authorize_page(shared, &params)
+            }
+            (ProviderEndpoint::Authorize, &Method::POST) => {
+                endpoints::authorize_decision(shared, &params)
+            }
+            (ProviderEndpoint::Token, &Method::POST) => {
+                let (reply, method) = endpoints::token(shared, &parts.headers, &params);
+                client_auth = method;
+                reply
+            }
+            (ProviderEndpoint::Logout, &Method::GET) => endpoints::logout(&params),
+            (ProviderEndpoint::Other(_), _) => endpoints::text(StatusCode::NOT_FOUND, "Not found."),
+            _ => endpoints::text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
+        }
+    };
+    shared.lock().calls.push(ProviderCall {
+        endpoint,
+        method: parts.method,
+        params,
+        client_auth,
+        status: reply.status(),
+    });
+    reply
+}
