@@ -45,6 +45,8 @@ pub enum GatewayError {
     DownstreamAborted(String),
     /// The route is closed by configuration (`access = "deny"`).
     Denied,
+    /// Signed in, but the route's policy (group membership) refuses the user.
+    PolicyDenied,
     /// The gateway is not ready or is shutting down.
     NotReady,
     /// Every server of the upstream is marked down.
@@ -65,7 +67,9 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::BodyTooLarge
             | GatewayError::DownstreamAborted(_) => Side::Downstream,
-            GatewayError::Denied | GatewayError::NotReady => Side::Gateway,
+            GatewayError::Denied | GatewayError::PolicyDenied | GatewayError::NotReady => {
+                Side::Gateway
+            }
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamTimeout
@@ -80,7 +84,7 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::Denied => StatusCode::FORBIDDEN,
+            GatewayError::Denied | GatewayError::PolicyDenied => StatusCode::FORBIDDEN,
             GatewayError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
@@ -98,6 +102,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => "body_too_large",
             GatewayError::DownstreamAborted(_) => "browser_aborted",
             GatewayError::Denied => "denied",
+            GatewayError::PolicyDenied => "policy_denied",
             GatewayError::NotReady => "not_ready",
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -128,6 +133,10 @@ impl GatewayError {
                 "Access denied",
                 "This part of the site is not available from outside the organisation.",
             ),
+            GatewayError::PolicyDenied => Page::new(
+                "You do not have access to this page",
+                "You are signed in, but your account is not allowed to use this part of the site. If you need it, ask your administrator.",
+            ),
             GatewayError::NotReady => Page::new(
                 "Service unavailable",
                 "The mail service is starting up or being restarted. Try again in a minute.",
@@ -157,6 +166,7 @@ impl fmt::Display for GatewayError {
                 write!(f, "browser connection failed during upload: {e}")
             }
             GatewayError::Denied => f.write_str("route closed by configuration"),
+            GatewayError::PolicyDenied => f.write_str("signed-in user refused by the route's policy"),
             GatewayError::NotReady => f.write_str("gateway not ready"),
             GatewayError::NoHealthyServer => f.write_str("no healthy upstream server"),
             GatewayError::UpstreamConnect(e) => write!(f, "cannot connect to upstream: {e}"),

@@ -128,7 +128,12 @@ fn check_config(path: &Path) -> ExitCode {
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
     let metrics = mfa_gateway::metrics::Metrics::default();
-    if let Err(e) = mfa_gateway::server::Snapshot::build(config, &metrics) {
+    if let Err(e) = mfa_gateway::server::Snapshot::build(
+        config,
+        &metrics,
+        None,
+        mfa_gateway::clock::Clock::system(),
+    ) {
         println!("{e}");
         return ExitCode::FAILURE;
     }

@@ -521,4 +521,41 @@ max_request_body = "64MB"
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("[[routes]]"), "{errors:?}");
     }
+
+    #[test]
+    fn misspelt_key_in_a_sign_in_section_is_refused_with_its_path() {
+        let text = "[oidc]\nissuer = \"https://sts.windows.net/t/\"\ncliend_id = \"x\"\n\n[session]\nkeys = []\nidle = \"1h\"\n\n[mfa]\namr = [\"mfa\"]\n";
+        let errors = errors(text);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].starts_with("oidc.cliend_id (line 3): unknown key `cliend_id`"),
+            "{errors:?}"
+        );
+        assert!(errors[1].starts_with("session.idle (line 7)"), "{errors:?}");
+        assert!(errors[2].starts_with("mfa.amr (line 10)"), "{errors:?}");
+    }
+
+    #[test]
+    fn client_secret_written_as_a_plain_string_is_refused_without_echoing_it() {
+        let text = "[oidc]\nissuer = \"https://sts.windows.net/t/\"\nclient_id = \"x\"\nclient_secret = \"hunter2\"\n";
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("oidc.client_secret (line 4)"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("not a plain string"), "{errors:?}");
+        assert!(!errors[0].contains("hunter2"), "{errors:?}");
+    }
+
+    #[test]
+    fn route_policy_value_of_the_wrong_type_is_refused() {
+        let text = "[[routes]]\nhost = \"a\"\npath = \"/\"\nupstream = \"u\"\naccess = \"mfa\"\nunauthenticated_status = \"440\"\n";
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("routes[0].unauthenticated_status (line 6): invalid type"),
+            "{errors:?}"
+        );
+    }
 }

@@ -2877,7 +2877,7 @@ access = "mfa"
         let errors = errors(&text);
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert!(
-            errors[0].starts_with("routes[1].access (line 25): with the Entra v2.0 issuer"),
+            errors[0].starts_with("routes[1].access (line 24): with the Entra v2.0 issuer"),
             "{errors:#?}"
         );
     }
@@ -3161,7 +3161,7 @@ access = "mfa"
             refused(
                 &with_mfa(body),
                 &[
-                    "mfa (line 17)",
+                    "mfa (line 21)",
                     "both empty",
                     "nothing would count as multifactor authentication",
                 ],
@@ -3175,7 +3175,7 @@ access = "mfa"
             refused(
                 &with_mfa(&format!("acrs_any_of = [\"c1\", {id:?}]")),
                 &[
-                    "mfa.acrs_any_of[1] (line 18)",
+                    "mfa.acrs_any_of[1] (line 22)",
                     "is not an authentication context id",
                     "c1 to c99",
                 ],
@@ -3192,7 +3192,7 @@ access = "mfa"
         for amr in ["pwd", "wia"] {
             refused(
                 &with_mfa(&format!("amr_any_of = [\"mfa\", {amr:?}]")),
-                &["mfa.amr_any_of[1] (line 18)", "names a single factor"],
+                &["mfa.amr_any_of[1] (line 22)", "names a single factor"],
             );
         }
         refused(
@@ -3259,7 +3259,7 @@ access = "mfa"
         refused(
             &with_session(&format!("keys = [{{ value = \"{short}\" }}]")),
             &[
-                "session.keys[0] (line 17): inline secret value holds 16 bytes once decoded",
+                "session.keys[0] (line 19): inline secret value holds 16 bytes once decoded",
                 "at least 32 random bytes",
                 "openssl rand -base64 32",
             ],
@@ -3278,7 +3278,7 @@ access = "mfa"
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert!(
             errors[0].starts_with(
-                "session.keys[0] (line 17): environment variable SESSION_KEY is not base64"
+                "session.keys[0] (line 19): environment variable SESSION_KEY is not base64"
             ),
             "{errors:#?}"
         );
@@ -3291,13 +3291,13 @@ access = "mfa"
         refused(
             &with_session("keys = []"),
             &[
-                "session.keys (line 17): at least one key is required",
+                "session.keys (line 19): at least one key is required",
                 "openssl rand",
             ],
         );
         refused(
             &with_session("lifetime = \"10h\""),
-            &["session.keys (line 16): is required but missing"],
+            &["session.keys (line 18): is required but missing"],
         );
     }
 
@@ -3305,7 +3305,7 @@ access = "mfa"
     fn missing_session_key_file_is_reported_by_path() {
         refused(
             &with_session("keys = [{ file = \"/etc/mfa-gateway/old.key\" }]"),
-            &["session.keys[0] (line 17): cannot read secret file /etc/mfa-gateway/old.key"],
+            &["session.keys[0] (line 19): cannot read secret file /etc/mfa-gateway/old.key"],
         );
     }
 
@@ -3315,7 +3315,7 @@ access = "mfa"
             refused(
                 &with_session(&format!("{SESSION}cookie_name = {name:?}")),
                 &[
-                    "session.cookie_name (line 18)",
+                    "session.cookie_name (line 20)",
                     "is not a valid cookie name",
                 ],
             );
@@ -3333,20 +3333,20 @@ access = "mfa"
                 "{SESSION}lifetime = \"2h\"\nidle_timeout = \"3h\""
             )),
             &[
-                "session.idle_timeout (line 19)",
+                "session.idle_timeout (line 21)",
                 "idle_timeout (3h) must not exceed lifetime (2h)",
             ],
         );
         refused(
             &with_session(&format!("{SESSION}lifetime = \"30m\"")),
             &[
-                "session.lifetime (line 18)",
+                "session.lifetime (line 20)",
                 "idle_timeout (1h) must not exceed lifetime (30m)",
             ],
         );
         refused(
             &with_session(&format!("{SESSION}lifetime = \"0s\"")),
-            &["session.lifetime (line 18)", "must be greater than 0"],
+            &["session.lifetime (line 20)", "must be greater than 0"],
         );
     }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::StatusCode;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -23,6 +24,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{RoutePolicy, SignIn};
+use crate::clock::Clock;
 use crate::config::{Access, Config, ServerConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::UpstreamPool;
@@ -34,6 +37,8 @@ pub struct RouteEntry {
     pub access: Access,
     pub pool: Arc<UpstreamPool>,
     pub metrics: Arc<RouteMetrics>,
+    /// For `access = "mfa"`: what a session must satisfy here.
+    pub policy: Option<RoutePolicy>,
 }
 
 /// One immutable generation of configuration, with everything built from it.
@@ -45,12 +50,19 @@ pub struct Snapshot {
     pub hosts: Vec<String>,
     /// Connection settings for new browser connections.
     pub(crate) http: Arc<auto::Builder<TokioExecutor>>,
+    /// Sign-in through Entra ID, when `[oidc]` is configured.
+    pub sign_in: Option<Arc<SignIn>>,
 }
 
 impl Snapshot {
     /// Builds everything a configuration describes except the listeners. Reads the certificate
     /// and CA files, so this is where a missing or mismatched file is found.
-    pub fn build(config: Config, metrics: &Metrics) -> Result<(Snapshot, CertSet), String> {
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+        clock: Clock,
+    ) -> Result<(Snapshot, CertSet), String> {
         // Every unreadable file is reported, one per line, not just the first.
         let mut errors = Vec::new();
         let certs = CertSet::load(&config.tls.certificates).unwrap_or_else(|mut problems| {
@@ -64,6 +76,11 @@ impl Snapshot {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        let previous_sign_in = previous.and_then(|p| p.sign_in.as_deref());
+        let sign_in = SignIn::build(&config, previous_sign_in, clock).unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
         if !errors.is_empty() {
             return Err(errors.join("\n"));
         }
@@ -80,10 +97,26 @@ impl Snapshot {
                         route.upstream
                     )
                 })?;
+            let name = format!("{}{}", route.host, route.path);
+            let policy = match (&sign_in, route.access) {
+                (Some(sign_in), Access::Mfa) => Some(RoutePolicy {
+                    max_auth_age: route
+                        .max_auth_age
+                        .unwrap_or_else(|| sign_in.default_max_auth_age()),
+                    acrs_any_of: route.acrs_any_of.clone(),
+                    groups_any_of: route.groups_any_of.clone(),
+                    unauthenticated_status: StatusCode::from_u16(route.unauthenticated_status)
+                        .unwrap_or(StatusCode::UNAUTHORIZED),
+                    name: name.clone(),
+                }),
+                // Validation refuses mfa routes without [oidc]; closed is the only safe answer.
+                _ => None,
+            };
             let entry = RouteEntry {
                 access: route.access,
                 pool,
-                metrics: metrics.route(&format!("{}{}", route.host, route.path)),
+                metrics: metrics.route(&name),
+                policy,
             };
             router
                 .insert(&route.host, &route.path, entry)
@@ -105,12 +138,18 @@ impl Snapshot {
                 pools,
                 hosts,
                 http,
+                sign_in,
             },
             certs,
         ))
     }
 
-    /// Ready when every upstream that a route forwards to has at least one server in rotation.
+    /// Ready when sign-in (if configured) has the provider's metadata and keys, and every
+    /// upstream that a route forwards to has at least one server in rotation.
+    pub fn ready(&self) -> bool {
+        self.sign_in.as_ref().is_none_or(|s| s.is_ready()) && self.upstreams_ready()
+    }
+
     pub fn upstreams_ready(&self) -> bool {
         self.pools.iter().all(|p| {
             let used = self
@@ -155,11 +194,12 @@ pub struct Shared {
     health_stop: watch::Sender<bool>,
     /// The HTTPS listener's port, for redirects from the HTTP listener.
     pub(crate) https_port: Option<u16>,
+    pub(crate) clock: Clock,
 }
 
 impl Shared {
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.snapshot.load().upstreams_ready()
+        !self.draining.load(Ordering::Relaxed) && self.snapshot.load().ready()
     }
 }
 
@@ -215,8 +255,19 @@ impl Gateway {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Gateway, String> {
+        Gateway::start_with_clock(config, listeners, shutdown, Clock::system()).await
+    }
+
+    /// [`Gateway::start`] with a clock of the caller's choosing (tests use
+    /// [`Clock::tokio`] to move time with `tokio::time::advance`).
+    pub async fn start_with_clock(
+        config: Config,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        clock: Clock,
+    ) -> Result<Gateway, String> {
         let metrics = Arc::new(Metrics::default());
-        let (snapshot, certs) = Snapshot::build(config, &metrics)?;
+        let (snapshot, certs) = Snapshot::build(config, &metrics, None, clock.clone())?;
         if listeners.https.is_some() && certs.is_empty() {
             return Err("server.https_listen needs at least one [[tls.certificates]]".into());
         }
@@ -224,6 +275,9 @@ impl Gateway {
         let (health_stop, _) = watch::channel(false);
         for pool in &snapshot.pools {
             pool.spawn_health_checks(health_stop.subscribe());
+        }
+        if let Some(sign_in) = &snapshot.sign_in {
+            sign_in.provider().spawn_refresh(health_stop.subscribe());
         }
         let shutdown_grace = snapshot.config.server.shutdown_grace;
         let max_connections = snapshot.config.server.max_connections;
@@ -239,6 +293,7 @@ impl Gateway {
             certs: cert_store.clone(),
             health_stop,
             https_port: https_addr.map(|a| a.port()),
+            clock,
         });
 
         let drain = CancellationToken::new();
@@ -352,7 +407,12 @@ impl Gateway {
         if self.shared.certs.is_none() && !config.tls.certificates.is_empty() {
             return Err("TLS certificates were added but the gateway started without HTTPS; restart to enable it".into());
         }
-        let (snapshot, certs) = Snapshot::build(config, &self.shared.metrics)?;
+        let (snapshot, certs) = Snapshot::build(
+            config,
+            &self.shared.metrics,
+            Some(&current),
+            self.shared.clock.clone(),
+        )?;
         if let Some(store) = &self.shared.certs {
             if certs.is_empty() {
                 return Err("tls.certificates: the HTTPS listener needs at least one certificate; keeping the running ones".into());
@@ -361,6 +421,15 @@ impl Gateway {
         }
         for pool in &snapshot.pools {
             pool.spawn_health_checks(self.shared.health_stop.subscribe());
+        }
+        if let Some(sign_in) = &snapshot.sign_in {
+            let kept = current
+                .sign_in
+                .as_ref()
+                .is_some_and(|old| Arc::ptr_eq(old.provider(), sign_in.provider()));
+            if !kept {
+                sign_in.provider().spawn_refresh(self.shared.health_stop.subscribe());
+            }
         }
         self.shared.snapshot.store(Arc::new(snapshot));
         Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -17,7 +17,10 @@ use crate::body::ResponseBody;
 use crate::config::Access;
 use crate::error::GatewayError;
 use crate::proxy::{self, headers, Downstream};
+use crate::auth::{self, Admission, RequestContext};
+use crate::error::Side;
 use crate::routing::{host_without_port, RouteMatch};
+use crate::session::strip_cookies;
 
 const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
@@ -56,9 +59,23 @@ pub(super) async fn handle(
         let host_name = host_without_port(host_text);
         let path = request.uri().path();
 
+        let scheme = browser_scheme(tls, peer_trusted, request.headers());
         if path.len() >= 10 && path[..10].eq_ignore_ascii_case("/_gateway/") {
             record.set_route(shared.gateway_metrics.clone());
-            break 'outcome gateway_endpoint(&path[10..], shared);
+            let endpoint = path[10..].to_ascii_lowercase();
+            if endpoint == "callback" {
+                let Some(sign_in) = &snapshot.sign_in else {
+                    break 'outcome Err(GatewayError::NoRoute);
+                };
+                let host = host_text.to_owned();
+                let ctx = RequestContext {
+                    host: &host,
+                    scheme,
+                    client,
+                };
+                break 'outcome Ok(sign_in.callback(request, &ctx).await);
+            }
+            break 'outcome gateway_endpoint(&endpoint, shared);
         }
 
         if !tls && shared.certs.is_some() {
@@ -80,14 +97,54 @@ pub(super) async fn handle(
             RouteMatch::BadPath => break 'outcome Err(GatewayError::BadPath),
         };
         record.set_route(entry.metrics.clone());
-        match entry.access {
-            Access::Public => {}
-            Access::Deny => break 'outcome Err(GatewayError::Denied),
-            // Configuration refuses "mfa" until sign-in exists; should one ever get here,
-            // closed is the only safe answer.
-            Access::Mfa => break 'outcome Err(GatewayError::Denied),
+        let mut reseal = None;
+        match (entry.access, &entry.policy, &snapshot.sign_in) {
+            (Access::Public, _, _) => {}
+            (Access::Deny, _, _) => break 'outcome Err(GatewayError::Denied),
+            (Access::Mfa, Some(policy), Some(sign_in)) => {
+                match sign_in.admit(request.headers(), policy) {
+                    Admission::Allowed { reseal: cookie, .. } => reseal = cookie,
+                    Admission::SignInRequired { step_up, why } => {
+                        record.set_failure(Side::Gateway, format!("sign-in required: {why}"));
+                        let response = if auth::is_navigation(request.method(), request.headers()) {
+                            let ctx = RequestContext {
+                                host: host_text,
+                                scheme,
+                                client,
+                            };
+                            sign_in.start(
+                                request.method(),
+                                request.uri(),
+                                request.headers(),
+                                &step_up,
+                                &ctx,
+                            )
+                        } else {
+                            sign_in.unauthenticated(policy)
+                        };
+                        break 'outcome Ok(response);
+                    }
+                    Admission::Denied { session, why } => {
+                        crate::audit::policy_denied(
+                            why,
+                            &session.oid.to_string(),
+                            session.upn.as_deref(),
+                            &policy.name,
+                            client,
+                        );
+                        break 'outcome Err(GatewayError::PolicyDenied);
+                    }
+                }
+            }
+            // An mfa route without sign-in configured cannot be judged: closed.
+            (Access::Mfa, _, _) => break 'outcome Err(GatewayError::Denied),
         }
 
+        let mut request = request;
+        if let Some(sign_in) = &snapshot.sign_in {
+            // Exchange never sees the gateway's own cookies.
+            strip_cookies(request.headers_mut(), |name| sign_in.is_gateway_cookie(name));
+        }
         let downstream = Downstream {
             peer: peer.ip(),
             peer_trusted,
@@ -95,8 +152,11 @@ pub(super) async fn handle(
         };
         let host = host.clone();
         match proxy::forward(request, host, &entry.pool, &downstream).await {
-            Ok(forwarded) => {
+            Ok(mut forwarded) => {
                 record.set_upstream(forwarded.server);
+                if let Some(cookie) = reseal {
+                    forwarded.response.headers_mut().append(SET_COOKIE, cookie);
+                }
                 Ok(forwarded.response)
             }
             Err(failure) => {
@@ -112,7 +172,7 @@ pub(super) async fn handle(
         Ok(response) => response,
         Err(error) => {
             record.set_failure(error.side(), error.to_string());
-            if error.side() == crate::error::Side::Upstream {
+            if error.side() == Side::Upstream {
                 tracing::warn!(reason = error.reason(), error = %error, "request to Exchange failed");
             }
             error.page().response(error.status())
@@ -126,6 +186,24 @@ pub(super) async fn handle(
     record.set_status(response.status().as_u16());
     response.body_mut().set_record(record);
     response
+}
+
+/// The scheme the browser used: the connection's own, or — behind a trusted load balancer
+/// that terminates TLS — what it reports in `X-Forwarded-Proto`.
+fn browser_scheme(tls: bool, peer_trusted: bool, headers: &http::HeaderMap) -> &'static str {
+    if tls {
+        return "https";
+    }
+    let forwarded_https = peer_trusted
+        && headers
+            .get(headers::X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    if forwarded_https {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// Refuses requests whose framing two parsers could read differently (request smuggling):

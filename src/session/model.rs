@@ -144,7 +144,7 @@ pub struct MfaEvidence {
 /// One signed-in browser. Times are unix seconds.
 ///
 /// The field order and types are the cookie's wire format (postcard is not self-describing):
-/// any change here must bump [`super::seal::FORMAT_VERSION`], which signs every browser out
+/// any change here must bump [`super::FORMAT_VERSION`], which signs every browser out
 /// once instead of misreading their cookies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {

@@ -324,15 +324,13 @@ pub(super) fn authorize_page(shared: &Shared, params: &Params) -> Reply {
 
 /// POST: the person's decision on the sign-in page.
 pub(super) fn authorize_decision(shared: &Shared, params: &Params) -> Reply {
-    match decide(shared, params) {
-        Ok(reply) | Err(reply) => reply,
-    }
+    decide(shared, params).unwrap_or_else(|message| text(StatusCode::BAD_REQUEST, &message))
 }
 
-fn decide(shared: &Shared, params: &Params) -> Result<Reply, Reply> {
-    let bad = |message: String| text(StatusCode::BAD_REQUEST, &message);
-    let request = AuthorizeRequest::parse(shared, params).map_err(bad)?;
-    match params.require("decision").map_err(bad)? {
+/// The reply to the client, or why the form is a bad request.
+fn decide(shared: &Shared, params: &Params) -> Result<Reply, String> {
+    let request = AuthorizeRequest::parse(shared, params)?;
+    match params.require("decision")? {
         "cancel" => {
             return Ok(request.respond(&[
                 ("error", "access_denied"),
@@ -344,18 +342,20 @@ fn decide(shared: &Shared, params: &Params) -> Result<Reply, Reply> {
             ]))
         }
         "approve" => {}
-        _ => return Err(bad("decision must be approve or cancel".into())),
+        _ => return Err("decision must be approve or cancel".into()),
     }
-    let username = params.require("user").map_err(bad)?;
+    let username = params.require("user")?;
     let user = shared
         .user(username)
-        .ok_or_else(|| bad(format!("there is no user {username}")))?;
-    let mfa = match params.require("mfa").map_err(|_| {
-        bad("choose whether multifactor authentication was done (mfa=yes or mfa=no)".into())
-    })? {
-        "yes" => true,
-        "no" => false,
-        _ => return Err(bad("mfa must be yes or no".into())),
+        .ok_or_else(|| format!("there is no user {username}"))?;
+    let mfa = match params.get("mfa")? {
+        Some("yes") => true,
+        Some("no") => false,
+        _ => {
+            return Err(
+                "choose whether multifactor authentication was done (mfa=yes or mfa=no)".into(),
+            )
+        }
     };
     let now = unix_now();
     let code = random_token(32);
