@@ -166,7 +166,9 @@ impl fmt::Display for GatewayError {
                 write!(f, "browser connection failed during upload: {e}")
             }
             GatewayError::Denied => f.write_str("route closed by configuration"),
-            GatewayError::PolicyDenied => f.write_str("signed-in user refused by the route's policy"),
+            GatewayError::PolicyDenied => {
+                f.write_str("signed-in user refused by the route's policy")
+            }
             GatewayError::NotReady => f.write_str("gateway not ready"),
             GatewayError::NoHealthyServer => f.write_str("no healthy upstream server"),
             GatewayError::UpstreamConnect(e) => write!(f, "cannot connect to upstream: {e}"),

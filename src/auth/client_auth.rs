@@ -26,7 +26,7 @@ pub enum ClientAuthenticator {
     },
     Certificate {
         client_id: String,
-        key: RsaKeyPair,
+        key: Box<RsaKeyPair>,
         x5t_s256: String,
         x5t: String,
     },
@@ -78,7 +78,7 @@ impl ClientAuthenticator {
                 );
                 Ok(ClientAuthenticator::Certificate {
                     client_id: client_id.to_owned(),
-                    key: key_pair,
+                    key: Box::new(key_pair),
                     x5t_s256: URL_SAFE_NO_PAD.encode(s256.as_ref()),
                     x5t: URL_SAFE_NO_PAD.encode(s1.as_ref()),
                 })

@@ -8,7 +8,8 @@ mod upstream;
 use std::net::SocketAddr;
 
 pub use provider::{
-    sign_in_form, ClientCredential, Forgery, ProviderOptions, Signing, TestProvider, TestUser,
+    parse_form_post, sign_in_form, ClientAuthMethod, ClientCredential, Forgery, ProviderCall,
+    ProviderEndpoint, ProviderOptions, Signing, TestProvider, TestUser,
 };
 pub use upstream::SampleExchange;
 

@@ -26,6 +26,7 @@ mod jwt;
 mod pages;
 #[cfg(test)]
 mod tests;
+mod token;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -33,16 +34,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::{Method, StatusCode};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use self::endpoints::CodeGrant;
-use self::form::Params;
 use self::jwt::{PreparedForgery, SigningKey};
 
 /// The tenant id the provider uses unless told otherwise (a made-up GUID).
@@ -128,7 +125,7 @@ impl TestUser {
 pub struct ProviderOptions {
     /// The tenant id in every URL and in the `tid` claim.
     pub tenant_id: String,
-    /// Where to listen; default 127.0.0.1 on a free port.
+    /// Where to listen, a loopback address; default 127.0.0.1 on a free port.
     pub addr: Option<SocketAddr>,
     /// Who can sign in; default alice, bob and carol.
     pub users: Vec<TestUser>,
@@ -257,7 +254,7 @@ impl ProviderCall {
     }
 }
 
-/// The running provider. Dropping it stops the listener.
+/// The running provider. Dropping it closes the listener and every connection.
 pub struct TestProvider {
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -315,13 +312,17 @@ impl TestProvider {
                 "the tenant id must be letters, digits, '-' and '.'",
             ));
         }
+        let addr = options
+            .addr
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the test provider listens on loopback only: it signs in anyone",
+            ));
+        }
         let key = generate_key()?;
-        let listener = TcpListener::bind(
-            options
-                .addr
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
-        )
-        .await?;
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             issuer: format!("http://{addr}/{}/", options.tenant_id),
@@ -343,15 +344,20 @@ impl TestProvider {
         });
         let serving = shared.clone();
         let task = tokio::spawn(async move {
+            // Owned by this task, so aborting it (on drop) also ends every open connection.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
+                while connections.try_join_next().is_some() {}
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let shared = serving.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |request| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+                        async move { Ok::<_, Infallible>(endpoints::handle(&shared, request).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -550,87 +556,4 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-type Reply = Response<Full<Bytes>>;
-
-fn endpoint_of(tenant_id: &str, path: &str) -> ProviderEndpoint {
-    let rest = path
-        .strip_prefix('/')
-        .and_then(|p| p.strip_prefix(tenant_id))
-        .and_then(|p| p.strip_prefix('/'));
-    match rest {
-        Some(DISCOVERY_PATH) => ProviderEndpoint::Discovery,
-        Some(KEYS_PATH) => ProviderEndpoint::Keys,
-        Some(AUTHORIZE_PATH) => ProviderEndpoint::Authorize,
-        Some(TOKEN_PATH) => ProviderEndpoint::Token,
-        Some(LOGOUT_PATH) => ProviderEndpoint::Logout,
-        _ => ProviderEndpoint::Other(path.to_owned()),
-    }
-}
-
-async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
-    let (parts, body) = request.into_parts();
-    let endpoint = endpoint_of(&shared.tenant_id, parts.uri.path());
-    let mut params = form::decode(parts.uri.query().unwrap_or(""));
-    let mut body_error = None;
-    if parts.method == Method::POST {
-        let is_form = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.to_ascii_lowercase()
-                    .starts_with("application/x-www-form-urlencoded")
-            });
-        match Limited::new(body, MAX_BODY).collect().await {
-            Ok(_) if !is_form => {
-                body_error = Some("the body must be application/x-www-form-urlencoded")
-            }
-            // Only the form counts on a POST: a query string there is ignored, as Entra does.
-            Ok(collected) => params = form::decode(&String::from_utf8_lossy(&collected.to_bytes())),
-            Err(_) => body_error = Some("the body is too large or was cut short"),
-        }
-    }
-    let mut client_auth = None;
-    let available = shared.lock().available;
-    let reply = if !available {
-        endpoints::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The service is unavailable.",
-        )
-    } else if let Some(message) = body_error {
-        match endpoint {
-            ProviderEndpoint::Token => {
-                endpoints::oauth_error(StatusCode::BAD_REQUEST, "invalid_request", message, false)
-            }
-            _ => endpoints::text(StatusCode::BAD_REQUEST, message),
-        }
-    } else {
-        let params = Params(params.clone());
-        match (&endpoint, &parts.method) {
-            (ProviderEndpoint::Discovery, &Method::GET) => endpoints::discovery(shared),
-            (ProviderEndpoint::Keys, &Method::GET) => endpoints::keys(shared),
-            (ProviderEndpoint::Authorize, &Method::GET) => {
-                endpoints::authorize_page(shared, &params)
-            }
-            (ProviderEndpoint::Authorize, &Method::POST) => {
-                endpoints::authorize_decision(shared, &params)
-            }
-            (ProviderEndpoint::Token, &Method::POST) => {
-                let (reply, method) = endpoints::token(shared, &parts.headers, &params);
-                client_auth = method;
-                reply
-            }
-            (ProviderEndpoint::Logout, &Method::GET) => endpoints::logout(&params),
-            (ProviderEndpoint::Other(_), _) => endpoints::text(StatusCode::NOT_FOUND, "Not found."),
-            _ => endpoints::text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
-        }
-    };
-    shared.lock().calls.push(ProviderCall {
-        endpoint,
-        method: parts.method,
-        params,
-        client_auth,
-        status: reply.status(),
-    });
-    reply
-}
+type Reply = http::Response<http_body_util::Full<bytes::Bytes>>;

@@ -428,7 +428,9 @@ impl Gateway {
                 .as_ref()
                 .is_some_and(|old| Arc::ptr_eq(old.provider(), sign_in.provider()));
             if !kept {
-                sign_in.provider().spawn_refresh(self.shared.health_stop.subscribe());
+                sign_in
+                    .provider()
+                    .spawn_refresh(self.shared.health_stop.subscribe());
             }
         }
         self.shared.snapshot.store(Arc::new(snapshot));

@@ -13,12 +13,12 @@ use hyper::body::Incoming;
 
 use super::Shared;
 use crate::access::AccessRecord;
+use crate::auth::{self, Admission, RequestContext};
 use crate::body::ResponseBody;
 use crate::config::Access;
 use crate::error::GatewayError;
-use crate::proxy::{self, headers, Downstream};
-use crate::auth::{self, Admission, RequestContext};
 use crate::error::Side;
+use crate::proxy::{self, headers, Downstream};
 use crate::routing::{host_without_port, RouteMatch};
 use crate::session::strip_cookies;
 
@@ -143,7 +143,9 @@ pub(super) async fn handle(
         let mut request = request;
         if let Some(sign_in) = &snapshot.sign_in {
             // Exchange never sees the gateway's own cookies.
-            strip_cookies(request.headers_mut(), |name| sign_in.is_gateway_cookie(name));
+            strip_cookies(request.headers_mut(), |name| {
+                sign_in.is_gateway_cookie(name)
+            });
         }
         let downstream = Downstream {
             peer: peer.ip(),

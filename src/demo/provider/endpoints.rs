@@ -1,42 +1,40 @@
-//! The provider's endpoints under `/<tid>/`: discovery, keys, authorize (the sign-in page and
-//! its decision), token, logout.
+//! The provider's endpoints under `/<tid>/` other than the token endpoint ([`super::token`]):
+//! discovery, keys, authorize (the sign-in page and its decision), logout; the replies they
+//! share; and the dispatch of a request to its endpoint, recorded as a [`ProviderCall`].
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, Response, StatusCode};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use rand::RngCore;
-use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
+use serde_json::{json, Value};
 
 use super::form::{self, Params};
-use super::jwt::{self, b64, AssertionRules};
+use super::jwt::{self, b64};
 use super::pages;
 use super::{
-    unix_now, ClientAuthMethod, ClientCredential, Reply, Shared, TestUser, AUTHORIZE_PATH,
-    KEYS_PATH, LOGOUT_PATH, MAX_GROUPS_IN_TOKEN, TOKEN_PATH,
+    unix_now, ProviderCall, ProviderEndpoint, Reply, Shared, AUTHORIZE_PATH, DISCOVERY_PATH,
+    KEYS_PATH, LOGOUT_PATH, MAX_BODY, TOKEN_PATH,
 };
 
 /// An authorization code is good for this long, and once.
-const CODE_LIFETIME: u64 = 60;
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(super) const CODE_LIFETIME: u64 = 60;
 
 /// What an issued authorization code stands for.
 pub(super) struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    code_challenge: String,
-    nonce: String,
-    scope: String,
-    username: String,
-    mfa: bool,
-    auth_time: u64,
+    pub(super) client_id: String,
+    pub(super) redirect_uri: String,
+    pub(super) code_challenge: String,
+    pub(super) nonce: String,
+    pub(super) scope: String,
+    pub(super) username: String,
+    pub(super) mfa: bool,
+    pub(super) auth_time: u64,
     /// Granted authentication contexts (only with MFA).
-    acrs: Vec<String>,
-    sid: String,
-    issued_at: u64,
+    pub(super) acrs: Vec<String>,
+    pub(super) sid: String,
+    pub(super) issued_at: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -63,7 +61,7 @@ fn html(body: String, csp: &'static str) -> Reply {
     response
 }
 
-fn json_reply(status: StatusCode, value: &Value) -> Reply {
+pub(super) fn json_reply(status: StatusCode, value: &Value) -> Reply {
     respond(status, "application/json; charset=utf-8", value.to_string())
 }
 
@@ -100,13 +98,13 @@ pub(super) fn oauth_error(
     response
 }
 
-fn random_token(bytes: usize) -> String {
+pub(super) fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut buf);
     b64(buf)
 }
 
-fn guid() -> String {
+pub(super) fn guid() -> String {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -398,334 +396,6 @@ fn decide(shared: &Shared, params: &Params) -> Result<Reply, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Token
-
-struct TokenError {
-    status: StatusCode,
-    error: &'static str,
-    description: String,
-}
-
-fn invalid_client(description: impl Into<String>) -> TokenError {
-    TokenError {
-        status: StatusCode::UNAUTHORIZED,
-        error: "invalid_client",
-        description: description.into(),
-    }
-}
-
-fn invalid_grant(description: impl Into<String>) -> TokenError {
-    TokenError {
-        status: StatusCode::BAD_REQUEST,
-        error: "invalid_grant",
-        description: description.into(),
-    }
-}
-
-fn invalid_request(description: impl Into<String>) -> TokenError {
-    TokenError {
-        status: StatusCode::BAD_REQUEST,
-        error: "invalid_request",
-        description: description.into(),
-    }
-}
-
-/// POST: exchanges a code for tokens. Also returns the client authentication method presented.
-pub(super) fn token(
-    shared: &Shared,
-    headers: &HeaderMap,
-    params: &Params,
-) -> (Reply, Option<ClientAuthMethod>) {
-    let mut method = None;
-    let reply = match exchange(shared, headers, params, &mut method) {
-        Ok(body) => {
-            let mut reply = json_reply(StatusCode::OK, &body);
-            reply
-                .headers_mut()
-                .insert("pragma", HeaderValue::from_static("no-cache"));
-            reply
-        }
-        Err(e) => oauth_error(
-            e.status,
-            e.error,
-            &e.description,
-            e.status == StatusCode::UNAUTHORIZED
-                && method == Some(ClientAuthMethod::ClientSecretBasic),
-        ),
-    };
-    (reply, method)
-}
-
-fn exchange(
-    shared: &Shared,
-    headers: &HeaderMap,
-    params: &Params,
-    method: &mut Option<ClientAuthMethod>,
-) -> Result<Value, TokenError> {
-    let client_id = authenticate_client(shared, headers, params, method)?;
-    if params.require("grant_type").map_err(invalid_request)? != "authorization_code" {
-        return Err(TokenError {
-            status: StatusCode::BAD_REQUEST,
-            error: "unsupported_grant_type",
-            description: "grant_type must be authorization_code".into(),
-        });
-    }
-    let code = params.require("code").map_err(invalid_request)?;
-    let redirect_uri = params.require("redirect_uri").map_err(invalid_request)?;
-    let verifier = params.require("code_verifier").map_err(invalid_request)?;
-    let now = unix_now();
-    // The code is spent by this attempt whatever its outcome: a code is good for one try.
-    let grant = shared.lock().codes.remove(code).ok_or_else(|| {
-        invalid_grant("AADSTS70008: The authorization code is unknown, expired or already used.")
-    })?;
-    if grant.issued_at + CODE_LIFETIME < now {
-        return Err(invalid_grant(
-            "AADSTS70008: The authorization code has expired.",
-        ));
-    }
-    if grant.client_id != client_id {
-        return Err(invalid_grant(
-            "The authorization code was issued to another client.",
-        ));
-    }
-    if grant.redirect_uri != redirect_uri {
-        return Err(invalid_grant(
-            "AADSTS500117: The redirect_uri does not match the one the code was issued for.",
-        ));
-    }
-    let verifier_ok = (43..=128).contains(&verifier.len())
-        && verifier
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-    if !verifier_ok || b64(Sha256::digest(verifier.as_bytes())) != grant.code_challenge {
-        return Err(invalid_grant(
-            "AADSTS501481: The code_verifier does not match the code_challenge of the authorization request.",
-        ));
-    }
-    let user = shared
-        .user(&grant.username)
-        .ok_or_else(|| invalid_grant("the user no longer exists"))?;
-    let claims = id_token_claims(shared, &grant, user, now);
-    let id_token = {
-        let mut state = shared.lock();
-        let forgery = state.forgeries.pop_front();
-        let current = state
-            .keys
-            .first()
-            .cloned()
-            .ok_or_else(|| invalid_grant("no signing key"))?;
-        drop(state);
-        jwt::issue(claims, forgery, &current).map_err(|e| TokenError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: "server_error",
-            description: e,
-        })?
-    };
-    let lifetime = shared.token_lifetime.as_secs();
-    Ok(json!({
-        "token_type": "Bearer",
-        "scope": grant.scope,
-        "expires_in": lifetime,
-        "access_token": random_token(48),
-        "id_token": id_token,
-    }))
-}
-
-/// Authenticates the client by the one method it presented; returns its id.
-fn authenticate_client(
-    shared: &Shared,
-    headers: &HeaderMap,
-    params: &Params,
-    method: &mut Option<ClientAuthMethod>,
-) -> Result<String, TokenError> {
-    let basic = headers
-        .get(http::header::AUTHORIZATION)
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-                .map(|(_, credentials)| credentials.trim().to_owned())
-                .ok_or_else(|| invalid_client("the Authorization header is not Basic"))
-        })
-        .transpose()?;
-    let secret = params.get("client_secret").map_err(invalid_request)?;
-    let assertion_type = params
-        .get("client_assertion_type")
-        .map_err(invalid_request)?;
-    let assertion = params.get("client_assertion").map_err(invalid_request)?;
-    let claimed_id = params.get("client_id").map_err(invalid_request)?;
-    let presented = [basic.is_some(), secret.is_some(), assertion.is_some()]
-        .iter()
-        .filter(|p| **p)
-        .count();
-    if presented > 1 {
-        return Err(invalid_request(
-            "more than one client authentication method was used",
-        ));
-    }
-
-    if let Some(credentials) = basic {
-        *method = Some(ClientAuthMethod::ClientSecretBasic);
-        let decoded = STANDARD
-            .decode(credentials)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| invalid_client("the Basic credentials are not base64"))?;
-        let (id, secret) = decoded
-            .split_once(':')
-            .ok_or_else(|| invalid_client("the Basic credentials have no ':'"))?;
-        // RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
-        let id = form::decode(&format!("x={id}"))
-            .pop()
-            .map(|(_, v)| v)
-            .unwrap_or_default();
-        let secret = form::decode(&format!("x={secret}"))
-            .pop()
-            .map(|(_, v)| v)
-            .unwrap_or_default();
-        if claimed_id.is_some_and(|claimed| claimed != id) {
-            return Err(invalid_request(
-                "client_id differs from the Basic credentials",
-            ));
-        }
-        check_secret(shared, &id, &secret)?;
-        return Ok(id);
-    }
-    if let Some(secret) = secret {
-        *method = Some(ClientAuthMethod::ClientSecretPost);
-        let id = claimed_id.ok_or_else(|| invalid_request("client_id is missing"))?;
-        check_secret(shared, id, secret)?;
-        return Ok(id.to_owned());
-    }
-    if let Some(assertion) = assertion {
-        *method = Some(ClientAuthMethod::PrivateKeyJwt);
-        if assertion_type != Some(JWT_BEARER) {
-            return Err(invalid_request(format!(
-                "client_assertion_type must be {JWT_BEARER}"
-            )));
-        }
-        let token =
-            jwt::decode(assertion).map_err(|e| invalid_client(format!("client_assertion: {e}")))?;
-        let id = token
-            .claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid_client("client_assertion has no iss"))?
-            .to_owned();
-        if claimed_id.is_some_and(|claimed| claimed != id) {
-            return Err(invalid_client("client_id differs from the assertion's iss"));
-        }
-        let credential = shared.lock().clients.get(&id).cloned();
-        let Some(ClientCredential::KeyPair {
-            public_key,
-            cert_der,
-        }) = credential
-        else {
-            return Err(invalid_client(format!(
-                "AADSTS700027: no certificate credential is registered for client {id}"
-            )));
-        };
-        let token_endpoint = shared.url(TOKEN_PATH);
-        let jti = token
-            .verify_assertion(&AssertionRules {
-                client_id: &id,
-                public_key: &public_key,
-                cert_der: cert_der.as_deref(),
-                token_endpoint: &token_endpoint,
-                now: unix_now(),
-            })
-            .map_err(|e| invalid_client(format!("AADSTS700027: client_assertion: {e}")))?;
-        if !shared.lock().seen_jtis.insert(jti) {
-            return Err(invalid_client(
-                "AADSTS700024: client_assertion: this jti was already used",
-            ));
-        }
-        return Ok(id);
-    }
-    Err(invalid_client("no client authentication was presented"))
-}
-
-fn check_secret(shared: &Shared, client_id: &str, secret: &str) -> Result<(), TokenError> {
-    match shared.lock().clients.get(client_id) {
-        Some(ClientCredential::Secret(registered)) if registered == secret => Ok(()),
-        Some(ClientCredential::Secret(_)) => Err(invalid_client(
-            "AADSTS7000215: Invalid client secret provided.",
-        )),
-        Some(ClientCredential::KeyPair { .. }) => Err(invalid_client(
-            "this client authenticates with a certificate, not a secret",
-        )),
-        None => Err(invalid_client(format!(
-            "AADSTS700016: Application with identifier '{client_id}' was not found in the directory."
-        ))),
-    }
-}
-
-/// The claims of an Entra v1.0 ID token for this sign-in.
-fn id_token_claims(
-    shared: &Shared,
-    grant: &CodeGrant,
-    user: &TestUser,
-    now: u64,
-) -> Map<String, Value> {
-    let mut claims = Map::new();
-    let mut set = |name: &str, value: Value| {
-        claims.insert(name.to_owned(), value);
-    };
-    set("aud", grant.client_id.clone().into());
-    set("iss", shared.issuer.clone().into());
-    set("iat", now.into());
-    set("nbf", now.into());
-    set("exp", (now + shared.token_lifetime.as_secs()).into());
-    set(
-        "amr",
-        if grant.mfa {
-            json!(["pwd", "mfa"])
-        } else {
-            json!(["pwd"])
-        },
-    );
-    if !grant.acrs.is_empty() {
-        set("acrs", json!(grant.acrs));
-    }
-    set("auth_time", grant.auth_time.into());
-    set("nonce", grant.nonce.clone().into());
-    set("tid", shared.tenant_id.clone().into());
-    set("oid", user.oid.clone().into());
-    // Entra's `sub` is pairwise: the same person has a different `sub` in each application.
-    let pairwise = Sha256::digest(format!(
-        "{}|{}|{}",
-        shared.tenant_id, user.oid, grant.client_id
-    ));
-    set("sub", b64(pairwise).into());
-    set("upn", user.upn.clone().into());
-    set("unique_name", user.upn.clone().into());
-    set("name", user.name.clone().into());
-    if let Some(sid) = &user.onprem_sid {
-        set("onprem_sid", sid.clone().into());
-    }
-    if user.groups.len() > MAX_GROUPS_IN_TOKEN {
-        // The overage marker of a v1.0 JWT: the groups must be fetched from the directory.
-        set("_claim_names", json!({ "groups": "src1" }));
-        set(
-            "_claim_sources",
-            json!({ "src1": { "endpoint": format!(
-                "https://graph.windows.net/{}/users/{}/getMemberObjects",
-                shared.tenant_id, user.oid
-            ) } }),
-        );
-    } else if !user.groups.is_empty() {
-        set("groups", json!(user.groups));
-    }
-    set("ipaddr", "127.0.0.1".into());
-    set("sid", grant.sid.clone().into());
-    set("uti", random_token(16).into());
-    set("ver", "1.0".into());
-    claims
-}
-
-// ---------------------------------------------------------------------------------------------
 // Logout
 
 /// GET: end-session. Goes back to `post_logout_redirect_uri` (with `state`) when given.
@@ -749,4 +419,86 @@ pub(super) fn logout(params: &Params) -> Reply {
             "post_logout_redirect_uri must be an absolute http(s) URL",
         ),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+
+fn endpoint_of(tenant_id: &str, path: &str) -> ProviderEndpoint {
+    let rest = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(tenant_id))
+        .and_then(|p| p.strip_prefix('/'));
+    match rest {
+        Some(DISCOVERY_PATH) => ProviderEndpoint::Discovery,
+        Some(KEYS_PATH) => ProviderEndpoint::Keys,
+        Some(AUTHORIZE_PATH) => ProviderEndpoint::Authorize,
+        Some(TOKEN_PATH) => ProviderEndpoint::Token,
+        Some(LOGOUT_PATH) => ProviderEndpoint::Logout,
+        _ => ProviderEndpoint::Other(path.to_owned()),
+    }
+}
+
+pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply {
+    let (parts, body) = request.into_parts();
+    let endpoint = endpoint_of(&shared.tenant_id, parts.uri.path());
+    let mut params = form::decode(parts.uri.query().unwrap_or(""));
+    let mut body_error = None;
+    if parts.method == Method::POST {
+        let is_form = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            });
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(_) if !is_form => {
+                body_error = Some("the body must be application/x-www-form-urlencoded")
+            }
+            // On a POST only the form counts; a query string there is ignored.
+            Ok(collected) => params = form::decode(&String::from_utf8_lossy(&collected.to_bytes())),
+            Err(_) => body_error = Some("the body is too large or was cut short"),
+        }
+    }
+    let mut client_auth = None;
+    let available = shared.lock().available;
+    let reply = if !available {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is unavailable.",
+        )
+    } else if let Some(message) = body_error {
+        match endpoint {
+            ProviderEndpoint::Token => {
+                oauth_error(StatusCode::BAD_REQUEST, "invalid_request", message, false)
+            }
+            _ => text(StatusCode::BAD_REQUEST, message),
+        }
+    } else {
+        let params = Params(params.clone());
+        match (&endpoint, &parts.method) {
+            (ProviderEndpoint::Discovery, &Method::GET) => discovery(shared),
+            (ProviderEndpoint::Keys, &Method::GET) => keys(shared),
+            (ProviderEndpoint::Authorize, &Method::GET) => authorize_page(shared, &params),
+            (ProviderEndpoint::Authorize, &Method::POST) => authorize_decision(shared, &params),
+            (ProviderEndpoint::Token, &Method::POST) => {
+                let (reply, method) = super::token::token(shared, &parts.headers, &params);
+                client_auth = method;
+                reply
+            }
+            (ProviderEndpoint::Logout, &Method::GET) => logout(&params),
+            (ProviderEndpoint::Other(_), _) => text(StatusCode::NOT_FOUND, "Not found."),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
+        }
+    };
+    shared.lock().calls.push(ProviderCall {
+        endpoint,
+        method: parts.method,
+        params,
+        client_auth,
+        status: reply.status(),
+    });
+    reply
 }

@@ -535,6 +535,24 @@ async fn authorization_code_is_single_use() {
 }
 
 #[tokio::test]
+async fn authorization_code_expires_after_60_seconds() {
+    let provider = start().await;
+    let http = http();
+    let login = login(&provider, CLIENT, &[]);
+    let code = code_for(&http, &login, "alice", true).await;
+    for grant in provider.shared.lock().codes.values_mut() {
+        grant.issued_at -= 61;
+    }
+    let (status, body) = redeem(&http, &provider, &code, &login.verifier).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+}
+
+#[tokio::test]
 async fn authorization_code_needs_the_pkce_verifier_it_was_issued_for() {
     let provider = start().await;
     let http = http();
@@ -1121,4 +1139,74 @@ fn jwt_decode_refuses_malformed_tokens() {
         assert!(jwt::decode(bad).is_err(), "{bad}");
     }
     assert!(jwt::decode("e30.e30.").is_ok());
+}
+
+#[tokio::test]
+async fn provider_listens_on_loopback_only_and_stops_when_dropped() {
+    let options = ProviderOptions {
+        addr: Some("0.0.0.0:0".parse().unwrap()),
+        ..ProviderOptions::default()
+    };
+    assert!(TestProvider::start(options).await.is_err());
+
+    let provider = start().await;
+    let http = http();
+    let url = provider.discovery_url();
+    assert!(http.get(&url).send().await.unwrap().status().is_success());
+    drop(provider);
+    tokio::task::yield_now().await;
+    // Neither the kept-alive connection nor a new one is answered.
+    assert!(http.get(&url).send().await.is_err());
+}
+
+/// The gateway's relying-party library must accept what the provider serves, exactly as served.
+#[tokio::test]
+async fn openidconnect_accepts_the_discovery_document_keys_and_tokens() {
+    use openidconnect::core::{
+        CoreIdTokenVerifier, CoreJsonWebKeySet, CoreProviderMetadata, CoreTokenResponse,
+    };
+    use openidconnect::{ClientId, IssuerUrl, Nonce, OAuth2TokenResponse, TokenResponse};
+
+    let provider = start().await;
+    let http = http();
+    let get = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let metadata: CoreProviderMetadata =
+        serde_json::from_str(&get(provider.discovery_url()).await).unwrap();
+    assert_eq!(metadata.issuer().as_str(), provider.issuer());
+    assert_eq!(
+        IssuerUrl::new(provider.issuer().into())
+            .unwrap()
+            .join(".well-known/openid-configuration")
+            .unwrap()
+            .as_str(),
+        provider.discovery_url()
+    );
+    let keys: CoreJsonWebKeySet = serde_json::from_str(&get(provider.jwks_uri()).await).unwrap();
+
+    let login = login(&provider, CLIENT, &[]);
+    let code = code_for(&http, &login, "alice", true).await;
+    let (_, body) = redeem(&http, &provider, &code, &login.verifier).await;
+    let response: CoreTokenResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(response.expires_in(), Some(Duration::from_secs(3600)));
+    let verifier = CoreIdTokenVerifier::new_public_client(
+        ClientId::new(CLIENT.into()),
+        IssuerUrl::new(provider.issuer().into()).unwrap(),
+        keys,
+    );
+    let claims = response
+        .id_token()
+        .unwrap()
+        .claims(&verifier, &Nonce::new(login.nonce.clone()))
+        .unwrap();
+    let amr: Vec<&str> = claims
+        .auth_method_refs()
+        .unwrap()
+        .iter()
+        .map(|amr| amr.as_str())
+        .collect();
+    assert_eq!(amr, ["pwd", "mfa"]);
+    assert!(claims.auth_time().is_some());
 }
