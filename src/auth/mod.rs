@@ -274,7 +274,7 @@ impl SignIn {
         step_up: &StepUp,
         ctx: &RequestContext<'_>,
     ) -> Response<ResponseBody> {
-        let Some(state) = self.provider.state() else {
+        let Some(state) = self.provider.state().filter(|_| self.provider.is_reachable()) else {
             return provider_unavailable();
         };
         let return_path = if *method == Method::GET || *method == Method::HEAD {
@@ -488,6 +488,7 @@ impl SignIn {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "token endpoint unreachable");
+                self.provider.report_unreachable();
                 Failure::unavailable(&login.return_path)
             })?;
         let token: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();

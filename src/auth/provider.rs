@@ -4,13 +4,14 @@
 //! cached set lacks triggers one refetch, at most every five minutes, so key rotation works
 //! without letting a stream of forged key ids hammer Entra.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use openidconnect::core::CoreJsonWebKeySet;
 use serde::Deserialize;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use super::backchannel::BackChannel;
@@ -43,6 +44,11 @@ pub struct IdentityProvider {
     channel: BackChannel,
     state: ArcSwapOption<ProviderState>,
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
+    /// False after a failed call to the provider, until a refresh succeeds: new sign-ins then
+    /// get a clear 503 page instead of a redirect to a provider that does not answer.
+    reachable: AtomicBool,
+    /// Wakes the refresh task early after a failed call.
+    retry_now: Arc<Notify>,
 }
 
 impl IdentityProvider {
@@ -52,6 +58,8 @@ impl IdentityProvider {
             channel,
             state: ArcSwapOption::empty(),
             last_unknown_kid_refetch: Mutex::new(None),
+            reachable: AtomicBool::new(false),
+            retry_now: Arc::new(Notify::new()),
         })
     }
 
@@ -72,6 +80,18 @@ impl IdentityProvider {
         self.state.load().is_some()
     }
 
+    /// Whether the last call to the provider succeeded.
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// A call to the provider failed (token endpoint unreachable): refuse new sign-ins until
+    /// the refresh task reaches it again, and make that task retry soon.
+    pub fn report_unreachable(&self) {
+        self.reachable.store(false, Ordering::Relaxed);
+        self.retry_now.notify_one();
+    }
+
     /// Fetches discovery and keys until it succeeds (backing off up to a minute), then
     /// refreshes them every hour, until `stop` fires.
     pub fn spawn_refresh(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -88,6 +108,7 @@ impl IdentityProvider {
                         REFRESH_INTERVAL
                     }
                     Err(e) => {
+                        current.reachable.store(false, Ordering::Relaxed);
                         tracing::warn!(
                             issuer = %current.config.issuer,
                             error = %e,
@@ -99,9 +120,16 @@ impl IdentityProvider {
                         wait
                     }
                 };
+                let retry_now = current.retry_now.clone();
+                let notified = retry_now.notified();
+                tokio::pin!(notified);
+                // Woken early only while the provider is failing, so a stream of failed
+                // sign-ins cannot turn into a stream of requests to Entra.
+                let woken_early = !current.is_reachable();
                 drop(current);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = &mut notified, if woken_early => {}
                     _ = stop.changed() => return,
                 }
             }
