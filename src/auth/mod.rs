@@ -274,7 +274,11 @@ impl SignIn {
         step_up: &StepUp,
         ctx: &RequestContext<'_>,
     ) -> Response<ResponseBody> {
-        let Some(state) = self.provider.state().filter(|_| self.provider.is_reachable()) else {
+        let Some(state) = self
+            .provider
+            .state()
+            .filter(|_| self.provider.is_reachable())
+        else {
             return provider_unavailable();
         };
         let return_path = if *method == Method::GET || *method == Method::HEAD {
@@ -614,11 +618,18 @@ impl SignIn {
     /// The response to a request without a usable session that is not a top-level
     /// navigation: 401 (or 440 for OWA) with no redirect.
     pub fn unauthenticated(&self, route: &RoutePolicy) -> Response<ResponseBody> {
-        Page::new(
+        let mut response = Page::new(
             "Sign-in required",
             "Your session has ended. Reload the page to sign in again.",
         )
-        .response(route.unauthenticated_status)
+        .response(route.unauthenticated_status);
+        if route.unauthenticated_status.as_u16() == 440 {
+            // 440 has no standard reason phrase; IIS calls it "Login Time-out".
+            response
+                .extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Login Time-out"));
+        }
+        response
     }
 }
 

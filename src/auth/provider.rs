@@ -157,6 +157,10 @@ impl IdentityProvider {
         let first = self.state.load().is_none();
         self.state
             .store(Some(Arc::new(ProviderState { endpoints, keys })));
+        let was_reachable = self.reachable.swap(true, Ordering::Relaxed);
+        if !was_reachable && !first {
+            tracing::info!(issuer = %self.config.issuer, "identity provider reachable again");
+        }
         if first {
             tracing::info!(issuer = %self.config.issuer, "identity provider metadata and signing keys loaded");
         }

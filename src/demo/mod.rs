@@ -13,46 +13,87 @@ pub use provider::{
 };
 pub use upstream::SampleExchange;
 
-use crate::config::{Config, SystemSecrets};
+use crate::config::{Config, MapSecrets};
 use crate::{Gateway, Listeners};
+
+/// The demo's registered application (any GUID would do).
+const DEMO_CLIENT_ID: &str = "6a1e7d2b-9c4f-4e8a-b3d5-0f2e4c6a8b1d";
 
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let exchange = SampleExchange::start("127.0.0.1:0".parse().map_err(|_| "address")?)
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let exchange = SampleExchange::start(loopback)
         .await
         .map_err(|e| format!("cannot start the sample Exchange server: {e}"))?;
-    let toml = demo_config(listen, exchange.addr());
-    let config = Config::from_toml(&toml, &SystemSecrets).map_err(|e| e.to_string())?;
+    let provider = TestProvider::start(ProviderOptions::default())
+        .await
+        .map_err(|e| format!("cannot start the test identity provider: {e}"))?;
+    let client_secret = random_base64(32)?;
+    provider.register_client(
+        DEMO_CLIENT_ID,
+        ClientCredential::Secret(client_secret.clone()),
+    );
+
+    // Secrets come from memory here; a real deployment reads them from files.
+    let secrets = MapSecrets::new()
+        .with_file("/demo/client-secret", &client_secret)
+        .with_file("/demo/session.key", &random_base64(32)?);
+    let toml = demo_config(listen, exchange.addr(), provider.issuer());
+    let config = Config::from_toml(&toml, &secrets).map_err(|e| e.to_string())?;
     let listeners = Listeners::bind(&config.server)
         .await
         .map_err(|e| e.to_string())?;
     let gateway = Gateway::start(config, listeners, shutdown).await?;
-    let addr = gateway.http_addr.ok_or("no listener")?;
+    let port = gateway.http_addr.ok_or("no listener")?.port();
     println!();
-    println!("  mfa-gateway demo is running.");
-    println!("  Open http://localhost:{}/owa/ in a browser.", addr.port());
-    println!(
-        "  Health for the load balancer: http://localhost:{}/_gateway/health",
-        addr.port()
-    );
-    println!(
-        "  Closed by default (404): http://localhost:{}/ews/exchange.asmx",
-        addr.port()
-    );
+    println!("  mfa-gateway demo is running: a test identity provider shaped like Entra ID,");
+    println!("  a sample Exchange server, and the gateway in front of it.");
+    println!();
+    println!("  Open http://localhost:{port}/owa/ in a browser and sign in as alice.");
+    println!("  Choose \"Password only\" to see a sign-in without MFA refused,");
+    println!("  or \"Password and multifactor authentication\" to reach the mailbox.");
+    println!();
+    println!("  Load balancer health:  http://localhost:{port}/_gateway/health");
+    println!("  Closed by default:     http://localhost:{port}/ews/exchange.asmx (404)");
     println!("  Press Ctrl+C to stop.");
     println!();
     gateway.wait().await;
+    drop(provider);
     Ok(())
 }
 
-fn demo_config(listen: SocketAddr, exchange: SocketAddr) -> String {
+fn random_base64(bytes: usize) -> Result<String, String> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut buffer = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buffer)
+        .map_err(|_| "no randomness available".to_owned())?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(buffer))
+}
+
+fn demo_config(listen: SocketAddr, exchange: SocketAddr, issuer: &str) -> String {
     format!(
         r#"
 [server]
 http_listen = "{listen}"
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{DEMO_CLIENT_ID}"
+client_secret = {{ file = "/demo/client-secret" }}
+
+[mfa]
+amr_any_of = ["mfa", "ngcmfa"]
+max_auth_age = "12h"
+
+[session]
+keys = [{{ file = "/demo/session.key" }}]
+lifetime = "10h"
+idle_timeout = "1h"
 
 [upstreams.exchange]
 servers = ["http://{exchange}"]
@@ -62,13 +103,21 @@ health_check = {{ path = "/owa/healthcheck.htm", interval = "5s", timeout = "2s"
 host = "localhost"
 path = "/owa"
 upstream = "exchange"
+access = "mfa"
+unauthenticated_status = 440
+
+[[routes]]
+host = "localhost"
+path = "/owa/healthcheck.htm"
+upstream = "exchange"
 access = "public"
 
 [[routes]]
 host = "localhost"
 path = "/ecp"
 upstream = "exchange"
-access = "deny"
+access = "mfa"
+max_auth_age = "1h"
 "#
     )
 }
