@@ -50,3 +50,28 @@ pub fn policy_denied(reason: &str, oid: &str, upn: Option<&str>, route: &str, cl
         client = %client,
     );
 }
+
+/// A user signed out (`how`: `owa_logoff`, `gateway_logout`).
+pub fn signed_out(how: &str, oid: &str, upn: Option<&str>, client: IpAddr) {
+    tracing::info!(
+        target: "audit",
+        event = "sign_out",
+        outcome = "success",
+        reason = how,
+        oid,
+        upn = upn.unwrap_or("-"),
+        client = %client,
+    );
+}
+
+/// Entra's front-channel logout revoked the sessions of a sign-in.
+pub fn front_channel_logout(oid: Option<&str>, client: IpAddr) {
+    tracing::info!(
+        target: "audit",
+        event = "sign_out",
+        outcome = "success",
+        reason = "front_channel_logout",
+        oid = oid.unwrap_or("-"),
+        client = %client,
+    );
+}

@@ -45,8 +45,9 @@ pub enum GatewayError {
     DownstreamAborted(String),
     /// The route is closed by configuration (`access = "deny"`).
     Denied,
-    /// Signed in, but the route's policy (group membership) refuses the user.
-    PolicyDenied,
+    /// Signed in, but the route's policy (group membership) refuses the user; the reason code
+    /// says why (`not_in_group`, `groups_overage`).
+    PolicyDenied(&'static str),
     /// The gateway is not ready or is shutting down.
     NotReady,
     /// Every server of the upstream is marked down.
@@ -67,7 +68,7 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::BodyTooLarge
             | GatewayError::DownstreamAborted(_) => Side::Downstream,
-            GatewayError::Denied | GatewayError::PolicyDenied | GatewayError::NotReady => {
+            GatewayError::Denied | GatewayError::PolicyDenied(_) | GatewayError::NotReady => {
                 Side::Gateway
             }
             GatewayError::NoHealthyServer
@@ -84,7 +85,7 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::Denied | GatewayError::PolicyDenied => StatusCode::FORBIDDEN,
+            GatewayError::Denied | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             GatewayError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
@@ -102,7 +103,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => "body_too_large",
             GatewayError::DownstreamAborted(_) => "browser_aborted",
             GatewayError::Denied => "denied",
-            GatewayError::PolicyDenied => "policy_denied",
+            GatewayError::PolicyDenied(why) => why,
             GatewayError::NotReady => "not_ready",
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -133,7 +134,11 @@ impl GatewayError {
                 "Access denied",
                 "This part of the site is not available from outside the organisation.",
             ),
-            GatewayError::PolicyDenied => Page::new(
+            GatewayError::PolicyDenied("groups_overage") => Page::new(
+                "Group membership could not be checked",
+                "Your account is a member of more groups than Microsoft Entra ID lists in a sign-in, so the membership this page requires could not be checked. Ask your administrator to grant access another way.",
+            ),
+            GatewayError::PolicyDenied(_) => Page::new(
                 "You do not have access to this page",
                 "You are signed in, but your account is not allowed to use this part of the site. If you need it, ask your administrator.",
             ),
@@ -166,8 +171,8 @@ impl fmt::Display for GatewayError {
                 write!(f, "browser connection failed during upload: {e}")
             }
             GatewayError::Denied => f.write_str("route closed by configuration"),
-            GatewayError::PolicyDenied => {
-                f.write_str("signed-in user refused by the route's policy")
+            GatewayError::PolicyDenied(why) => {
+                write!(f, "signed-in user refused by the route's policy: {why}")
             }
             GatewayError::NotReady => f.write_str("gateway not ready"),
             GatewayError::NoHealthyServer => f.write_str("no healthy upstream server"),

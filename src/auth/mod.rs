@@ -34,7 +34,7 @@ use crate::config::{Config, MfaConfig, OidcConfig, ResponseMode, SessionConfig};
 use crate::pages::Page;
 use crate::session::{
     clear_cookie_header, cookies, find_cookie, set_cookie_header, EntraId, Guid, LoginTransaction,
-    MfaEvidence, SameSite, Session, SessionKey, SessionSeal,
+    MfaEvidence, Revocations, SameSite, Session, SessionKey, SessionSeal,
 };
 use backchannel::BackChannel;
 use client_auth::ClientAuthenticator;
@@ -111,6 +111,8 @@ pub struct SignIn {
     clock: Clock,
     /// States already used on this gateway (single use), with when they were used.
     used_states: Mutex<HashMap<String, u64>>,
+    /// Sessions ended by sign-out or front-channel logout; kept across reloads.
+    revocations: Arc<Revocations>,
     rng: SystemRandom,
 }
 
@@ -146,6 +148,7 @@ impl SignIn {
             }
             _ => IdentityProvider::new(oidc.clone(), BackChannel::new(BACKCHANNEL_TIMEOUT)?),
         };
+        let revocations = previous.map_or_else(Revocations::new, |p| p.revocations.clone());
         let mut named_groups: Vec<Guid> = config
             .routes
             .iter()
@@ -164,6 +167,7 @@ impl SignIn {
             named_groups,
             clock,
             used_states: Mutex::new(HashMap::new()),
+            revocations,
             rng: SystemRandom::new(),
         })))
     }
@@ -199,6 +203,9 @@ impl SignIn {
         };
         if let Err(expired) = session.check(now, self.session.idle_timeout) {
             return sign_in(expired.as_str());
+        }
+        if self.revocations.is_revoked(&session) {
+            return sign_in("session_revoked");
         }
         if !self
             .oidc
@@ -236,9 +243,16 @@ impl SignIn {
         if !route.groups_any_of.is_empty()
             && !route.groups_any_of.iter().any(|g| session.in_group(g))
         {
+            // With the overage marker Entra did not list the groups: refuse and say why
+            // rather than guess.
+            let why = if session.groups_overage {
+                "groups_overage"
+            } else {
+                "not_in_group"
+            };
             return Admission::Denied {
                 session: Box::new(session),
-                why: "not_in_group",
+                why,
             };
         }
         let reseal = if session.needs_touch(now) {
@@ -559,6 +573,7 @@ impl SignIn {
             .filter_map(|g| Guid::parse(g))
             .filter(|g| self.named_groups.contains(g))
             .collect();
+        session.groups_overage = identity.groups_overage;
         session.mfa = MfaEvidence {
             amr: identity.amr.clone(),
             acrs: identity.acrs.clone(),
@@ -570,6 +585,87 @@ impl SignIn {
         let mut response = redirect(&login.return_path);
         response.headers_mut().append(SET_COOKIE, cookie);
         Ok(response)
+    }
+
+    /// The session in the request, if it opens, whatever its state.
+    pub fn session_of(&self, headers: &HeaderMap) -> Option<Session> {
+        find_cookie(headers, self.seal.cookie_name()).and_then(|value| self.seal.open(value))
+    }
+
+    /// Ends the gateway session of this request (if any) and sends the browser to Entra's
+    /// end-session endpoint, which returns it to `/_gateway/signed-out`. Used after OWA's and
+    /// ECP's own sign-out pages and by `/_gateway/logout`.
+    pub fn end_session(
+        &self,
+        session: Option<&Session>,
+        ctx: &RequestContext<'_>,
+        how: &'static str,
+    ) -> Response<ResponseBody> {
+        if let Some(session) = session {
+            self.revocations.revoke_session(session, self.clock.now());
+            crate::audit::signed_out(
+                how,
+                &session.oid.to_string(),
+                session.upn.as_deref(),
+                ctx.client,
+            );
+        }
+        let signed_out = format!("{}://{}/_gateway/signed-out", ctx.scheme, ctx.host);
+        let location = self
+            .provider
+            .state()
+            .and_then(|state| state.endpoints.end_session_endpoint.clone())
+            .and_then(|endpoint| url::Url::parse(&endpoint).ok())
+            .map(|mut url| {
+                url.query_pairs_mut()
+                    .append_pair("post_logout_redirect_uri", &signed_out)
+                    .append_pair("client_id", &self.oidc.client_id);
+                url.to_string()
+            })
+            .unwrap_or(signed_out);
+        let mut response = redirect(&location);
+        response
+            .headers_mut()
+            .append(SET_COOKIE, clear_cookie_header(self.seal.cookie_name()));
+        response
+    }
+
+    /// `/_gateway/frontchannel-logout?sid=…`: Entra ends its session and calls this in a hidden
+    /// frame, with only `sid` and possibly without cookies (third-party cookie blocking): every
+    /// session of that sign-in is revoked on this gateway.
+    pub fn frontchannel_logout(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Response<ResponseBody> {
+        let sid = uri.query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "sid")
+                .map(|(_, v)| v.into_owned())
+        });
+        let Some(sid) = sid.filter(|s| !s.is_empty() && s.len() <= 256) else {
+            return Page::new(
+                "Bad request",
+                "A front-channel logout names the session to end.",
+            )
+            .response(StatusCode::BAD_REQUEST);
+        };
+        self.revocations
+            .revoke_sid(&sid, self.clock.now(), self.session.lifetime.as_secs());
+        let session = self.session_of(headers);
+        crate::audit::front_channel_logout(
+            session.as_ref().map(|s| s.oid.to_string()).as_deref(),
+            client,
+        );
+        let mut response =
+            Page::new("Signed out", "You have been signed out.").response(StatusCode::OK);
+        if session.is_some() {
+            response
+                .headers_mut()
+                .append(SET_COOKIE, clear_cookie_header(self.seal.cookie_name()));
+        }
+        response
     }
 
     fn verify(
@@ -805,6 +901,22 @@ fn internal_error() -> Response<ResponseBody> {
         "The sign-in could not be started. Try again.",
     )
     .response(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// `/_gateway/signed-out`: where Entra's sign-out returns the browser.
+pub fn signed_out_page() -> Response<ResponseBody> {
+    Page::new(
+        "You have signed out",
+        "You have signed out of Outlook on the web. Close the browser if you are on a shared computer.",
+    )
+    .with_link("Sign in again", DEFAULT_RETURN.to_owned())
+    .response(StatusCode::OK)
+}
+
+/// Exchange's own sign-out pages: the request still goes to Exchange (to clear its Forms-auth
+/// cookies), then the gateway session ends too.
+pub fn is_sign_out_path(path: &str) -> bool {
+    path.eq_ignore_ascii_case("/owa/logoff.owa") || path.eq_ignore_ascii_case("/ecp/logoff.aspx")
 }
 
 /// Whether a request is a top-level page load that may be redirected to Entra, as opposed to

@@ -27,6 +27,41 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Headers that Exchange, IIS modules or other software behind the gateway could take for an
+/// identity asserted by a proxy. A browser never has a reason to send them: they are removed
+/// from every request, so nobody can claim to be someone by setting one.
+const IDENTITY_HEADERS: [&str; 14] = [
+    "remote-user",
+    "x-remote-user",
+    "x-user",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-ms-client-principal",
+    "x-ms-client-principal-name",
+    "x-ms-client-principal-id",
+    "x-ms-token-aad-id-token",
+    "x-ms-token-aad-access-token",
+];
+
+/// Removes client-sent identity headers (and any `x-mfagw-*` header, the gateway's own prefix).
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    for name in IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-mfagw-"))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers and every header listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
@@ -136,6 +171,19 @@ pub fn set_forwarded(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_headers_sent_by_a_browser_never_reach_exchange() {
+        let mut map = headers(&[
+            ("x-remote-user", "admin"),
+            ("x-ms-client-principal-name", "admin@contoso.com"),
+            ("x-mfagw-user", "admin"),
+            ("cookie", "a=b"),
+        ]);
+        strip_identity_headers(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("cookie"));
+    }
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -79,6 +79,7 @@ pub async fn forward(
 
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers);
+    headers::strip_identity_headers(&mut headers);
     let proto = if downstream.tls { "https" } else { "http" };
     headers::set_forwarded(
         &mut headers,
@@ -87,6 +88,7 @@ pub async fn forward(
         proto,
         &host,
     );
+    let public_host = host.clone();
     headers.insert(HOST, host);
     if let Some(protocol) = &upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -168,7 +170,11 @@ pub async fn forward(
                     Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         bridge_upgrade(response, client_side)
                     }
-                    _ => pass_response(response, limits.idle_timeout),
+                    _ => {
+                        let mut response = pass_response(response, limits.idle_timeout);
+                        rewrite_location(response.headers_mut(), pool, proto, &public_host);
+                        response
+                    }
                 };
                 return Ok(Forwarded {
                     response,
@@ -204,6 +210,41 @@ async fn until_idle<F: std::future::Future>(
                 seen = now;
             }
         }
+    }
+}
+
+/// Exchange redirecting to one of its own server names (`https://ex01.corp.contoso.com/owa/`)
+/// would send the browser to an address it cannot reach: such a `Location` is rewritten to the
+/// published host. Redirects to any other host — outlook.office.com for mailboxes already
+/// moved to Exchange Online in a hybrid organisation — pass untouched.
+fn rewrite_location(
+    headers: &mut http::HeaderMap,
+    pool: &UpstreamPool,
+    proto: &str,
+    public_host: &HeaderValue,
+) {
+    let Some(location) = headers
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let Ok(uri) = location.parse::<Uri>() else {
+        return;
+    };
+    let (Some(authority), Some(scheme)) = (uri.authority(), uri.scheme_str()) else {
+        return; // relative: already on the published host
+    };
+    let internal = pool.is_server_authority(authority, scheme);
+    if !internal {
+        return;
+    }
+    let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let Ok(public_host) = public_host.to_str() else {
+        return;
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("{proto}://{public_host}{rest}")) {
+        headers.insert(http::header::LOCATION, value);
     }
 }
 

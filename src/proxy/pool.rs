@@ -123,6 +123,28 @@ impl UpstreamPool {
             .collect()
     }
 
+    /// Whether `authority` (from an absolute URL with `scheme`) names one of this pool's
+    /// servers, or the name their certificates carry (`tls_server_name`).
+    pub fn is_server_authority(&self, authority: &http::uri::Authority, scheme: &str) -> bool {
+        let default_port = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host = authority.host();
+        let by_server = self.servers.iter().any(|s| {
+            s.server.authority.host().eq_ignore_ascii_case(host)
+                && s.server.authority.port_u16().unwrap_or(default_port) == port
+        });
+        let by_tls_name = self
+            .config
+            .tls_server_name
+            .as_deref()
+            .is_some_and(|name| name.eq_ignore_ascii_case(host));
+        by_server || by_tls_name
+    }
+
     /// Number of servers configured, healthy or not.
     pub fn len(&self) -> usize {
         self.servers.len()

@@ -75,6 +75,25 @@ pub(super) async fn handle(
                 };
                 break 'outcome Ok(sign_in.callback(request, &ctx).await);
             }
+            if let (Some(sign_in), "logout" | "frontchannel-logout" | "signed-out") =
+                (&snapshot.sign_in, endpoint.as_str())
+            {
+                let ctx = RequestContext {
+                    host: host_text,
+                    scheme,
+                    client,
+                };
+                break 'outcome Ok(match endpoint.as_str() {
+                    "logout" => {
+                        let session = sign_in.session_of(request.headers());
+                        sign_in.end_session(session.as_ref(), &ctx, "gateway_logout")
+                    }
+                    "frontchannel-logout" => {
+                        sign_in.frontchannel_logout(request.uri(), request.headers(), client)
+                    }
+                    _ => auth::signed_out_page(),
+                });
+            }
             break 'outcome gateway_endpoint(&endpoint, shared);
         }
 
@@ -98,12 +117,21 @@ pub(super) async fn handle(
         };
         record.set_route(entry.metrics.clone());
         let mut reseal = None;
+        let mut signing_out = None;
         match (entry.access, &entry.policy, &snapshot.sign_in) {
             (Access::Public, _, _) => {}
             (Access::Deny, _, _) => break 'outcome Err(GatewayError::Denied),
             (Access::Mfa, Some(policy), Some(sign_in)) => {
                 match sign_in.admit(request.headers(), policy) {
-                    Admission::Allowed { reseal: cookie, .. } => reseal = cookie,
+                    Admission::Allowed {
+                        reseal: cookie,
+                        session,
+                    } => {
+                        reseal = cookie;
+                        if auth::is_sign_out_path(path) {
+                            signing_out = Some((sign_in.clone(), session));
+                        }
+                    }
                     Admission::SignInRequired { step_up, why } => {
                         record.set_failure(Side::Gateway, format!("sign-in required: {why}"));
                         let response = if auth::is_navigation(request.method(), request.headers()) {
@@ -132,7 +160,7 @@ pub(super) async fn handle(
                             &policy.name,
                             client,
                         );
-                        break 'outcome Err(GatewayError::PolicyDenied);
+                        break 'outcome Err(GatewayError::PolicyDenied(why));
                     }
                 }
             }
@@ -152,10 +180,25 @@ pub(super) async fn handle(
             peer_trusted,
             tls,
         };
+        let public_host = host_text.to_owned();
         let host = host.clone();
         match proxy::forward(request, host, &entry.pool, &downstream).await {
             Ok(mut forwarded) => {
                 record.set_upstream(forwarded.server);
+                if let Some((sign_in, session)) = signing_out {
+                    // Exchange has cleared its own cookies; keep those Set-Cookie headers and
+                    // end the gateway session and the Entra session too.
+                    let ctx = RequestContext {
+                        host: &public_host,
+                        scheme,
+                        client,
+                    };
+                    let mut response = sign_in.end_session(Some(&session), &ctx, "owa_logoff");
+                    for cookie in forwarded.response.headers().get_all(SET_COOKIE) {
+                        response.headers_mut().append(SET_COOKIE, cookie.clone());
+                    }
+                    break 'outcome Ok(response);
+                }
                 if let Some(cookie) = reseal {
                     forwarded.response.headers_mut().append(SET_COOKIE, cookie);
                 }

@@ -169,6 +169,9 @@ pub struct Session {
     pub expires_at: u64,
     /// Last request seen, rounded to [`TOUCH_INTERVAL`], for the idle timeout.
     pub last_seen: u64,
+    /// Entra sent the groups overage marker instead of the groups (more than 200): group rules
+    /// cannot be judged for this session.
+    pub groups_overage: bool,
 }
 
 /// Why a session no longer admits the browser; both mean "signed out, sign in again".
@@ -226,6 +229,7 @@ impl Session {
             issued_at: now,
             expires_at: now.saturating_add(lifetime.as_secs()),
             last_seen: now,
+            groups_overage: false,
         }
     }
 
