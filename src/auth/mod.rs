@@ -146,7 +146,11 @@ impl SignIn {
             {
                 previous.provider.clone()
             }
-            _ => IdentityProvider::new(oidc.clone(), BackChannel::new(BACKCHANNEL_TIMEOUT)?),
+            _ => IdentityProvider::new(
+                oidc.clone(),
+                BackChannel::new(BACKCHANNEL_TIMEOUT)?,
+                clock.clone(),
+            ),
         };
         let revocations = previous.map_or_else(Revocations::new, |p| p.revocations.clone());
         let mut named_groups: Vec<Guid> = config

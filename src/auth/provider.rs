@@ -12,9 +12,9 @@ use arc_swap::ArcSwapOption;
 use openidconnect::core::CoreJsonWebKeySet;
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify};
-use tokio::time::Instant;
 
 use super::backchannel::BackChannel;
+use crate::clock::Clock;
 use crate::config::OidcConfig;
 
 const REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
@@ -43,7 +43,10 @@ pub struct IdentityProvider {
     config: OidcConfig,
     channel: BackChannel,
     state: ArcSwapOption<ProviderState>,
-    last_unknown_kid_refetch: Mutex<Option<Instant>>,
+    /// Unix seconds of the last refetch for an unknown key id (by the gateway's clock, so tests
+    /// can move past the five-minute limit).
+    last_unknown_kid_refetch: Mutex<Option<u64>>,
+    clock: Clock,
     /// False after a failed call to the provider, until a refresh succeeds: new sign-ins then
     /// get a clear 503 page instead of a redirect to a provider that does not answer.
     reachable: AtomicBool,
@@ -52,12 +55,13 @@ pub struct IdentityProvider {
 }
 
 impl IdentityProvider {
-    pub fn new(config: OidcConfig, channel: BackChannel) -> Arc<IdentityProvider> {
+    pub fn new(config: OidcConfig, channel: BackChannel, clock: Clock) -> Arc<IdentityProvider> {
         Arc::new(IdentityProvider {
             config,
             channel,
             state: ArcSwapOption::empty(),
             last_unknown_kid_refetch: Mutex::new(None),
+            clock,
             reachable: AtomicBool::new(false),
             retry_now: Arc::new(Notify::new()),
         })
@@ -180,10 +184,11 @@ impl IdentityProvider {
     /// less than five minutes ago. Returns the new state when keys were refetched.
     pub async fn refetch_keys_for_unknown_kid(&self) -> Option<Arc<ProviderState>> {
         let mut last = self.last_unknown_kid_refetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_MIN_INTERVAL) {
+        let now = self.clock.now();
+        if last.is_some_and(|at| now.saturating_sub(at) < UNKNOWN_KID_MIN_INTERVAL.as_secs()) {
             return None;
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         let current = self.state.load_full()?;
         match self.fetch_keys(&current.endpoints.jwks_uri).await {
             Ok(keys) => {
