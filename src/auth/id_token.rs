@@ -129,6 +129,8 @@ pub struct VerifiedIdentity {
     pub amr: Vec<String>,
     /// The `acrs` values that satisfied policy.
     pub acrs: Vec<String>,
+    /// Every `acrs` value in the token (a route may require one that `[mfa]` does not list).
+    pub all_acrs: Vec<String>,
     /// Every `amr` value, for the audit log.
     pub all_amr: Vec<String>,
     pub auth_time: u64,
@@ -268,6 +270,7 @@ fn verify_inner(
         groups_overage,
         amr,
         acrs,
+        all_acrs: extra.acrs.clone().unwrap_or_default(),
         all_amr: facts.amr.clone(),
         auth_time: u64::try_from(auth_time).unwrap_or(0),
         entra_sid: extra.sid.clone(),

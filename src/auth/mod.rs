@@ -108,6 +108,8 @@ pub struct SignIn {
     session: SessionConfig,
     /// Groups named by some route: the only ones a session keeps.
     named_groups: Vec<Guid>,
+    /// Authentication contexts that count: `[mfa]`'s and those routes require for step-up.
+    named_acrs: Vec<String>,
     clock: Clock,
     /// States already used on this gateway (single use), with when they were used.
     used_states: Mutex<HashMap<String, u64>>,
@@ -161,6 +163,15 @@ impl SignIn {
             .collect();
         named_groups.sort_by_key(|g| g.0);
         named_groups.dedup();
+        let mut named_acrs: Vec<String> = config
+            .routes
+            .iter()
+            .flat_map(|r| r.acrs_any_of.iter())
+            .chain(config.mfa.acrs_any_of.iter())
+            .cloned()
+            .collect();
+        named_acrs.sort();
+        named_acrs.dedup();
         Ok(Some(Arc::new(SignIn {
             provider,
             client,
@@ -169,6 +180,7 @@ impl SignIn {
             mfa: config.mfa.clone(),
             session: session.clone(),
             named_groups,
+            named_acrs,
             clock,
             used_states: Mutex::new(HashMap::new()),
             revocations,
@@ -514,6 +526,11 @@ impl SignIn {
                 Failure::unavailable(&login.return_path)
             })?;
         let token: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            tracing::warn!(status = status.as_u16(), "token endpoint failed");
+            self.provider.report_unreachable();
+            return Err(Failure::unavailable(&login.return_path));
+        }
         if !status.is_success() {
             let error = token
                 .get("error")
@@ -580,7 +597,12 @@ impl SignIn {
         session.groups_overage = identity.groups_overage;
         session.mfa = MfaEvidence {
             amr: identity.amr.clone(),
-            acrs: identity.acrs.clone(),
+            acrs: identity
+                .all_acrs
+                .iter()
+                .filter(|value| self.named_acrs.contains(value))
+                .cloned()
+                .collect(),
         };
         let cookie = self
             .session_cookie(&session)

@@ -125,15 +125,18 @@ impl IdentityProvider {
                     }
                 };
                 let retry_now = current.retry_now.clone();
-                let notified = retry_now.notified();
-                tokio::pin!(notified);
-                // Woken early only while the provider is failing, so a stream of failed
-                // sign-ins cannot turn into a stream of requests to Entra.
-                let woken_early = !current.is_reachable();
                 drop(current);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = &mut notified, if woken_early => {}
+                    // A failed call elsewhere (token endpoint) asks for an early retry. The
+                    // pause keeps a stream of failed sign-ins from becoming a stream of
+                    // requests to Entra: at most one refresh per FIRST_RETRY.
+                    _ = retry_now.notified() => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(FIRST_RETRY) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
                     _ = stop.changed() => return,
                 }
             }

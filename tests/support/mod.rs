@@ -715,7 +715,7 @@ keys = [{keys}]
 
 [upstreams.exchange]
 servers = ["{exchange}"]
-health_check = {{ path = "/owa/healthcheck.htm", interval = "1s", timeout = "1s" }}
+health_check = {{ path = "/owa/healthcheck.htm", interval = "2s", timeout = "1s" }}
 
 [[routes]]
 host = "{MAIL_HOST}"
@@ -986,12 +986,14 @@ access = "public"
             self.jar.get(name).map(|c| c.value.as_str())
         }
 
+        /// Plants a cookie. It goes with every request, cross-site POSTs included: an
+        /// attacker's client sends whatever it likes.
         pub fn set_cookie(&mut self, name: &str, value: &str) {
             self.jar.insert(
                 name.to_owned(),
                 JarCookie {
                     value: value.to_owned(),
-                    same_site_none: false,
+                    same_site_none: true,
                 },
             );
         }
