@@ -577,6 +577,7 @@ pub fn plain_client() -> reqwest::Client {
 // Sign-in: a controllable clock, a configuration builder, and a browser that walks the
 // redirect to the test OpenID provider, its sign-in form, and the callback back to the gateway.
 
+#[allow(unused_imports)]
 pub use sign_in_support::*;
 
 mod sign_in_support {
