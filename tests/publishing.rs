@@ -761,6 +761,35 @@ async fn gateway_logout_ends_the_session_and_entras_without_exchange() {
     assert_session_is_dead(&w, &session).await;
 }
 
+#[tokio::test]
+async fn owa_sign_out_ends_the_gateway_session_even_when_exchange_cannot_be_reached() {
+    let mut w = world(Setup::default()).await;
+    let (mut alice, session) = signed_in_alice(&w).await;
+    // Every Exchange server is gone; the user on a shared computer presses "Sign out".
+    w.exchange.kill().await;
+
+    let reply = alice.navigate("/owa/logoff.owa").await;
+    assert_sign_out_goes_through_entra(&w, &mut alice, &reply).await;
+    assert_session_is_dead(&w, &session).await;
+}
+
+#[tokio::test]
+async fn ecp_sign_out_works_when_the_sign_in_is_too_old_for_ecp_itself() {
+    let w = world(Setup::default()).await;
+    let (mut alice, session) = signed_in_alice(&w).await;
+    // In ECP at 59 minutes, she presses "Sign out" at 61: still fine for OWA, too old for ECP.
+    w.clock.advance(Duration::from_secs(40 * 60));
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+    w.clock.advance(Duration::from_secs(21 * 60));
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+
+    // Signing out must not ask her to sign in again first: whoever sits down at the computer
+    // next would find OWA open.
+    let reply = alice.navigate("/ecp/logoff.aspx").await;
+    assert_sign_out_goes_through_entra(&w, &mut alice, &reply).await;
+    assert_session_is_dead(&w, &session).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Front-channel logout
 
@@ -986,6 +1015,49 @@ async fn exchange_never_sees_gateway_cookies_or_spoofed_identity_but_gets_its_ow
     );
     let parsed = SetCookie::parse(&canary).unwrap();
     assert!(!parsed.has("httponly"));
+    assert_exchange_never_saw_gateway_cookies(&w.exchange);
+}
+
+#[tokio::test]
+async fn over_http2_cookies_split_across_fields_reach_exchange_without_the_gateways() {
+    let w = world(Setup {
+        tls: true,
+        ..Setup::default()
+    })
+    .await;
+    let mut alice = TlsBrowser::new(&w);
+    alice.sign_in_ok("/owa/", &w.provider, "alice").await;
+    let session = alice.jar.get(SESSION_COOKIE).expect("signed in").0.clone();
+    let h2 = support::client(
+        w.pki.as_ref().unwrap(),
+        &[MAIL_HOST],
+        w.gateway.https.unwrap(),
+        true,
+    );
+    let before = w.exchange.user_requests().len();
+    // Browsers send each cookie as its own `cookie` field over HTTP/2 (RFC 9113 8.2.3).
+    let reply = read_reply(
+        h2.get(format!("{}/owa/service.svc?action=GetFolder", alice.origin))
+            .header("cookie", format!("X-OWA-CANARY={CANARY}"))
+            .header("cookie", format!("{SESSION_COOKIE}={session}"))
+            .header("cookie", "cadata=\"2Fh+Xy/Qk8LmNp0RsTuVwX1yZ3aB=\"")
+            .headers(xhr_headers())
+            .send()
+            .await
+            .expect("gateway answers"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    assert_hsts(&reply, "proxied over HTTP/2");
+    let received = w.exchange.user_requests();
+    assert_eq!(received.len(), before + 1);
+    assert_eq!(
+        header_values(&received[before].headers, COOKIE),
+        vec![format!(
+            "X-OWA-CANARY={CANARY}; cadata=\"2Fh+Xy/Qk8LmNp0RsTuVwX1yZ3aB=\""
+        )],
+        "one Cookie header toward Exchange, its cookies byte for byte, the gateway's gone"
+    );
     assert_exchange_never_saw_gateway_cookies(&w.exchange);
 }
 

@@ -613,6 +613,17 @@ impl SignIn {
         Ok(response)
     }
 
+    /// The session in the request when it is live (opens, not expired, not revoked), whatever
+    /// any route's policy says: enough to sign out.
+    pub fn live_session(&self, headers: &HeaderMap) -> Option<Box<Session>> {
+        let session = self.session_of(headers)?;
+        let live = session
+            .check(self.clock.now(), self.session.idle_timeout)
+            .is_ok()
+            && !self.revocations.is_revoked(&session);
+        live.then(|| Box::new(session))
+    }
+
     /// The session in the request, if it opens, whatever its state.
     pub fn session_of(&self, headers: &HeaderMap) -> Option<Session> {
         find_cookie(headers, self.seal.cookie_name()).and_then(|value| self.seal.open(value))

@@ -24,7 +24,9 @@ use crate::error::GatewayError;
 pub struct Downstream {
     pub peer: IpAddr,
     pub peer_trusted: bool,
-    pub tls: bool,
+    /// `https` or `http` as the browser sees the gateway (a trusted load balancer that
+    /// terminates TLS reports it in `X-Forwarded-Proto`).
+    pub scheme: &'static str,
 }
 
 /// The outcome of forwarding: the response, and which server answered (for the access log).
@@ -80,7 +82,7 @@ pub async fn forward(
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers);
     headers::strip_identity_headers(&mut headers);
-    let proto = if downstream.tls { "https" } else { "http" };
+    let proto = downstream.scheme;
     headers::set_forwarded(
         &mut headers,
         downstream.peer,
@@ -235,15 +237,22 @@ fn rewrite_location(
     let (Some(authority), Some(scheme)) = (uri.authority(), uri.scheme_str()) else {
         return; // relative: already on the published host
     };
+    let Ok(public_host_text) = public_host.to_str() else {
+        return;
+    };
     let internal = pool.is_server_authority(authority, scheme);
-    if !internal {
+    // IIS builds its own redirects (`/owa` → `/owa/`) from the Host header but with the scheme
+    // it was reached by: behind TLS offload that is http, which would downgrade the browser.
+    let downgrade = proto == "https"
+        && scheme.eq_ignore_ascii_case("http")
+        && authority
+            .host()
+            .eq_ignore_ascii_case(crate::routing::host_without_port(public_host_text));
+    if !internal && !downgrade {
         return;
     }
     let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let Ok(public_host) = public_host.to_str() else {
-        return;
-    };
-    if let Ok(value) = HeaderValue::from_str(&format!("{proto}://{public_host}{rest}")) {
+    if let Ok(value) = HeaderValue::from_str(&format!("{proto}://{public_host_text}{rest}")) {
         headers.insert(http::header::LOCATION, value);
     }
 }

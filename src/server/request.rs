@@ -121,17 +121,22 @@ pub(super) async fn handle(
         match (entry.access, &entry.policy, &snapshot.sign_in) {
             (Access::Public, _, _) => {}
             (Access::Deny, _, _) => break 'outcome Err(GatewayError::Denied),
+            (Access::Mfa, Some(policy), Some(sign_in)) if auth::is_sign_out_path(path) => {
+                // Signing out needs only a live session: not the route's freshness or group
+                // rules, which would send the user to sign in again instead of out.
+                let ctx = RequestContext {
+                    host: host_text,
+                    scheme,
+                    client,
+                };
+                match sign_in.live_session(request.headers()) {
+                    Some(session) => signing_out = Some((sign_in.clone(), session)),
+                    None => break 'outcome Ok(sign_in.end_session(None, &ctx, "owa_logoff")),
+                }
+            }
             (Access::Mfa, Some(policy), Some(sign_in)) => {
                 match sign_in.admit(request.headers(), policy) {
-                    Admission::Allowed {
-                        reseal: cookie,
-                        session,
-                    } => {
-                        reseal = cookie;
-                        if auth::is_sign_out_path(path) {
-                            signing_out = Some((sign_in.clone(), session));
-                        }
-                    }
+                    Admission::Allowed { reseal: cookie, .. } => reseal = cookie,
                     Admission::SignInRequired { step_up, why } => {
                         record.set_failure(Side::Gateway, format!("sign-in required: {why}"));
                         let response = if auth::is_navigation(request.method(), request.headers()) {
@@ -178,7 +183,7 @@ pub(super) async fn handle(
         let downstream = Downstream {
             peer: peer.ip(),
             peer_trusted,
-            tls,
+            scheme,
         };
         let public_host = host_text.to_owned();
         let host = host.clone();
@@ -207,6 +212,17 @@ pub(super) async fn handle(
             Err(failure) => {
                 if let Some(server) = failure.server {
                     record.set_upstream(server);
+                }
+                if let Some((sign_in, session)) = signing_out {
+                    // Exchange could not be reached: the user still signs out of the gateway
+                    // and Entra — on a shared computer the mailbox must not stay open.
+                    record.set_failure(failure.error.side(), failure.error.to_string());
+                    let ctx = RequestContext {
+                        host: &public_host,
+                        scheme,
+                        client,
+                    };
+                    break 'outcome Ok(sign_in.end_session(Some(&session), &ctx, "owa_logoff"));
                 }
                 Err(failure.error)
             }
