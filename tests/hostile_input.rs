@@ -935,3 +935,17 @@ async fn thousands_of_random_request_heads_never_crash_the_gateway() {
     assert_still_serving(addr).await;
     assert!(process.wait_exit(Duration::from_millis(10)).await.is_none());
 }
+
+#[tokio::test]
+async fn load_balancer_probe_without_a_host_header_gets_the_health_answer() {
+    let exchange = FakeExchange::builder("ex01").start().await;
+    let (_gateway, addr) = plain_gateway(&exchange, Limits::default()).await;
+    // HAProxy's plain `option httpchk` sends HTTP/1.0 with no Host header.
+    let answer = plain_bytes(addr, b"GET /_gateway/health HTTP/1.0\r\n\r\n".to_vec()).await;
+    assert_eq!(status_of(&answer), Some(200), "{}", show(&answer));
+    assert!(String::from_utf8_lossy(&answer).ends_with("ready\n"));
+    // Anything else without a Host header is still refused.
+    let answer = plain_bytes(addr, b"GET /owa/ HTTP/1.0\r\n\r\n".to_vec()).await;
+    assert_eq!(status_of(&answer), Some(400), "{}", show(&answer));
+    assert!(exchange.user_requests().is_empty());
+}

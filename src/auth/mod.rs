@@ -358,14 +358,12 @@ impl SignIn {
                     .append_pair("prompt", "login")
                     .append_pair("max_age", &max_age.as_secs().to_string());
             }
-            let acrs = step_up.acrs.clone().or_else(|| {
-                // Only acrs can prove MFA (v2.0 tokens): always ask for it.
-                if self.mfa.amr_any_of.is_empty() {
-                    self.mfa.acrs_any_of.first().cloned()
-                } else {
-                    None
-                }
-            });
+            // An authentication context is asked for whenever `[mfa]` accepts one: Entra adds
+            // `acrs` to the token only when the claims request names it.
+            let acrs = step_up
+                .acrs
+                .clone()
+                .or_else(|| self.mfa.acrs_any_of.first().cloned());
             if let Some(acrs) = acrs {
                 let claims = serde_json::json!({
                     "id_token": { "acrs": { "essential": true, "value": acrs } }

@@ -49,6 +49,16 @@ pub(super) async fn handle(
         if let Err(e) = check_framing(&request) {
             break 'outcome Err(e);
         }
+        // The load balancer's probe may come without a Host header (HTTP/1.0): health is
+        // answered for any host.
+        if request
+            .uri()
+            .path()
+            .eq_ignore_ascii_case("/_gateway/health")
+        {
+            record.set_route(shared.gateway_metrics.clone());
+            break 'outcome gateway_endpoint("health", shared);
+        }
         let host = match request_host(&request) {
             Ok(host) => host,
             Err(e) => break 'outcome Err(e),
@@ -327,7 +337,7 @@ fn gateway_endpoint(
         let (status, text) = if shared.is_ready() {
             (StatusCode::OK, "ready\n")
         } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n")
         };
         let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

@@ -248,13 +248,13 @@ ${ecp}
 /** A Chromium of its own, with a fresh profile directory: { context, page, close() }. */
 export async function launchBrowser() {
   const userDataDir = tempDir('chromium');
-  // Only the listed flags: Playwright's own defaults are left out (ignoreDefaultArgs); it still
-  // adds --user-data-dir and --remote-debugging-pipe (how it drives the browser).
+  // Exactly the listed flags: Playwright's own defaults are left out (ignoreDefaultArgs), so the
+  // profile directory and the pipe Playwright drives the browser through are given here.
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
     ignoreDefaultArgs: true,
-    args: CHROMIUM_FLAGS,
+    args: [...CHROMIUM_FLAGS, `--user-data-dir=${userDataDir}`, '--remote-debugging-pipe', 'about:blank'],
     viewport: { width: 1100, height: 720 },
   });
   context.setDefaultTimeout(15000);
