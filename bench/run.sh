@@ -1,0 +1,559 @@
+#!/usr/bin/env bash
+# bench/run.sh — side-by-side load comparison, one run, everything on 127.0.0.1.
+#
+#   bench/setup.sh            # once, as root: nginx, apache2, mod_auth_openidc, wrk, h2load
+#   bench/run.sh              # prints a markdown table (and writes it to $OUT, default
+#                             # bench/results/<date>.md)
+#
+# Environment (all optional):
+#   DURATION=10   seconds of load per row          WARMUP=2   seconds of load before each row
+#   THREADS=2     wrk/h2load threads               CONNS=64   connections
+#   H2_STREAMS=10 concurrent streams per h2 conn   ROWS="..." subset of row ids (see below)
+#   KEEP=1        keep the temporary directory (configs, logs) and print its path
+#   OUT=FILE      where the markdown table is written as well
+#
+# Rows (ids): direct, nginx, nginx-close, nginx-h2, apache, apache-close, gw, gw-h2, gw-close.
+# Every server is started by this script with its own configuration in a temporary directory
+# and stopped at the end (trap), whatever happens.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+THREADS="${THREADS:-2}"
+CONNS="${CONNS:-64}"
+H2_STREAMS="${H2_STREAMS:-10}"
+ROWS="${ROWS:-direct nginx nginx-close nginx-h2 apache apache-close gw gw-h2 gw-close}"
+HOST=mail.contoso.test
+
+# Loopback ports (fixed, so that logs and configs are readable; change here on a clash).
+P_UPSTREAM=18080      # nginx: the 1 KB page (plain HTTP), the upstream of every proxy
+P_NGINX=18443         # nginx proxy_pass over TLS
+P_APACHE=18444        # Apache + mod_auth_openidc over TLS
+P_GATEWAY=18445       # mfa-gateway over TLS
+P_GATEWAY_ADMIN=19100 # its /readyz
+P_PROVIDER=19400      # the test OpenID provider (plain HTTP on loopback)
+P_STATUS=18081        # upstream nginx stub_status (request counter)
+
+CLIENT_ID=bench-client
+CLIENT_SECRET="bench-secret-$RANDOM$RANDOM"
+
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
+log() { echo "[bench] $*" >&2; }
+
+for tool in nginx wrk curl openssl; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run bench/setup.sh first (as root)"
+done
+[ -x /usr/sbin/apache2 ] || die "apache2 not found: run bench/setup.sh first"
+[ -e /usr/lib/apache2/modules/mod_auth_openidc.so ] || die "mod_auth_openidc not found: run bench/setup.sh first"
+have_h2load=0
+command -v h2load >/dev/null 2>&1 && have_h2load=1
+
+gw_bin="$root/target/release/mfa-gateway"
+provider_bin="$root/target/release/test-provider"
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "cargo build --release --bins"
+    (cd "$root" && cargo build --release --bins --quiet) || die "cargo build failed"
+fi
+[ -x "$gw_bin" ] && [ -x "$provider_bin" ] || die "release binaries missing: cargo build --release --bins"
+
+work="$(mktemp -d /tmp/mfagw-bench.XXXXXX)"
+chmod 755 "$work" # Apache's children (www-data) read the page and nothing else here.
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    sleep 0.5
+    for pid in "${pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [ "${KEEP:-0}" = 1 ]; then
+        log "kept $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until a TCP port answers (curl exit 0 or any HTTP status), at most 20 s.
+wait_port() {
+    local url="$1" i
+    for i in $(seq 1 200); do
+        if curl -sk -o /dev/null --max-time 1 "$url"; then return 0; fi
+        sleep 0.1
+    done
+    die "nothing answers at $url (see the logs in $work; KEEP=1 keeps them)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PKI and the 1 KB page
+
+"$here/pki.sh" "$work/pki" >/dev/null
+CA="$work/pki/ca.pem"
+CERT="$work/pki/server.pem"
+KEY="$work/pki/server.key"
+chmod 644 "$KEY" # Apache reads it as root before dropping privileges; tmp dir is private anyway.
+mkdir -p "$work/www"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$work/www/index.html"
+cp "$work/www/index.html" "$work/www/page"
+
+# ---------------------------------------------------------------------------------------------
+# nginx: the upstream (row 1 measures it directly) and the proxy (row 2), two instances.
+
+nginx_common() { # $1 = name
+    cat <<EOF
+daemon off;
+master_process on;
+worker_processes auto;
+pid $work/$1.pid;
+error_log $work/$1.error.log warn;
+events { worker_connections 16384; }
+EOF
+}
+
+{
+    nginx_common upstream
+    cat <<EOF
+http {
+    access_log off;
+    client_body_temp_path $work/upstream.tmp;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    server {
+        listen 127.0.0.1:$P_UPSTREAM reuseport backlog=4096;
+        root $work/www;
+        location / { default_type text/html; try_files /page =404; }
+    }
+    server {
+        listen 127.0.0.1:$P_STATUS;
+        location / { stub_status; }
+    }
+}
+EOF
+} >"$work/upstream.conf"
+
+{
+    nginx_common proxy
+    cat <<EOF
+http {
+    access_log off;
+    client_body_temp_path $work/proxy.tmp;
+    proxy_temp_path $work/proxy.ptmp;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream page { server 127.0.0.1:$P_UPSTREAM; keepalive 128; }
+    server {
+        listen 127.0.0.1:$P_NGINX ssl reuseport backlog=4096;
+        http2 on;
+        server_name $HOST;
+        ssl_certificate $CERT;
+        ssl_certificate_key $KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {
+            proxy_pass http://page;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+        }
+    }
+}
+EOF
+} >"$work/proxy.conf"
+# nginx 1.22 (Debian 12) has no "http2 on;": use "listen ... ssl http2" there.
+if ! nginx -t -q -c "$work/proxy.conf" -e "$work/proxy.error.log" 2>/dev/null; then
+    sed -i -e 's/ ssl reuseport/ ssl http2 reuseport/' -e '/^ *http2 on;$/d' "$work/proxy.conf"
+fi
+
+nginx -c "$work/upstream.conf" -e "$work/upstream.error.log" &
+PID_UPSTREAM=$!
+pids+=("$PID_UPSTREAM")
+nginx -c "$work/proxy.conf" -e "$work/proxy.error.log" &
+PID_NGINX=$!
+pids+=("$PID_NGINX")
+wait_port "http://127.0.0.1:$P_UPSTREAM/"
+wait_port "https://127.0.0.1:$P_NGINX/"
+
+# ---------------------------------------------------------------------------------------------
+# The test OpenID provider
+
+"$provider_bin" --listen "127.0.0.1:$P_PROVIDER" --client-id "$CLIENT_ID" \
+    --client-secret "$CLIENT_SECRET" >"$work/provider.out" 2>"$work/provider.log" &
+PID_PROVIDER=$!
+pids+=("$PID_PROVIDER")
+for _ in $(seq 1 200); do [ -s "$work/provider.out" ] && break; sleep 0.1; done
+ISSUER="$(head -n1 "$work/provider.out")"
+[ -n "$ISSUER" ] || die "the test provider did not start: $(cat "$work/provider.log")"
+DISCOVERY="${ISSUER}.well-known/openid-configuration"
+curl -sf -o /dev/null "$DISCOVERY" || die "no discovery document at $DISCOVERY"
+log "provider: $ISSUER"
+
+# ---------------------------------------------------------------------------------------------
+# Apache 2.4 + mod_auth_openidc
+
+mods=/usr/lib/apache2/modules
+mkdir -p "$work/apache"
+cat >"$work/apache.conf" <<EOF
+ServerRoot /etc/apache2
+PidFile $work/apache/apache.pid
+DefaultRuntimeDir $work/apache
+Mutex file:$work/apache default
+ServerName $HOST
+User www-data
+Group www-data
+ErrorLog $work/apache.error.log
+LogLevel warn
+Listen 127.0.0.1:$P_APACHE
+
+LoadModule mpm_event_module $mods/mod_mpm_event.so
+LoadModule authz_core_module $mods/mod_authz_core.so
+LoadModule authn_core_module $mods/mod_authn_core.so
+LoadModule authz_user_module $mods/mod_authz_user.so
+LoadModule socache_shmcb_module $mods/mod_socache_shmcb.so
+LoadModule ssl_module $mods/mod_ssl.so
+LoadModule proxy_module $mods/mod_proxy.so
+LoadModule proxy_http_module $mods/mod_proxy_http.so
+LoadModule auth_openidc_module $mods/mod_auth_openidc.so
+
+# Debian's defaults for mpm_event, with fixed processes (no child recycling during a row).
+StartServers 2
+ServerLimit 4
+ThreadsPerChild 64
+MaxRequestWorkers 256
+MinSpareThreads 64
+MaxSpareThreads 256
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 75
+
+SSLEngine on
+SSLCertificateFile $CERT
+SSLCertificateKeyFile $KEY
+SSLProtocol -all +TLSv1.2 +TLSv1.3
+SSLSessionCache none
+SSLSessionTickets off
+
+OIDCProviderMetadataURL $DISCOVERY
+OIDCClientID $CLIENT_ID
+OIDCClientSecret $CLIENT_SECRET
+OIDCRedirectURI https://$HOST:$P_APACHE/redirect_uri
+OIDCCryptoPassphrase $(openssl rand -hex 32)
+OIDCResponseMode form_post
+OIDCPKCEMethod S256
+OIDCScope "openid profile email"
+OIDCSessionInactivityTimeout 3600
+OIDCSessionMaxDuration 36000
+
+<Location />
+    AuthType openid-connect
+    Require claim amr:mfa
+    ProxyPass http://127.0.0.1:$P_UPSTREAM/ keepalive=On
+    ProxyPassReverse http://127.0.0.1:$P_UPSTREAM/
+</Location>
+EOF
+/usr/sbin/apache2 -f "$work/apache.conf" -DFOREGROUND >"$work/apache.out" 2>&1 &
+PID_APACHE=$!
+pids+=("$PID_APACHE")
+
+# ---------------------------------------------------------------------------------------------
+# mfa-gateway
+
+openssl rand -base64 32 >"$work/session.key"
+printf '%s\n' "$CLIENT_SECRET" >"$work/client-secret"
+chmod 600 "$work/session.key" "$work/client-secret"
+cat >"$work/gateway.toml" <<EOF
+[server]
+https_listen = "127.0.0.1:$P_GATEWAY"
+admin_listen = "127.0.0.1:$P_GATEWAY_ADMIN"
+shutdown_grace = "0s"
+
+[[tls.certificates]]
+cert = "$CERT"
+key = "$KEY"
+
+[upstreams.page]
+servers = ["http://127.0.0.1:$P_UPSTREAM"]
+
+[oidc]
+issuer = "$ISSUER"
+client_id = "$CLIENT_ID"
+client_secret = { file = "$work/client-secret" }
+
+[session]
+keys = [{ file = "$work/session.key" }]
+
+[[routes]]
+host = "$HOST"
+path = "/"
+upstream = "page"
+access = "mfa"
+EOF
+"$gw_bin" check-config --config "$work/gateway.toml" >/dev/null || die "gateway configuration refused"
+RUST_LOG="${RUST_LOG:-warn}" "$gw_bin" run --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+PID_GATEWAY=$!
+pids+=("$PID_GATEWAY")
+
+for _ in $(seq 1 200); do
+    curl -sf -o /dev/null "http://127.0.0.1:$P_GATEWAY_ADMIN/readyz" && break
+    sleep 0.1
+done
+curl -sf -o /dev/null "http://127.0.0.1:$P_GATEWAY_ADMIN/readyz" || die "gateway not ready: $(tail -5 "$work/gateway.log")"
+wait_port "https://127.0.0.1:$P_APACHE/"
+
+# ---------------------------------------------------------------------------------------------
+# Scripted sign-in: a browser with curl and a cookie jar.
+#   GET page (navigation) -> 302 to the provider's authorize URL
+#   POST the authorize parameters + user=alice&mfa=yes&decision=approve (the sign-in form)
+#   -> the provider's form_post page; POST its hidden fields to its action (the proxy's callback)
+#   -> 302 back to the page, with the session cookie. Prints "Cookie: ..." for wrk/h2load.
+
+html_unescape() { sed -e 's/&lt;/</g' -e 's/&gt;/>/g' -e 's/&quot;/"/g' -e "s/&#39;/'/g" -e 's/&amp;/\&/g'; }
+
+sign_in() { # $1 = port, $2 = name (for files), $3 = the session cookie's name
+    local port="$1" name="$2" cookie_name="$3" base="https://$HOST:$1"
+    local jar="$work/$name.jar" curl_=(curl -s --cacert "$CA" --resolve "$HOST:$port:127.0.0.1" -c "$work/$name.jar" -b "$work/$name.jar")
+    : >"$jar"
+    local location
+    location="$("${curl_[@]}" -o /dev/null -w '%{redirect_url}' \
+        -H 'Accept: text/html' -H 'Sec-Fetch-Mode: navigate' -H 'Sec-Fetch-Dest: document' \
+        "$base/")"
+    [[ "$location" == "${ISSUER}"* ]] || die "$name: the page did not redirect to the provider (got '$location')"
+    local authorize="${location%%\?*}" query="${location#*\?}"
+    "${curl_[@]}" -o "$work/$name.formpost.html" \
+        -H 'Content-Type: application/x-www-form-urlencoded' \
+        --data-raw "$query&user=alice&mfa=yes&decision=approve" "$authorize"
+    local action
+    action="$(grep -o 'action="[^"]*"' "$work/$name.formpost.html" | head -n1 | sed 's/^action="//; s/"$//' | html_unescape)"
+    [ -n "$action" ] || die "$name: the provider did not answer with a form_post page: $(head -c 300 "$work/$name.formpost.html")"
+    local fields=()
+    while IFS=$'\t' read -r field value; do
+        fields+=(--data-urlencode "$field=$value")
+    done < <(grep -o '<input type="hidden" name="[^"]*" value="[^"]*"' "$work/$name.formpost.html" |
+        sed 's/^<input type="hidden" name="\([^"]*\)" value="\([^"]*\)"$/\1\t\2/' | html_unescape)
+    local status
+    status="$("${curl_[@]}" -o "$work/$name.callback.html" -w '%{http_code}' \
+        -H "Origin: $ISSUER" "${fields[@]}" "$action")"
+    [[ "$status" == 30[23] ]] || die "$name: the callback answered $status: $(head -c 300 "$work/$name.callback.html")"
+    # Only the session cookie (mod_auth_openidc leaves its ~650-byte state cookie in the jar
+    # as a browser-session cookie; a browser would keep sending it, but it is not the session).
+    local cookies
+    cookies="$(awk -F'\t' -v want="$cookie_name" 'NF == 7 && $6 == want { print $6 "=" $7; exit }' "$jar")"
+    [ -n "$cookies" ] || die "$name: no $cookie_name cookie after sign-in"
+    # Proof: the page itself, 200 and 1024 bytes, with only that header.
+    local check
+    check="$(curl -s --cacert "$CA" --resolve "$HOST:$port:127.0.0.1" -o /dev/null -w '%{http_code} %{size_download}' \
+        -H "Cookie: $cookies" "$base/")"
+    [ "$check" = "200 1024" ] || die "$name: signed-in request got '$check' instead of '200 1024'"
+    # And without it, no page.
+    check="$(curl -s --cacert "$CA" --resolve "$HOST:$port:127.0.0.1" -o /dev/null -w '%{http_code}' "$base/")"
+    [ "$check" != 200 ] || die "$name: the page is served without a session"
+    printf 'Cookie: %s' "$cookies"
+}
+
+COOKIE_GW="$(sign_in "$P_GATEWAY" gateway __Host-mfagw)"
+log "gateway sign-in ok (${#COOKIE_GW} bytes of Cookie header)"
+COOKIE_APACHE=""
+if [[ " $ROWS " == *" apache"* ]]; then
+    COOKIE_APACHE="$(sign_in "$P_APACHE" apache mod_auth_openidc_session)" || die "Apache sign-in failed: see $work/apache.error.log"
+    log "apache sign-in ok (${#COOKIE_APACHE} bytes of Cookie header)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+TICKS="$(getconf CLK_TCK)"
+
+# PIDs of a server: the process and its children (nginx/apache workers).
+server_pids() { echo "$1"; pgrep -P "$1" 2>/dev/null || true; }
+
+# utime+stime (+ cutime+cstime: children that exited) of a server, in ticks.
+cpu_ticks() {
+    local total=0 pid stat
+    for pid in $(server_pids "$1"); do
+        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+        stat="${stat##*) }" # fields after "(comm) "; utime is field 14 = 12th here
+        set -- $stat
+        total=$((total + ${12} + ${13} + ${14} + ${15}))
+    done
+    echo "$total"
+}
+
+# Sum of VmHWM (peak RSS) over the server's processes, in KiB.
+peak_rss_kib() {
+    local total=0 pid kib
+    for pid in $(server_pids "$1"); do
+        kib="$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)"
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
+# Resets the peak RSS (VmHWM) of a server's processes to their current RSS (Linux >= 4.0), so
+# that each row reports its own peak, not the peak of an earlier row.
+reset_peak_rss() {
+    local pid
+    for pid in $(server_pids "$1"); do
+        echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
+    done
+}
+
+upstream_count() { curl -s "http://127.0.0.1:$P_STATUS/" | awk 'NR == 3 { print $3 }'; }
+
+to_ms() { # "1.23ms" / "456.00us" / "1.01s" -> milliseconds
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else printf "?" }'
+}
+
+declare -A RPS P50 P99 CPU RSS FWD ERR LABEL
+results=()
+
+# record ID LABEL RPS P50_MS P99_MS REQUESTS CPU_TICKS RSS_KIB UPSTREAM_DELTA ERRORS
+record() {
+    local id="$1"
+    LABEL[$id]="$2"; RPS[$id]="$3"; P50[$id]="$4"; P99[$id]="$5"
+    CPU[$id]="$(awk -v t="$7" -v n="$6" -v hz="$TICKS" 'BEGIN { if (n > 0) printf "%.3f", t / hz / n * 10000; else print "?" }')"
+    RSS[$id]="$(awk -v k="$8" 'BEGIN { printf "%.1f", k / 1024 }')"
+    FWD[$id]="$(awk -v u="$9" -v n="$6" 'BEGIN { if (n > 0) printf "%.3f", u / n; else print "?" }')"
+    ERR[$id]="${10}"
+    results+=("$id")
+}
+
+run_wrk() { # ID LABEL PID PORT SCHEME COOKIE CLOSE
+    local id="$1" label="$2" pid="$3" port="$4" scheme="$5" cookie="$6" close="$7"
+    local url="$scheme://127.0.0.1:$port/" hdrs=(-H "Host: $HOST")
+    [ -n "$cookie" ] && hdrs+=(-H "$cookie")
+    [ "$close" = 1 ] && hdrs+=(-H "Connection: close")
+    local conns="$CONNS"
+    log "$label: warm-up ${WARMUP}s"
+    wrk -t"$THREADS" -c"$conns" -d"${WARMUP}s" "${hdrs[@]}" "$url" >/dev/null 2>&1 || true
+    sleep 0.5
+    local cpu0 up0 cpu1 up1 out
+    reset_peak_rss "$pid"
+    cpu0="$(cpu_ticks "$pid")"; up0="$(upstream_count)"
+    log "$label: wrk -t$THREADS -c$conns -d${DURATION}s --latency"
+    out="$(wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency "${hdrs[@]}" "$url" 2>&1)"
+    cpu1="$(cpu_ticks "$pid")"; up1="$(upstream_count)"
+    printf '%s\n' "$out" >"$work/wrk.$id.txt"
+    local rps p50 p99 n errors non2xx socket_errors
+    rps="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")"
+    p50="$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
+    p99="$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+    n="$(awk '/requests in/ { print $1 }' <<<"$out")"
+    non2xx="$(awk '/Non-2xx or 3xx responses:/ { print $5 }' <<<"$out")"
+    socket_errors="$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' <<<"$out")"
+    errors=$(( ${non2xx:-0} + ${socket_errors:-0} ))
+    local fwd=$(( up1 - up0 ))
+    [ "$id" = direct ] && fwd=$(( fwd - 1 )) # the stub_status request itself is not counted, but be exact
+    record "$id" "$label" "${rps:-0}" "$p50" "$p99" "${n:-0}" $((cpu1 - cpu0)) "$(peak_rss_kib "$pid")" "$fwd" "$errors"
+}
+
+run_h2load() { # ID LABEL PID PORT COOKIE [SCHEME [extra h2load arguments...]]
+    local id="$1" label="$2" pid="$3" port="$4" cookie="$5" scheme="${6:-https}"
+    shift 5; [ $# -gt 0 ] && shift
+    local extra=("$@")
+    local url="$scheme://127.0.0.1:$port/" hdrs=(-H ":authority: $HOST" "${extra[@]}")
+    [ -n "$cookie" ] && hdrs+=(-H "$cookie")
+    log "$label: warm-up ${WARMUP}s"
+    h2load -t"$THREADS" -c"$CONNS" -m"$H2_STREAMS" -D "$WARMUP" "${hdrs[@]}" "$url" >/dev/null 2>&1 || true
+    sleep 0.5 # requests still in flight when the warm-up client stopped reach the upstream now
+    log "$label: h2load -t$THREADS -c$CONNS -m$H2_STREAMS -D $DURATION ${extra[*]}"
+    local cpu0 up0 cpu1 up1 out
+    reset_peak_rss "$pid"
+    cpu0="$(cpu_ticks "$pid")"; up0="$(upstream_count)"
+    out="$(h2load -t"$THREADS" -c"$CONNS" -m"$H2_STREAMS" -D "$DURATION" \
+        --log-file="$work/h2load.$id.log" "${hdrs[@]}" "$url" 2>&1)"
+    cpu1="$(cpu_ticks "$pid")"; up1="$(upstream_count)"
+    printf '%s\n' "$out" >"$work/h2load.$id.txt"
+    local rps p50 p99 errors
+    rps="$(awk '/^finished in/ { gsub(",", ""); printf "%.0f", $4 }' <<<"$out")"
+    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    # "status codes: N 2xx, N 3xx, N 4xx, N 5xx": everything but 2xx is an error here.
+    errors="$(awk '/^requests:/ { gsub(",", ""); e += $10 + $12 + $14 } /^status codes:/ { gsub(",", ""); e += $5 + $7 + $9 } END { print e + 0 }' <<<"$out")"
+    # Latency percentiles from the per-request log (3rd column: microseconds), measured part only.
+    read -r p50 p99 < <(awk -F'\t' '{ print $3 }' "$work/h2load.$id.log" | sort -n |
+        awk '{ v[NR] = $1 } END { if (NR) printf "%.3f %.3f\n", v[int(NR * 0.50) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000; else print "? ?" }')
+    local n; n="$(awk '/^requests:/ { print $2 }' <<<"$out")"
+    record "$id" "$label" "${rps:-0}" "$p50" "$p99" "${n:-0}" $((cpu1 - cpu0)) "$(peak_rss_kib "$pid")" $((up1 - up0)) "$errors"
+}
+
+for id in $ROWS; do
+    case "$id" in
+        direct) run_wrk direct "1. nginx, the 1 KB page directly (plain HTTP, ceiling)" "$PID_UPSTREAM" "$P_UPSTREAM" http "" 0 ;;
+        nginx) run_wrk nginx "2. nginx proxy_pass, TLS, keep-alive" "$PID_NGINX" "$P_NGINX" https "" 0 ;;
+        nginx-close) run_wrk nginx-close "2c. nginx proxy_pass, TLS, new connection per request" "$PID_NGINX" "$P_NGINX" https "" 1 ;;
+        nginx-h2)
+            if [ "$have_h2load" = 1 ]; then run_h2load nginx-h2 "2h. nginx proxy_pass, TLS, HTTP/2 (h2load)" "$PID_NGINX" "$P_NGINX" ""
+            else log "h2load missing (Debian package nghttp2-client): no HTTP/2 rows"; fi ;;
+        apache) run_wrk apache "3. Apache + mod_auth_openidc, session, TLS, keep-alive" "$PID_APACHE" "$P_APACHE" https "$COOKIE_APACHE" 0 ;;
+        apache-close) run_wrk apache-close "3c. Apache + mod_auth_openidc, session, new TLS connection per request" "$PID_APACHE" "$P_APACHE" https "$COOKIE_APACHE" 1 ;;
+        gw) run_wrk gw "4. mfa-gateway, session, TLS, keep-alive" "$PID_GATEWAY" "$P_GATEWAY" https "$COOKIE_GW" 0 ;;
+        gw-h2)
+            if [ "$have_h2load" = 1 ]; then run_h2load gw-h2 "4h. mfa-gateway, session, TLS, HTTP/2 (h2load)" "$PID_GATEWAY" "$P_GATEWAY" "$COOKIE_GW"
+            else log "h2load missing (Debian package nghttp2-client): no HTTP/2 rows"; fi ;;
+        gw-close) run_wrk gw-close "4c. mfa-gateway, session, new TLS connection per request" "$PID_GATEWAY" "$P_GATEWAY" https "$COOKIE_GW" 1 ;;
+        *) die "unknown row '$id'" ;;
+    esac
+done
+
+# Half load: the direct page and the gateway, HTTP/1.1 keep-alive, both at half the gateway's
+# maximum (row 4), paced by h2load --rps (wrk cannot pace). Their p99 difference is the latency
+# the gateway adds (target: ≤ 1 ms).
+if [ "$have_h2load" = 1 ] && [ -n "${RPS[gw]:-}" ] && [ "${RPS[gw]}" -gt 0 ] && [ "${HALF_LOAD:-1}" = 1 ]; then
+    half=$(( RPS[gw] / 2 ))
+    per_client=$(awk -v r="$half" -v c="$CONNS" 'BEGIN { v = r / c; printf "%.0f", (v < 1 ? 1 : v) }')
+    H2_STREAMS_SAVED="$H2_STREAMS"; H2_STREAMS=1
+    run_h2load half-direct "1½. the page directly at ½ of row 4's maximum (~${half}/s, HTTP/1.1)" "$PID_UPSTREAM" "$P_UPSTREAM" "" http --h1 --rps="$per_client"
+    run_h2load half-gw "4½. mfa-gateway, session, TLS, at ½ of row 4's maximum (~${half}/s, HTTP/1.1)" "$PID_GATEWAY" "$P_GATEWAY" "$COOKIE_GW" https --h1 --rps="$per_client"
+    H2_STREAMS="$H2_STREAMS_SAVED"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+ratio() { # a b -> a/b with 2 decimals, or n/a
+    if [ -n "${1:-}" ] && [ -n "${2:-}" ] && [ "${2:-0}" != 0 ]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f×", a / b }'; else echo "n/a"; fi
+}
+
+{
+    echo "| Row | Requests/s | p50 ms | p99 ms | CPU s / 10k req | Peak RSS MiB | Upstream hits / request | Errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for id in "${results[@]}"; do
+        echo "| ${LABEL[$id]} | ${RPS[$id]} | ${P50[$id]} | ${P99[$id]} | ${CPU[$id]} | ${RSS[$id]} | ${FWD[$id]} | ${ERR[$id]} |"
+    done
+    echo
+    echo "Ratios of requests/s (target: row 4 ≥ 1.0× row 2 and ≥ 3× row 3):"
+    echo
+    echo "| Ratio | Value |"
+    echo "|---|---:|"
+    echo "| 4 / 2 (gateway / nginx proxy_pass, keep-alive) | $(ratio "${RPS[gw]:-}" "${RPS[nginx]:-}") |"
+    echo "| 4 / 3 (gateway / Apache + mod_auth_openidc, keep-alive) | $(ratio "${RPS[gw]:-}" "${RPS[apache]:-}") |"
+    echo "| 4h / 2h (HTTP/2) | $(ratio "${RPS[gw-h2]:-}" "${RPS[nginx-h2]:-}") |"
+    echo "| 4c / 2c (new TLS connection per request) | $(ratio "${RPS[gw-close]:-}" "${RPS[nginx-close]:-}") |"
+    echo "| 4c / 3c (new TLS connection per request) | $(ratio "${RPS[gw-close]:-}" "${RPS[apache-close]:-}") |"
+    if [ -n "${P99[half-gw]:-}" ] && [ -n "${P99[half-direct]:-}" ]; then
+        echo "| p99 added by the gateway over the direct page at ½ load, 4½ − 1½ (target ≤ 1 ms) | $(awk -v a="${P99[half-gw]}" -v b="${P99[half-direct]}" 'BEGIN { printf "%.3f ms", a - b }') |"
+    fi
+    echo
+    echo "Load: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after ${WARMUP}s warm-up); HTTP/2: h2load -t$THREADS -c$CONNS -m$H2_STREAMS -D $DURATION (after ${WARMUP}s warm-up); ½ load: h2load --h1 -m1 --rps per connection."
+    echo "Latency: wrk --latency percentiles; for h2load rows, percentiles of its per-request log."
+    echo "CPU and peak RSS are those of the server under test only (for rows 2–4 not the upstream nginx); all processes (master and workers). Errors: non-2xx/3xx answers and socket errors."
+    echo "Machine: $(nproc) CPUs, $(uname -srm); $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(/usr/sbin/apache2 -v | awk -F': ' '/version/ { print $2 }'), mod_auth_openidc $(dpkg-query -W -f '${Version}' libapache2-mod-auth-openidc 2>/dev/null || echo '?'), $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }'), $("$gw_bin" --version 2>/dev/null || echo mfa-gateway)."
+} >"$work/table.md"
+
+cat "$work/table.md"
+out="${OUT:-$here/results/$(date -u +%Y%m%dT%H%M%SZ).md}"
+mkdir -p "$(dirname "$out")"
+cp "$work/table.md" "$out"
+log "table written to $out"
