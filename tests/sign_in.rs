@@ -109,9 +109,13 @@ impl World {
             reply.describe()
         );
         assert!(browser.cookie(SESSION_COOKIE).is_none());
+        // The link starts a fresh sign-in (prompt=login) that returns to the page asked for:
+        // a plain link would let the provider answer at once from the same refused session.
+        let encoded: String =
+            url::form_urlencoded::byte_serialize(return_path.as_bytes()).collect();
         assert_eq!(
-            reply.page_link().as_deref(),
-            Some(return_path),
+            reply.page_link(),
+            Some(format!("/_gateway/sign-in?return={encoded}")),
             "the page offers to sign in again: {}",
             reply.describe()
         );
@@ -1220,4 +1224,39 @@ async fn session_cookie_sealed_by_a_gateway_with_other_keys_means_signed_out() {
     let script = browser.xhr("/owa/service.svc").await;
     assert_eq!(script.status.as_u16(), 440, "{}", script.describe());
     assert!(exchange.user_requests().is_empty());
+}
+
+#[tokio::test]
+async fn after_an_mfa_refusal_sign_in_again_forces_a_fresh_sign_in_and_returns_to_the_page() {
+    let w = default_world().await;
+    let mut browser = w.browser();
+    let refused = browser
+        .sign_in(DEEP_LINK, &w.provider, "alice", false)
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        refused.describe()
+    );
+    let link = refused
+        .page_link()
+        .expect("the refusal page links to a new sign-in");
+    // Following the link: the provider is asked for a fresh authentication, so it cannot
+    // answer at once from the password-only session and loop back to the refusal.
+    let authorize = browser.start_sign_in(&link, &w.provider).await;
+    let query: Vec<(String, String)> = url::Url::parse(&authorize)
+        .expect("authorize URL")
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert!(
+        query.iter().any(|(k, v)| k == "prompt" && v == "login"),
+        "{authorize}"
+    );
+    let callback = browser.sign_in_at_provider(&authorize, "alice", true).await;
+    let reply = browser.deliver(&callback).await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.describe());
+    assert_eq!(reply.location(), Some(DEEP_LINK), "{}", reply.describe());
+    assert!(reply.new_session_cookie().is_some());
 }

@@ -65,6 +65,9 @@ pub struct RoutePolicy {
 pub struct StepUp {
     /// Ask Entra for a fresh authentication (`prompt=login`, `max_age`).
     pub max_age: Option<Duration>,
+    /// Ask Entra for a fresh authentication without an age limit (`prompt=login`): after a
+    /// sign-in was refused, so Entra does not answer at once from the same session.
+    pub prompt_login: bool,
     /// Ask for this Conditional Access authentication context.
     pub acrs: Option<String>,
 }
@@ -237,6 +240,7 @@ impl SignIn {
                 step_up: StepUp {
                     max_age: Some(route.max_auth_age),
                     acrs: route.acrs_any_of.first().cloned(),
+                    prompt_login: true,
                 },
                 why: "auth_too_old_for_route",
             };
@@ -252,6 +256,7 @@ impl SignIn {
                 step_up: StepUp {
                     max_age: None,
                     acrs: route.acrs_any_of.first().cloned(),
+                    prompt_login: false,
                 },
                 why: "auth_context_missing",
             };
@@ -311,7 +316,9 @@ impl SignIn {
         else {
             return provider_unavailable();
         };
-        let return_path = if *method == Method::GET || *method == Method::HEAD {
+        let return_path = if uri.path().eq_ignore_ascii_case("/_gateway/sign-in") {
+            sign_in_return_path(uri)
+        } else if *method == Method::GET || *method == Method::HEAD {
             safe_return_path(uri.path_and_query().map(|pq| pq.as_str()))
         } else {
             DEFAULT_RETURN.to_owned()
@@ -357,6 +364,8 @@ impl SignIn {
                 query
                     .append_pair("prompt", "login")
                     .append_pair("max_age", &max_age.as_secs().to_string());
+            } else if step_up.prompt_login {
+                query.append_pair("prompt", "login");
             }
             // An authentication context is asked for whenever `[mfa]` accepts one: Entra adds
             // `acrs` to the token only when the claims request names it.
@@ -480,7 +489,7 @@ impl SignIn {
                 reason: "idp_error",
                 status: StatusCode::FORBIDDEN,
                 page: Page::owned("Sign-in was not completed", message)
-                    .with_link("Sign in again", login.return_path.clone()),
+                    .with_link("Sign in again", fresh_sign_in_link(&login.return_path)),
                 facts: Default::default(),
             });
         }
@@ -546,7 +555,7 @@ impl SignIn {
                     "Sign-in could not be completed",
                     "Microsoft Entra ID refused to complete this sign-in. Sign in again; if it keeps happening, contact your help desk.",
                 )
-                .with_link("Sign in again", login.return_path.clone()),
+                .with_link("Sign in again", fresh_sign_in_link(&login.return_path)),
                 facts: Default::default(),
             });
         }
@@ -789,14 +798,14 @@ impl Failure {
                 "This sign-in link has expired",
                 "The sign-in could not be matched to this browser: it may have taken too long, been used already, or been started in another browser. Start again.",
             )
-            .with_link("Sign in again", DEFAULT_RETURN.to_owned()),
+            .with_link("Sign in again", fresh_sign_in_link(DEFAULT_RETURN)),
             facts: Default::default(),
         }
     }
 
     fn with_return(mut self, return_path: &str) -> Failure {
         if let Some((_, href)) = &mut self.page.link {
-            *href = return_path.to_owned();
+            *href = fresh_sign_in_link(return_path);
         }
         self
     }
@@ -840,7 +849,8 @@ impl Failure {
         Failure {
             reason: refusal.reason(),
             status,
-            page: Page::new(title, message).with_link("Sign in again", return_path.to_owned()),
+            page: Page::new(title, message)
+                .with_link("Sign in again", fresh_sign_in_link(return_path)),
             facts: Default::default(),
         }
     }
@@ -936,6 +946,24 @@ fn internal_error() -> Response<ResponseBody> {
         "The sign-in could not be started. Try again.",
     )
     .response(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A link that starts a new sign-in with `prompt=login` and returns to `return_path`: offered
+/// after a refused sign-in, where a plain link would let Entra answer at once from the same
+/// (password-only) session and show the refusal again.
+fn fresh_sign_in_link(return_path: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(return_path.as_bytes()).collect();
+    format!("/_gateway/sign-in?return={encoded}")
+}
+
+/// The return path named by `/_gateway/sign-in?return=…`, checked like any return path.
+pub fn sign_in_return_path(uri: &http::Uri) -> String {
+    let requested = uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "return")
+            .map(|(_, v)| v.into_owned())
+    });
+    safe_return_path(requested.as_deref())
 }
 
 /// `/_gateway/signed-out`: where Entra's sign-out returns the browser.

@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::config::OidcConfig;
 
 const REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 const UNKNOWN_KID_MIN_INTERVAL: Duration = Duration::from_secs(300);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -97,19 +98,32 @@ impl IdentityProvider {
     }
 
     /// Fetches discovery and keys until it succeeds (backing off up to a minute), then
-    /// refreshes them every hour, until `stop` fires.
+    /// refreshes them every hour and checks every 30 seconds that the provider still answers,
+    /// so new sign-ins get the 503 page soon after Entra stops answering rather than a redirect
+    /// to a provider that is down. Runs until `stop` fires or the provider is replaced.
     pub fn spawn_refresh(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let provider = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut retry = FIRST_RETRY;
+            let mut last_refresh: Option<tokio::time::Instant> = None;
             loop {
                 let Some(current) = provider.upgrade() else {
                     return;
                 };
-                let wait = match current.refresh().await {
+                let refresh_due = !current.is_reachable()
+                    || last_refresh.is_none_or(|at| at.elapsed() >= REFRESH_INTERVAL);
+                let outcome = if refresh_due {
+                    current.refresh().await
+                } else {
+                    current.probe().await
+                };
+                let wait = match outcome {
                     Ok(()) => {
+                        if refresh_due {
+                            last_refresh = Some(tokio::time::Instant::now());
+                        }
                         retry = FIRST_RETRY;
-                        REFRESH_INTERVAL
+                        PROBE_INTERVAL
                     }
                     Err(e) => {
                         current.reachable.store(false, Ordering::Relaxed);
@@ -117,7 +131,7 @@ impl IdentityProvider {
                             issuer = %current.config.issuer,
                             error = %e,
                             retry_in = ?retry,
-                            "cannot read the identity provider's metadata or keys; new sign-ins wait until it answers"
+                            "cannot reach the identity provider; new sign-ins wait until it answers"
                         );
                         let wait = retry;
                         retry = (retry * 2).min(MAX_RETRY);
@@ -141,6 +155,16 @@ impl IdentityProvider {
                 }
             }
         });
+    }
+
+    /// Whether the provider answers at all (its discovery document), without replacing what
+    /// is cached.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.channel
+            .get(&self.config.discovery_url)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Reads discovery and keys now.

@@ -82,8 +82,13 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
 fn readiness(shared: &Shared) -> (StatusCode, &'static str, String) {
     let snapshot = shared.snapshot.load();
     let draining = shared.draining.load(Ordering::Relaxed);
-    let upstreams_ready = snapshot.upstreams_ready();
-    let ready = !draining && upstreams_ready;
+    let ready = !draining && snapshot.ready();
+    let sign_in = snapshot.sign_in.as_ref().map(|s| {
+        serde_json::json!({
+            "metadata_and_keys_loaded": s.is_ready(),
+            "provider_reachable": s.provider().is_reachable(),
+        })
+    });
     let upstreams: Vec<serde_json::Value> = snapshot
         .pools
         .iter()
@@ -103,6 +108,7 @@ fn readiness(shared: &Shared) -> (StatusCode, &'static str, String) {
     let body = serde_json::json!({
         "ready": ready,
         "draining": draining,
+        "sign_in": sign_in,
         "upstreams": upstreams,
     });
     let status = if ready {

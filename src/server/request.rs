@@ -85,7 +85,7 @@ pub(super) async fn handle(
                 };
                 break 'outcome Ok(sign_in.callback(request, &ctx).await);
             }
-            if let (Some(sign_in), "logout" | "frontchannel-logout" | "signed-out") =
+            if let (Some(sign_in), "logout" | "frontchannel-logout" | "signed-out" | "sign-in") =
                 (&snapshot.sign_in, endpoint.as_str())
             {
                 let ctx = RequestContext {
@@ -100,6 +100,19 @@ pub(super) async fn handle(
                     }
                     "frontchannel-logout" => {
                         sign_in.frontchannel_logout(request.uri(), request.headers(), client)
+                    }
+                    "sign-in" => {
+                        let step_up = auth::StepUp {
+                            prompt_login: true,
+                            ..Default::default()
+                        };
+                        sign_in.start(
+                            request.method(),
+                            request.uri(),
+                            request.headers(),
+                            &step_up,
+                            &ctx,
+                        )
                     }
                     _ => auth::signed_out_page(),
                 });
