@@ -24,10 +24,12 @@ try {
 } catch {
   counts = { passed: 0, failed: 1, failures: ['the test runner did not report (see above)'] };
 }
+fs.rmSync(path.dirname(summaryFile), { recursive: true, force: true });
 const seconds = ((Date.now() - started) / 1000).toFixed(1);
 console.log('');
 if (counts.failures?.length) console.log(`failed: ${counts.failures.join('; ')}`);
-const extra = [counts.skipped && `${counts.skipped} skipped`, counts.todo && `${counts.todo} todo`].filter(Boolean);
-console.log(`browser suite finished in ${seconds}s${extra.length ? ` (${extra.join(', ')})` : ''}`);
+console.log(`browser suite finished in ${seconds}s`);
+if (counts.skipped) console.log(`${counts.skipped} skipped`);
+if (counts.todo) console.log(`${counts.todo} todo: known gateway gaps, marked todo and not counted; see README.md`);
 console.log(`${counts.passed} passed, ${counts.failed} failed`);
 process.exit(counts.failed > 0 || result.status !== 0 ? 1 : 0);

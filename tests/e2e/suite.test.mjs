@@ -10,6 +10,7 @@
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -79,8 +80,9 @@ after(async () => {
 const tag = () => crypto.randomBytes(6).toString('hex');
 
 /** A test with browsers that are closed afterwards and photographed when the test fails. */
-function scenario(name, fn) {
-  test(name, { timeout: 120000 }, async () => {
+function scenario(name, optionsOrFn, maybeFn) {
+  const [options, fn] = maybeFn ? [optionsOrFn, maybeFn] : [{}, optionsOrFn];
+  test(name, { timeout: 120000, ...options }, async () => {
     const browsers = [];
     const browser = async () => {
       const b = await launchBrowser();
@@ -214,8 +216,11 @@ scenario('sign-in without MFA is refused and Exchange is never reached', async (
   assert.match(text, /This sign-in did not include multifactor authentication/);
   assert.doesNotMatch(text, /eyJ/, 'no token on the page');
   await page.screenshot({ path: path.join(OUT, 'mfa-refused.png'), fullPage: true });
-  // "Sign in again" goes back to the page that was asked for.
-  assert.equal(await page.getAttribute('a', 'href'), target.slice(A.origin.length));
+  // "Sign in again" starts a fresh sign-in that returns to the page that was asked for.
+  assert.equal(
+    await page.getAttribute('a', 'href'),
+    `/_gateway/sign-in?return=${encodeURIComponent(target.slice(A.origin.length))}`,
+  );
 
   const [issued] = await tokensSince(provider, since, CLIENT_A);
   assert.deepEqual(issued.payload.amr, ['pwd'], 'the provider did issue a password-only token');
@@ -467,8 +472,9 @@ scenario('provider key rotation: the gateway refetches keys for the unknown kid 
   assert.equal(await fresh.page.textContent('#owa-inbox'), 'Inbox');
   const [issued] = await tokensSince(provider, since, CLIENT_A);
   assert.equal(issued.header.kid, rotated[0], 'signed with the new key');
-  assert.ok((await providerRequests(provider, since, `/${TENANT}/jwks`)).length >= 1, 'the gateway fetched the keys again');
-  assert.match(A.logText(), /signing keys refetched for an unknown key id/);
+  // The gateway knew only the old key: it fetched the key set again after this token was issued.
+  const refetches = await providerRequests(provider, issued.at, `/${TENANT}/jwks`);
+  assert.ok(refetches.length >= 1, 'the gateway fetched the keys again for the unknown kid');
 
   // The session made before the rotation is the gateway's own: it goes on working.
   const old = `${A.origin}/owa/?e2e=${tag()}`;
@@ -572,4 +578,120 @@ scenario("the gateway's cookies never reach Exchange", async ({ browser }) => {
   const leaked = exchange.requests.filter((r) => /(^|;\s*)__Host-mfagw/.test(r.headers.cookie || ''));
   assert.deepEqual(leaked.map((r) => r.url), [], 'no gateway cookie reached Exchange');
   assert.ok(exchange.requests.every((r) => !r.headers.authorization), 'no Authorization header reached Exchange');
+});
+
+scenario('form_post from a provider on another site still finds the pending sign-in (SameSite=None)', async ({ browser }) => {
+  const { exchange } = env;
+  // Entra is another site than the published host: its form_post is a cross-site POST, which
+  // only SameSite=None cookies accompany. localhost and 127.0.0.1 are different sites.
+  const port = await freePort();
+  const secret = randomSecret();
+  const provider = await startProvider({
+    name: 'provider-cross-site',
+    host: 'localhost',
+    clients: [clientFor({
+      clientId: CLIENT_A, secret, method: 'client_secret_post', gatewayPorts: [port],
+    })],
+  });
+  const E = await startGateway({
+    name: 'gateway-e',
+    port,
+    issuer: provider.issuer,
+    clientId: CLIENT_A,
+    secret,
+    method: 'post',
+    sessionKeys: [randomSecret()],
+    exchangePort: exchange.port,
+  });
+  try {
+    const { page } = await browser();
+    const sentWithCallback = [];
+    page.on('request', async (r) => {
+      if (r.url() === `${E.origin}/_gateway/callback`) {
+        sentWithCallback.push({ method: r.method(), cookie: (await r.allHeaders()).cookie || '', site: (await r.allHeaders())['sec-fetch-site'] });
+      }
+    });
+    const target = `${E.origin}/owa/?e2e=${tag()}`;
+    await page.goto(target);
+    assert.ok(page.url().startsWith(`http://localhost:${provider.port}/interaction/`), page.url());
+    await signInAtProvider(page, { account: 'alice', mfa: true, landOn: target });
+    assert.equal(await page.textContent('#owa-inbox'), 'Inbox');
+    assert.equal(sentWithCallback.length, 1);
+    assert.equal(sentWithCallback[0].method, 'POST');
+    assert.equal(sentWithCallback[0].site, 'cross-site');
+    assert.match(sentWithCallback[0].cookie, /__Host-mfagw-login-/, 'the pending-login cookie came with the cross-site POST');
+  } finally {
+    await E.stop();
+    await provider.stop();
+  }
+});
+
+// ─── recovering from refusals and outages ───────────────────────────────────────────────────
+
+scenario('after an MFA refusal, "Sign in again" asks for a new sign-in instead of looping', {}, async ({ browser }) => {
+  const { A, provider } = env;
+  const { page } = await browser();
+  await page.goto(`${A.origin}/owa/?e2e=${tag()}`);
+  await signInAtProvider(page, { account: 'alice', mfa: false });
+  await page.waitForURL((u) => u.href === `${A.origin}/_gateway/callback`);
+  await page.waitForSelector('text=did not include multifactor authentication');
+  const since = Date.now();
+  const outcome = Promise.race([
+    page.waitForSelector('#signin-form').then(() => 'the provider asks for an account', () => null),
+    page.waitForResponse((r) => r.url() === `${A.origin}/_gateway/callback`)
+      .then((r) => `the gateway answered ${r.status()} again without the user doing anything`, () => null),
+  ]);
+  await page.getByRole('link', { name: 'Sign in again' }).click();
+  assert.equal(await outcome, 'the provider asks for an account');
+  assert.equal((await authorizationRequests(provider, since)).length, 1);
+});
+
+scenario('provider stopped: new sign-ins get the 503 page once the gateway has noticed (it checks every 30 s)', {}, async ({ browser }) => {
+  const { exchange } = env;
+  const port = await freePort();
+  const secret = randomSecret();
+  const provider = await startProvider({
+    name: 'provider-stopped',
+    clients: [clientFor({
+      clientId: CLIENT_A, secret, method: 'client_secret_post', gatewayPorts: [port],
+    })],
+  });
+  const F = await startGateway({
+    name: 'gateway-f',
+    port,
+    issuer: provider.issuer,
+    clientId: CLIENT_A,
+    secret,
+    method: 'post',
+    sessionKeys: [randomSecret()],
+    exchangePort: exchange.port,
+  });
+  try {
+    await provider.stop();
+    // The gateway checks the provider every 30 seconds: wait (bounded) until a page load
+    // without a session is answered by the gateway itself instead of a redirect.
+    const deadline = Date.now() + 45000;
+    let status = 0;
+    while (Date.now() < deadline) {
+      // node:http, not fetch: fetch would add `sec-fetch-mode: cors` and get the 440 a script gets.
+      status = await new Promise((resolve) => {
+        http.get(`${F.origin}/owa/`, { headers: { accept: 'text/html' } }, (res) => {
+          res.resume();
+          resolve(res.statusCode);
+        }).on('error', () => resolve(0));
+      });
+      if (status === 503) break;
+      await sleep(1000);
+    }
+    assert.equal(status, 503, 'the gateway kept redirecting new sign-ins to the stopped provider');
+    const { page } = await browser();
+    const url = `${F.origin}/owa/?e2e=${tag()}`;
+    const response = await page.goto(url).catch((e) => e);
+    assert.ok(!(response instanceof Error), `the browser was sent to the stopped provider: ${String(response).split('\n')[0]}`);
+    assert.equal(response.status(), 503);
+    assert.equal(page.url(), url);
+  } finally {
+    await F.stop();
+    await provider.stop();
+  }
 });

@@ -14,7 +14,12 @@ export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(HERE, '..', '..', '..');
 /** Screenshots and logs: target/e2e/ at the repository root. */
 export const OUT = path.join(REPO, 'target', 'e2e');
+// Each run starts with empty logs and no screenshots of an earlier run's failures.
+fs.rmSync(path.join(OUT, 'logs'), { recursive: true, force: true });
 fs.mkdirSync(path.join(OUT, 'logs'), { recursive: true });
+for (const f of fs.readdirSync(OUT)) {
+  if (f.startsWith('failed-') && f.endsWith('.png')) fs.rmSync(path.join(OUT, f));
+}
 
 export const TENANT = '3f2a9b1c-5d4e-4f60-8a7b-1c2d3e4f5a6b';
 export const ADMINS_GROUP = '5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9';
@@ -28,11 +33,15 @@ export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** MFA_GATEWAY_BIN, else the newer of target/release and target/debug (a stale build is not
+ * picked over a fresh one). */
 export function gatewayBinary() {
   const candidates = process.env.MFA_GATEWAY_BIN
     ? [process.env.MFA_GATEWAY_BIN]
     : ['release', 'debug'].map((p) => path.join(REPO, 'target', p, 'mfa-gateway'));
-  const found = candidates.find((c) => fs.existsSync(c));
+  const [found] = candidates
+    .filter((c) => fs.existsSync(c))
+    .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs);
   if (!found) {
     throw new Error(`no mfa-gateway binary at ${candidates.join(' or ')}: run \`cargo build --release --bin mfa-gateway\` first (or set MFA_GATEWAY_BIN)`);
   }
@@ -90,12 +99,17 @@ function stopChild(child, signal = 'SIGTERM') {
 
 /**
  * Starts the Entra-like provider in its own process. `clients` are oidc-provider client
- * metadata. Resolves to { port, issuer, url(path), get(path), post(path), stop() }.
+ * metadata; `host` is the name in its issuer (the browser's view). Resolves to { port, issuer,
+ * base, requests(), tokens(), keyIds(), rotate(), jwks(), stop() }.
  */
-export async function startProvider({ name = 'provider', clients, port = 0 }) {
+export async function startProvider({
+  name = 'provider', clients, port = 0, host = '127.0.0.1',
+}) {
   const dir = tempDir(name);
   const configFile = path.join(dir, 'provider.json');
-  fs.writeFileSync(configFile, JSON.stringify({ port, tenant: TENANT, clients }));
+  fs.writeFileSync(configFile, JSON.stringify({
+    port, host, tenant: TENANT, clients,
+  }));
   const log = logTo(name);
   const child = spawn(process.execPath, [path.join(HERE, 'provider.mjs'), configFile], {
     cwd: path.join(HERE, '..'),
@@ -115,11 +129,13 @@ export async function startProvider({ name = 'provider', clients, port = 0 }) {
     };
     child.stdout.on('data', onData);
     child.once('exit', (code) => reject(new Error(`provider exited (${code}) before it was ready; see ${log.file}`)));
-    setTimeout(() => reject(new Error(`provider not ready after 20s; see ${log.file}`)), 20000);
+    setTimeout(() => reject(new Error(`provider not ready after 20s; see ${log.file}`)), 20000).unref();
   });
-  const base = `http://127.0.0.1:${ready.port}`;
+  // What the browser sees, and where the suite reads the provider's records.
+  const base = `http://${host}:${ready.port}`;
+  const control = `http://127.0.0.1:${ready.port}`;
   const getJson = async (p, init) => {
-    const r = await fetch(base + p, init);
+    const r = await fetch(control + p, init);
     if (!r.ok) throw new Error(`${p}: ${r.status}`);
     return r.json();
   };
@@ -133,7 +149,10 @@ export async function startProvider({ name = 'provider', clients, port = 0 }) {
     keyIds: () => getJson('/__e2e/keys'),
     rotate: () => getJson('/__e2e/rotate', { method: 'POST' }),
     jwks: () => getJson(`/${TENANT}/jwks`),
-    stop: () => stopChild(child, 'SIGKILL'),
+    stop: async () => {
+      await stopChild(child, 'SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
 
@@ -156,7 +175,8 @@ export function clientFor({
 
 /**
  * Starts `mfa-gateway run` with a configuration written to a temporary directory, and waits until
- * its admin /readyz says ready. `ecp` is the extra TOML of the /ecp route.
+ * it is ready (provider metadata and keys loaded, Exchange healthy). `ecp` is the extra TOML of
+ * the /ecp route.
  */
 export async function startGateway({
   name, port, issuer, clientId, secret, method, sessionKeys, exchangePort, ecp = '',
@@ -228,20 +248,27 @@ ${ecp}
   let exited = null;
   child.once('exit', (code, signal) => { exited = code ?? signal; });
   const admin = `http://127.0.0.1:${adminPort}`;
+  const origin = `http://127.0.0.1:${port}`;
+  // Ready for the suite: the load balancer's probe /_gateway/health says 200, which needs the
+  // provider's metadata and keys (the admin /readyz does not wait for those), and /readyz too.
   await waitFor(`gateway ${name} to be ready (log: ${log.file})`, async () => {
     if (exited !== null) throw new Error(`gateway ${name} exited (${exited}); see ${log.file}`);
-    const r = await fetch(`${admin}/readyz`);
-    return r.status === 200;
+    const health = await fetch(`${origin}/_gateway/health`);
+    if (health.status !== 200) return false;
+    return (await fetch(`${admin}/readyz`)).status === 200;
   });
   return {
     name,
     port,
-    origin: `http://127.0.0.1:${port}`,
+    origin,
     admin,
     configFile,
     log: log.file,
     logText: () => fs.readFileSync(log.file, 'utf8'),
-    stop: () => stopChild(child),
+    stop: async () => {
+      await stopChild(child);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
 

@@ -4,8 +4,10 @@
 //
 //   node lib/provider.mjs /path/to/provider.json
 //
-// provider.json: { "port": 0, "tenant": "<guid>", "clients": [ { client_id, client_secret,
-//   token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris } ] }
+// provider.json: { "port": 0, "host": "127.0.0.1", "tenant": "<guid>", "clients": [ { client_id,
+//   client_secret, token_endpoint_auth_method, redirect_uris, post_logout_redirect_uris } ] }
+// It listens on 127.0.0.1; `host` is the name in its issuer (127.0.0.1, or localhost to be on
+// another site than gateways on 127.0.0.1).
 //
 // It prints one line `{"ready":true,"port":N,"issuer":"…"}` on stdout once it listens.
 //
@@ -307,7 +309,7 @@ export async function startProvider(options) {
     server.listen(options.port || 0, '127.0.0.1', resolve);
   });
   const { port } = server.address();
-  issuer = `http://127.0.0.1:${port}${prefix}`;
+  issuer = `http://${options.host || '127.0.0.1'}:${port}${prefix}`;
   rebuild();
   return {
     port,
