@@ -55,7 +55,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_writer = init_logging(cli.log_format);
     mfa_gateway::install_crypto_provider();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
@@ -96,12 +96,19 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to standard error through a background writer, so a request never waits on the
+/// write (nor on the lock around standard error). When its buffer is full the writer blocks
+/// rather than drop lines: audit events must not be lost. The guard flushes at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MFA_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -110,6 +117,7 @@ fn init_logging(format: LogFormat) {
             .with_current_span(false)
             .init(),
     }
+    guard
 }
 
 fn check_config(path: &Path) -> ExitCode {
