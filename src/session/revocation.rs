@@ -2,17 +2,20 @@
 //! front-channel logout (Entra's `sid`, the only thing it sends). Kept on this gateway; each
 //! entry expires with the longest session it can name, so the list stays small.
 //!
-//! Reads happen on every protected request and take no lock (an atomically swapped snapshot);
-//! writes — sign-outs — copy the small map.
+//! Every protected request asks; while nothing is revoked that costs one atomic load. Writes
+//! are O(1). Front-channel logout is unauthenticated by design (Entra sends only `sid`), so the
+//! list is capped: past the cap the entries closest to expiry are dropped first.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use super::{Session, SessionId};
 
-#[derive(Default, Clone)]
+/// Most entries kept (sessions and sids together).
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Default)]
 struct RevokedSet {
     /// Session id → unix second after which the entry can be forgotten.
     sessions: HashMap<SessionId, u64>,
@@ -23,8 +26,13 @@ struct RevokedSet {
 
 #[derive(Default)]
 pub struct Revocations {
-    set: ArcSwap<RevokedSet>,
+    set: RwLock<RevokedSet>,
+    any: AtomicBool,
+    writes: AtomicU64,
 }
+
+/// Expired entries are swept every this many writes (and whenever the list is full).
+const SWEEP_EVERY: u64 = 256;
 
 impl Revocations {
     pub fn new() -> Arc<Revocations> {
@@ -33,8 +41,7 @@ impl Revocations {
 
     /// Ends one session (sign-out); the entry lives until the session would have expired.
     pub fn revoke_session(&self, session: &Session, now: u64) {
-        let id = session.id;
-        let until = session.expires_at;
+        let (id, until) = (session.id, session.expires_at);
         self.update(now, |set| {
             set.sessions.insert(id, until);
         });
@@ -50,24 +57,28 @@ impl Revocations {
     }
 
     pub fn is_revoked(&self, session: &Session) -> bool {
-        let set = self.set.load();
-        if set.sessions.is_empty() && set.sids.is_empty() {
+        if !self.any.load(Ordering::Acquire) {
             return false;
         }
+        let set = match self.set.read() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         if set.sessions.contains_key(&session.id) {
             return true;
         }
-        match (&session.sid, set.sids.is_empty()) {
-            (Some(sid), false) => set
-                .sids
+        session.sid.as_ref().is_some_and(|sid| {
+            set.sids
                 .get(sid)
-                .is_some_and(|(revoked_at, _)| session.issued_at <= *revoked_at),
-            _ => false,
-        }
+                .is_some_and(|(revoked_at, _)| session.issued_at <= *revoked_at)
+        })
     }
 
     pub fn len(&self) -> usize {
-        let set = self.set.load();
+        let set = match self.set.read() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         set.sessions.len() + set.sids.len()
     }
 
@@ -75,14 +86,42 @@ impl Revocations {
         self.len() == 0
     }
 
-    fn update(&self, now: u64, change: impl Fn(&mut RevokedSet)) {
-        self.set.rcu(|current| {
-            let mut next = RevokedSet::clone(current);
-            next.sessions.retain(|_, until| *until > now);
-            next.sids.retain(|_, (_, until)| *until > now);
-            change(&mut next);
-            next
-        });
+    fn update(&self, now: u64, change: impl FnOnce(&mut RevokedSet)) {
+        let mut set = match self.set.write() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
+        if sweep || set.sessions.len() + set.sids.len() >= MAX_ENTRIES {
+            set.sessions.retain(|_, until| *until > now);
+            set.sids.retain(|_, (_, until)| *until > now);
+        }
+        if set.sessions.len() + set.sids.len() >= MAX_ENTRIES {
+            // Still full of live entries: drop the sid entry closest to expiry.
+            let oldest = set
+                .sids
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(sid, _)| sid.clone());
+            match oldest {
+                Some(sid) => {
+                    set.sids.remove(&sid);
+                }
+                None => {
+                    let oldest = set
+                        .sessions
+                        .iter()
+                        .min_by_key(|(_, until)| **until)
+                        .map(|(id, _)| *id);
+                    if let Some(id) = oldest {
+                        set.sessions.remove(&id);
+                    }
+                }
+            }
+            tracing::warn!("revocation list full; the entry closest to expiry was dropped");
+        }
+        change(&mut set);
+        self.any.store(true, Ordering::Release);
     }
 }
 
@@ -126,15 +165,26 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_forgotten_once_the_sessions_they_name_have_expired() {
+    fn a_session_and_its_sign_in_can_both_be_revoked() {
         let revocations = Revocations::new();
         let alice = session(1, "sid-a", 1000);
         revocations.revoke_session(&alice, 1100);
         revocations.revoke_sid("sid-a", 1100, 3600);
         assert_eq!(revocations.len(), 2);
-        // A later write prunes what has expired (alice's session ends at 4600).
-        let bob = session(2, "sid-b", 9000);
-        revocations.revoke_session(&bob, 9000);
-        assert_eq!(revocations.len(), 1);
+        assert!(revocations.is_revoked(&alice));
+    }
+
+    #[test]
+    fn entries_are_forgotten_once_the_sessions_they_name_have_expired() {
+        let revocations = Revocations::new();
+        let alice = session(1, "sid-a", 1000);
+        revocations.revoke_session(&alice, 1100);
+        // Alice's session ended at 4600; later sign-outs sweep her entry away.
+        for i in 0..SWEEP_EVERY {
+            let other = session(2, &format!("sid-{i}"), 9000);
+            revocations.revoke_sid(other.sid.as_deref().unwrap_or_default(), 9000, 3600);
+        }
+        assert!(!revocations.is_revoked(&alice));
+        assert_eq!(revocations.len(), SWEEP_EVERY as usize);
     }
 }
