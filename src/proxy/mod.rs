@@ -73,11 +73,13 @@ pub async fn forward(
     let (parts, body) = request.into_parts();
     let bodiless = http_body::Body::is_end_stream(&body);
     let retryable = bodiless && is_idempotent(&parts.method);
+    // The request target goes to Exchange exactly as the browser sent it (IIS normalises it
+    // the same way the router judged it); shared, not copied.
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers);
@@ -112,9 +114,12 @@ pub async fn forward(
         let Some(server) = pool.server(index) else {
             break;
         };
-        let uri: Uri = match format!("{}{}", server.origin, path_and_query).parse() {
-            Ok(uri) => uri,
-            Err(_) => return Err(GatewayError::BadRequest("request target").into()),
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(server.scheme.clone());
+        target.authority = Some(server.server.authority.clone());
+        target.path_and_query = Some(path_and_query.clone());
+        let Ok(uri) = Uri::from_parts(target) else {
+            return Err(GatewayError::BadRequest("request target").into());
         };
         let Some(this_body) = body.take() else { break };
         let mut upstream_request = Request::new(this_body);

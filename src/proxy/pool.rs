@@ -28,6 +28,7 @@ pub struct ServerState {
     pub server: UpstreamServer,
     /// `scheme://authority`, the prefix of every request URI sent to this server.
     pub(crate) origin: String,
+    pub(crate) scheme: http::uri::Scheme,
     pub(crate) label: Arc<str>,
     healthy: AtomicBool,
     /// Milliseconds since the pool's epoch before which the server is skipped after a refused
@@ -78,6 +79,10 @@ impl UpstreamPool {
                 };
                 ServerState {
                     origin: format!("{scheme}://{}", server.authority),
+                    scheme: match server.scheme {
+                        UpstreamScheme::Http => http::uri::Scheme::HTTP,
+                        UpstreamScheme::Https => http::uri::Scheme::HTTPS,
+                    },
                     label: Arc::from(server.url.as_str()),
                     server: server.clone(),
                     healthy: AtomicBool::new(true),
