@@ -26,8 +26,6 @@ const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 
 pub struct ServerState {
     pub server: UpstreamServer,
-    /// `scheme://authority`, the prefix of every request URI sent to this server.
-    pub(crate) origin: String,
     pub(crate) scheme: http::uri::Scheme,
     pub(crate) label: Arc<str>,
     healthy: AtomicBool,
@@ -72,24 +70,17 @@ impl UpstreamPool {
         let servers = config
             .servers
             .iter()
-            .map(|server| {
-                let scheme = match server.scheme {
-                    UpstreamScheme::Http => "http",
-                    UpstreamScheme::Https => "https",
-                };
-                ServerState {
-                    origin: format!("{scheme}://{}", server.authority),
-                    scheme: match server.scheme {
-                        UpstreamScheme::Http => http::uri::Scheme::HTTP,
-                        UpstreamScheme::Https => http::uri::Scheme::HTTPS,
-                    },
-                    label: Arc::from(server.url.as_str()),
-                    server: server.clone(),
-                    healthy: AtomicBool::new(true),
-                    skip_until_ms: AtomicU64::new(0),
-                    failures: AtomicU32::new(0),
-                    successes: AtomicU32::new(0),
-                }
+            .map(|server| ServerState {
+                scheme: match server.scheme {
+                    UpstreamScheme::Http => http::uri::Scheme::HTTP,
+                    UpstreamScheme::Https => http::uri::Scheme::HTTPS,
+                },
+                label: Arc::from(server.url.as_str()),
+                server: server.clone(),
+                healthy: AtomicBool::new(true),
+                skip_until_ms: AtomicU64::new(0),
+                failures: AtomicU32::new(0),
+                successes: AtomicU32::new(0),
             })
             .collect();
         Ok(Arc::new(UpstreamPool {
@@ -272,8 +263,11 @@ async fn health_loop(
 
 async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheckConfig) -> Result<(), String> {
     let server = pool.servers.get(index).ok_or("no such server")?;
-    let uri: Uri = format!("{}{}", server.origin, check.path)
-        .parse()
+    let uri = Uri::builder()
+        .scheme(server.scheme.clone())
+        .authority(server.server.authority.clone())
+        .path_and_query(check.path.as_str())
+        .build()
         .map_err(|e| format!("bad probe URI: {e}"))?;
     let host = pool
         .config

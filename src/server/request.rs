@@ -70,6 +70,11 @@ pub(super) async fn handle(
         let path = request.uri().path();
 
         let scheme = browser_scheme(tls, peer_trusted, request.headers());
+        let ctx = RequestContext {
+            host: host_text,
+            scheme,
+            client,
+        };
         if path.len() >= 10 && path[..10].eq_ignore_ascii_case("/_gateway/") {
             record.set_route(shared.gateway_metrics.clone());
             let endpoint = path[10..].to_ascii_lowercase();
@@ -77,22 +82,11 @@ pub(super) async fn handle(
                 let Some(sign_in) = &snapshot.sign_in else {
                     break 'outcome Err(GatewayError::NoRoute);
                 };
-                let host = host_text.to_owned();
-                let ctx = RequestContext {
-                    host: &host,
-                    scheme,
-                    client,
-                };
                 break 'outcome Ok(sign_in.callback(request, &ctx).await);
             }
             if let (Some(sign_in), "logout" | "frontchannel-logout" | "signed-out" | "sign-in") =
                 (&snapshot.sign_in, endpoint.as_str())
             {
-                let ctx = RequestContext {
-                    host: host_text,
-                    scheme,
-                    client,
-                };
                 break 'outcome Ok(match endpoint.as_str() {
                     "logout" => {
                         let session = sign_in.session_of(request.headers());
@@ -147,11 +141,6 @@ pub(super) async fn handle(
             (Access::Mfa, Some(policy), Some(sign_in)) if auth::is_sign_out_path(path) => {
                 // Signing out needs only a live session: not the route's freshness or group
                 // rules, which would send the user to sign in again instead of out.
-                let ctx = RequestContext {
-                    host: host_text,
-                    scheme,
-                    client,
-                };
                 match sign_in.live_session(request.headers()) {
                     Some(session) => signing_out = Some((sign_in.clone(), session)),
                     None => break 'outcome Ok(sign_in.end_session(None, &ctx, "owa_logoff")),
@@ -163,11 +152,6 @@ pub(super) async fn handle(
                     Admission::SignInRequired { step_up, why } => {
                         record.set_failure(Side::Gateway, format!("sign-in required: {why}"));
                         let response = if auth::is_navigation(request.method(), request.headers()) {
-                            let ctx = RequestContext {
-                                host: host_text,
-                                scheme,
-                                client,
-                            };
                             sign_in.start(
                                 request.method(),
                                 request.uri(),
@@ -208,19 +192,12 @@ pub(super) async fn handle(
             peer_trusted,
             scheme,
         };
-        let public_host = host_text.to_owned();
-        let host = host.clone();
-        match proxy::forward(request, host, &entry.pool, &downstream).await {
+        match proxy::forward(request, host.clone(), &entry.pool, &downstream).await {
             Ok(mut forwarded) => {
                 record.set_upstream(forwarded.server);
                 if let Some((sign_in, session)) = signing_out {
                     // Exchange has cleared its own cookies; keep those Set-Cookie headers and
                     // end the gateway session and the Entra session too.
-                    let ctx = RequestContext {
-                        host: &public_host,
-                        scheme,
-                        client,
-                    };
                     let mut response = sign_in.end_session(Some(&session), &ctx, "owa_logoff");
                     for cookie in forwarded.response.headers().get_all(SET_COOKIE) {
                         response.headers_mut().append(SET_COOKIE, cookie.clone());
@@ -240,11 +217,6 @@ pub(super) async fn handle(
                     // Exchange could not be reached: the user still signs out of the gateway
                     // and Entra — on a shared computer the mailbox must not stay open.
                     record.set_failure(failure.error.side(), failure.error.to_string());
-                    let ctx = RequestContext {
-                        host: &public_host,
-                        scheme,
-                        client,
-                    };
                     break 'outcome Ok(sign_in.end_session(Some(&session), &ctx, "owa_logoff"));
                 }
                 Err(failure.error)
