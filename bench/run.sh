@@ -11,6 +11,7 @@
 #   H2_STREAMS=10 concurrent streams per h2 conn   ROWS="..." subset of row ids (see below)
 #   KEEP=1        keep the temporary directory (configs, logs) and print its path
 #   OUT=FILE      where the markdown table is written as well
+#   HOLD=1        start and sign in, then keep everything running (no rows) until Ctrl-C
 #
 # Rows (ids): direct, nginx, nginx-close, nginx-h2, apache, apache-close, gw, gw-h2, gw-close.
 # Every server is started by this script with its own configuration in a temporary directory
@@ -365,6 +366,16 @@ COOKIE_APACHE=""
 if [[ " $ROWS " == *" apache"* ]]; then
     COOKIE_APACHE="$(sign_in "$P_APACHE" apache mod_auth_openidc_session)" || die "Apache sign-in failed: see $work/apache.error.log"
     log "apache sign-in ok (${#COOKIE_APACHE} bytes of Cookie header)"
+fi
+
+# HOLD=1: keep every server running, signed in, for profiling or other measurements by hand;
+# the cookies are in $work/cookie-*.txt. Ctrl-C (or SIGTERM) stops everything.
+if [ "${HOLD:-0}" = 1 ]; then
+    printf '%s' "$COOKIE_GW" >"$work/cookie-gateway.txt"
+    printf '%s' "$COOKIE_APACHE" >"$work/cookie-apache.txt"
+    log "holding: $work (gateway https://$HOST:$P_GATEWAY pid $PID_GATEWAY, nginx proxy :$P_NGINX pid $PID_NGINX, upstream :$P_UPSTREAM)"
+    echo "$work" >&2
+    while :; do sleep 3600; done
 fi
 
 # ---------------------------------------------------------------------------------------------

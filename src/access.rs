@@ -1,16 +1,51 @@
 //! The access log: one line per request, written when the response body is finished (or the
 //! browser went away), with route, status, Exchange server, duration and bytes. The query string
 //! is never logged: OWA puts its canary and other tokens there.
+//!
+//! The binary installs a [`Sink`]: lines are then formatted here, straight into one buffer, and
+//! handed to the background log writer — the generic event formatter costs several times more
+//! per request. Without a sink (the library in tests) each line is a `tracing` event of target
+//! `access`. Either way the `access` target of `MFA_GATEWAY_LOG` decides what is written.
 
+use std::cell::RefCell;
+use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Uri, Version};
+use tracing::Level;
 
 use crate::body::BodyError;
 use crate::error::Side;
 use crate::metrics::{Metrics, RouteMetrics};
+
+/// How access lines look: like the rest of the log, text or one JSON object per line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Writes one formatted line.
+type WriteLine = dyn Fn(&[u8]) + Send + Sync;
+
+/// Where formatted access lines go (the binary's background log writer).
+pub struct Sink {
+    format: Format,
+    write: Box<WriteLine>,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Sends access lines, formatted in `format`, to `write` from now on. Only the first call takes
+/// effect (the binary calls it once, beside installing the log subscriber).
+pub fn install(format: Format, write: impl Fn(&[u8]) + Send + Sync + 'static) {
+    let _ = SINK.set(Sink {
+        format,
+        write: Box::new(write),
+    });
+}
 
 pub struct AccessRecord {
     start: Instant,
@@ -85,6 +120,104 @@ impl Drop for AccessRecord {
         let elapsed = self.start.elapsed();
         self.route.count(self.status);
         self.metrics.observe_latency(elapsed);
+        let level = if self.failure.is_some() {
+            Level::WARN
+        } else {
+            Level::INFO
+        };
+        let enabled = if level == Level::WARN {
+            tracing::enabled!(target: "access", Level::WARN)
+        } else {
+            tracing::enabled!(target: "access", Level::INFO)
+        };
+        if !enabled {
+            return;
+        }
+        match SINK.get() {
+            Some(sink) => LINE.with(|line| {
+                let Ok(mut line) = line.try_borrow_mut() else {
+                    return;
+                };
+                line.clear();
+                self.write_line(&mut line, sink.format, level, SystemTime::now(), elapsed);
+                (sink.write)(&line);
+            }),
+            None => self.emit_event(elapsed),
+        }
+    }
+}
+
+thread_local! {
+    /// The line being formatted, reused: no allocation per request once it has grown.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    /// The date and time to the second, formatted once per second per thread.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl AccessRecord {
+    /// One access line, ending in a newline, in the same shape as the rest of the log.
+    fn write_line(
+        &self,
+        out: &mut Vec<u8>,
+        format: Format,
+        level: Level,
+        now: SystemTime,
+        elapsed: Duration,
+    ) {
+        let micros = elapsed.as_micros();
+        let duration_ms = format_args!("{}.{:03}", micros / 1000, micros % 1000);
+        let upstream = self.upstream.as_deref().unwrap_or("-");
+        let level = if level == Level::WARN { "WARN" } else { "INFO" };
+        match format {
+            Format::Text => {
+                write_timestamp(out, now);
+                let _ = write!(
+                    out,
+                    "  {level} access: client={} method={} path=",
+                    self.client, self.method
+                );
+                text_string(out, self.uri.path());
+                let _ = write!(out, " version={:?} route=", self.version);
+                text_string(out, &self.route.name);
+                let _ = write!(out, " status={} upstream=", self.status);
+                text_string(out, upstream);
+                let _ = write!(out, " duration_ms={duration_ms} bytes={}", self.bytes);
+                if let Some((side, detail)) = &self.failure {
+                    let _ = write!(out, " failed={} error=", side.as_str());
+                    text_string(out, detail);
+                }
+            }
+            Format::Json => {
+                out.extend_from_slice(b"{\"timestamp\":\"");
+                write_timestamp(out, now);
+                let _ = write!(
+                    out,
+                    "\",\"level\":\"{level}\",\"target\":\"access\",\"client\":\"{}\",\"method\":",
+                    self.client
+                );
+                json_string(out, self.method.as_str());
+                out.extend_from_slice(b",\"path\":");
+                json_string(out, self.uri.path());
+                let _ = write!(out, ",\"version\":\"{:?}\",\"route\":", self.version);
+                json_string(out, &self.route.name);
+                let _ = write!(out, ",\"status\":{},\"upstream\":", self.status);
+                json_string(out, upstream);
+                let _ = write!(
+                    out,
+                    ",\"duration_ms\":{duration_ms},\"bytes\":{}",
+                    self.bytes
+                );
+                if let Some((side, detail)) = &self.failure {
+                    let _ = write!(out, ",\"failed\":\"{}\",\"error\":", side.as_str());
+                    json_string(out, detail);
+                }
+                out.push(b'}');
+            }
+        }
+        out.push(b'\n');
+    }
+
+    fn emit_event(&self, elapsed: Duration) {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let upstream = self.upstream.as_deref().unwrap_or("-");
         match &self.failure {
@@ -115,5 +248,153 @@ impl Drop for AccessRecord {
                 error = %detail,
             ),
         }
+    }
+}
+
+/// `2026-11-25T13:14:16.571282Z` (UTC, microseconds), as the rest of the log writes it.
+fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let formatted = i64::try_from(secs)
+                .ok()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .unwrap_or_default();
+            *second = (secs, formatted);
+        }
+        out.extend_from_slice(second.1.as_bytes());
+    });
+    let _ = write!(out, ".{:06}Z", since_epoch.subsec_micros());
+}
+
+/// Plain printable ASCII without quotes or backslashes: written as it is inside quotes.
+fn is_plain(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// A string value in the text format: quoted, escaped like Rust's `{:?}` when needed, so a
+/// path cannot forge fields or lines.
+fn text_string(out: &mut Vec<u8>, text: &str) {
+    if is_plain(text) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, "{text:?}");
+    }
+}
+
+/// A JSON string, escaped when needed.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    if is_plain(text) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str) -> AccessRecord {
+        let metrics = Arc::new(Metrics::default());
+        let route = metrics.route("mail.contoso.com/owa");
+        let mut record = AccessRecord::new(
+            Instant::now(),
+            metrics,
+            route,
+            Method::GET,
+            path.parse().unwrap(),
+            Version::HTTP_11,
+            "203.0.113.7".parse().unwrap(),
+        );
+        record.set_status(200);
+        record.set_upstream(Arc::from("https://ex01.corp.contoso.com"));
+        record.add_bytes(857);
+        record
+    }
+
+    fn line(record: &AccessRecord, format: Format) -> String {
+        let mut out = Vec::new();
+        let level = if record.failure.is_some() {
+            Level::WARN
+        } else {
+            Level::INFO
+        };
+        let now = UNIX_EPOCH + Duration::from_micros(1_795_616_056_571_282);
+        record.write_line(&mut out, format, level, now, Duration::from_micros(720));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn text_line_has_every_field_and_no_query() {
+        let record = record("/owa/service.svc?action=GetItem&canary=SECRET");
+        assert_eq!(
+            line(&record, Format::Text),
+            "2026-11-25T14:14:16.571282Z  INFO access: client=203.0.113.7 method=GET \
+             path=\"/owa/service.svc\" version=HTTP/1.1 route=\"mail.contoso.com/owa\" \
+             status=200 upstream=\"https://ex01.corp.contoso.com\" duration_ms=0.720 \
+             bytes=857\n"
+        );
+    }
+
+    #[test]
+    fn json_line_parses_with_typed_fields() {
+        let mut record = record("/owa/?ae=Folder&canary=SECRET");
+        record.set_failure(Side::Upstream, "connection \"reset\"\nby peer".to_owned());
+        let text = line(&record, Format::Json);
+        assert!(
+            text.ends_with("}\n") && !text.trim_end().contains('\n'),
+            "{text}"
+        );
+        assert!(!text.contains("SECRET"));
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["timestamp"], "2026-11-25T14:14:16.571282Z");
+        assert_eq!(value["level"], "WARN");
+        assert_eq!(value["target"], "access");
+        assert_eq!(value["client"], "203.0.113.7");
+        assert_eq!(value["method"], "GET");
+        assert_eq!(value["path"], "/owa/");
+        assert_eq!(value["version"], "HTTP/1.1");
+        assert_eq!(value["route"], "mail.contoso.com/owa");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["upstream"], "https://ex01.corp.contoso.com");
+        assert_eq!(value["duration_ms"], 0.72);
+        assert_eq!(value["bytes"], 857);
+        assert_eq!(value["failed"], "exchange");
+        assert_eq!(value["error"], "connection \"reset\"\nby peer");
+    }
+
+    #[test]
+    fn hostile_path_cannot_forge_fields_or_lines() {
+        // Quotes, backslashes and bytes beyond ASCII in a path are escaped in both formats.
+        let record = record("/owa/%22%0A/\u{e9}\"x\\");
+        let text = line(&record, Format::Text);
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let path = record.uri.path();
+        assert!(path.contains('"') && path.contains('\\'), "{path}");
+        assert!(text.contains(&format!(" path={path:?} ")), "{text}");
+        let json = line(&record, Format::Json);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["path"], record.uri.path());
+    }
+
+    #[test]
+    fn timestamp_formats_each_second_and_its_microseconds() {
+        let mut out = Vec::new();
+        write_timestamp(&mut out, UNIX_EPOCH + Duration::from_micros(5));
+        out.push(b' ');
+        write_timestamp(&mut out, UNIX_EPOCH + Duration::from_micros(86_400_999_999));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000005Z 1970-01-02T00:00:00.999999Z"
+        );
     }
 }

@@ -12,6 +12,11 @@ use mfa_gateway::config::Config;
 use mfa_gateway::{Gateway, Listeners};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// mimalloc: per-thread free lists suit a proxy's many short-lived, same-sized allocations
+/// (headers, buffers, futures) better than glibc's malloc, and return memory to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mfa-gateway",
@@ -98,13 +103,27 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// Logs go to standard error through a background writer, so a request never waits on the
 /// write (nor on the lock around standard error). When its buffer is full the writer blocks
-/// rather than drop lines: audit events must not be lost. The guard flushes at exit.
+/// rather than drop lines: audit events must not be lost. The guard flushes at exit. The
+/// writer batches: lines that arrive while it writes go out together in one write.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MFA_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let access_writer = writer.clone();
+    mfa_gateway::access::install(
+        match format {
+            LogFormat::Text => mfa_gateway::access::Format::Text,
+            LogFormat::Json => mfa_gateway::access::Format::Json,
+        },
+        move |line| {
+            let _ = std::io::Write::write_all(&mut access_writer.clone(), line);
+        },
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -567,3 +567,72 @@ async fn a_broken_file_on_sighup_is_refused_and_the_running_configuration_keeps_
         "the held connection was dropped"
     );
 }
+
+/// The binary writes one access line per request, in the chosen log format, with the fields
+/// docs/operations.md lists and never the query string (OWA puts its canary there).
+#[tokio::test]
+async fn access_lines_of_the_binary_in_text_and_json() {
+    support::init();
+    let pki = TestPki::new();
+    let cert = pki.issue(&[HOST]);
+    let exchange = exchange().await;
+    for format in ["text", "json"] {
+        let ports = Ports::new();
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = GatewayProcess::spawn_with_args(
+            dir.path(),
+            &gateway_toml(&ports, &cert, "0s", &exchange, &["/owa"]),
+            &ports.probe(),
+            &["--log-format", format],
+        )
+        .await;
+        let http = browser(&pki, &ports);
+        let response = http
+            .get(ports.url("/owa/service.svc?action=GetItem&canary=SECRET-CANARY"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.text().await.unwrap(), "/owa/service.svc");
+        let found = eventually(Duration::from_secs(5), || async {
+            gateway.log().contains("/owa/service.svc")
+        })
+        .await;
+        assert!(found, "no access line:\n{}", gateway.log());
+        let log = gateway.log();
+        assert!(
+            !log.contains("SECRET-CANARY"),
+            "query string logged:\n{log}"
+        );
+        let line = log
+            .lines()
+            .find(|line| line.contains("/owa/service.svc"))
+            .unwrap();
+        if format == "json" {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["target"], "access", "{line}");
+            assert_eq!(value["level"], "INFO", "{line}");
+            assert_eq!(value["client"], "127.0.0.1", "{line}");
+            assert_eq!(value["method"], "GET", "{line}");
+            assert_eq!(value["path"], "/owa/service.svc", "{line}");
+            assert_eq!(value["version"], "HTTP/1.1", "{line}");
+            assert_eq!(value["route"], format!("{HOST}/owa"), "{line}");
+            assert_eq!(value["status"], 200, "{line}");
+            assert_eq!(
+                value["upstream"],
+                exchange.url().trim_end_matches('/'),
+                "{line}"
+            );
+            assert_eq!(value["bytes"], "/owa/service.svc".len(), "{line}");
+            assert!(value["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
+        } else {
+            for field in [
+                " INFO access: client=127.0.0.1 method=GET path=\"/owa/service.svc\" ",
+                &format!(" route=\"{HOST}/owa\" status=200 "),
+                " bytes=16",
+            ] {
+                assert!(line.contains(field), "{field} missing in {line}");
+            }
+        }
+    }
+}

@@ -15,70 +15,82 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the non-standard `Keep-Alive` and
+/// `Proxy-Connection`): they describe one connection and are never forwarded.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Headers that Exchange, IIS modules or other software behind the gateway could take for an
-/// identity asserted by a proxy. A browser never has a reason to send them: they are removed
-/// from every request, so nobody can claim to be someone by setting one.
-const IDENTITY_HEADERS: [&str; 14] = [
-    "remote-user",
-    "x-remote-user",
-    "x-user",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-preferred-username",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-preferred-username",
-    "x-ms-client-principal",
-    "x-ms-client-principal-name",
-    "x-ms-client-principal-id",
-    "x-ms-token-aad-id-token",
-    "x-ms-token-aad-access-token",
-];
+/// identity asserted by a proxy, and the gateway's own `x-mfagw-` prefix. A browser never has a
+/// reason to send them: they are removed from every request, so nobody can claim to be someone
+/// by setting one.
+fn is_identity_header(name: &str) -> bool {
+    matches!(
+        name,
+        "remote-user"
+            | "x-remote-user"
+            | "x-user"
+            | "x-forwarded-user"
+            | "x-forwarded-email"
+            | "x-forwarded-preferred-username"
+            | "x-auth-request-user"
+            | "x-auth-request-email"
+            | "x-auth-request-preferred-username"
+            | "x-ms-client-principal"
+            | "x-ms-client-principal-name"
+            | "x-ms-client-principal-id"
+            | "x-ms-token-aad-id-token"
+            | "x-ms-token-aad-access-token"
+    ) || name.starts_with("x-mfagw-")
+}
 
-/// Removes client-sent identity headers (and any `x-mfagw-*` header, the gateway's own prefix).
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
+/// Removes every header whose name `doomed` picks, in one pass over the names. Usually none
+/// is picked, and then nothing is allocated or looked up again.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if doomed(name) {
+            found.push(name.clone());
+        }
     }
-    let own: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-mfagw-"))
-        .cloned()
-        .collect();
-    for name in own {
+    for name in found {
         headers.remove(name);
     }
 }
 
+/// Removes client-sent identity headers (and any `x-mfagw-*` header, the gateway's own prefix).
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    remove_where(headers, |name| is_identity_header(name.as_str()));
+}
+
 /// Removes hop-by-hop headers and every header listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            // The usual tokens (`keep-alive`, `upgrade`) name hop-by-hop headers anyway.
+            match HeaderName::from_bytes(token.trim().as_bytes()) {
+                Ok(name) if !is_hop_by_hop(name.as_str()) => named.push(name),
+                _ => {}
+            }
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| {
+        is_hop_by_hop(name.as_str()) || named.contains(name)
+    });
 }
 
 /// The protocol a request asks to switch to (WebSocket), when it asks in the HTTP/1.1 way:

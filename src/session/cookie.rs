@@ -38,7 +38,24 @@ pub fn is_valid_cookie_name(name: &str) -> bool {
 }
 
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 fn sanitized_name(name: &str) -> String {
@@ -64,17 +81,17 @@ pub fn set_cookie_header(
     max_age: Duration,
     same_site: SameSite,
 ) -> HeaderValue {
-    let name = sanitized_name(name);
-    let value: String = value
-        .bytes()
-        .filter(|b| is_cookie_octet(*b))
-        .map(char::from)
-        .collect();
-    header(format!(
-        "{name}={value}; Max-Age={}; HttpOnly; Secure; Path=/; SameSite={}",
-        max_age.as_secs(),
-        same_site.as_str()
-    ))
+    let mut text = Vec::with_capacity(name.len() + value.len() + 64);
+    text.extend(name.bytes().filter(|b| is_token_byte(*b)));
+    text.push(b'=');
+    text.extend(value.bytes().filter(|b| is_cookie_octet(*b)));
+    text.extend_from_slice(b"; Max-Age=");
+    text.extend_from_slice(max_age.as_secs().to_string().as_bytes());
+    text.extend_from_slice(b"; HttpOnly; Secure; Path=/; SameSite=");
+    text.extend_from_slice(same_site.as_str().as_bytes());
+    // Only token bytes, cookie octets and the fixed attributes: always a valid value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `Set-Cookie` that makes the browser drop one of the gateway's cookies. It repeats `Secure`
@@ -95,11 +112,10 @@ fn header(text: String) -> HeaderValue {
 /// Every `name=value` pair of every `Cookie` header, in order, borrowed from the headers.
 /// Pairs without `=`, or not UTF-8, are skipped (they cannot be the gateway's).
 pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
-        .filter_map(split_pair)
+    pieces(headers).filter_map(|piece| {
+        let (name, value) = split_raw(piece)?;
+        Some((std::str::from_utf8(name).ok()?, value_str(value)?))
+    })
 }
 
 /// The value of the cookie `name`, without allocating. When a browser sends the name twice
@@ -109,68 +125,85 @@ pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookie_values(headers, name).next()
 }
 
-/// Every value sent for the cookie `name`, in the order the browser sent them.
+/// Every value sent for the cookie `name`, in the order the browser sent them. Only the
+/// values of that name are decoded.
 pub fn cookie_values<'a, 'n>(
     headers: &'a HeaderMap,
     name: &'n str,
 ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-    cookies(headers)
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, v)| v)
+    pieces(headers).filter_map(move |piece| {
+        let (n, value) = split_raw(piece)?;
+        if n == name.as_bytes() {
+            value_str(value)
+        } else {
+            None
+        }
+    })
 }
 
 /// Removes the gateway's own cookies from a request going to Exchange. Every other cookie is
 /// kept byte for byte, in order, in a single `Cookie` header (what HTTP/1.1 servers expect);
 /// the header is removed when nothing is left.
 pub fn strip_cookies(headers: &mut HeaderMap, is_gateway_cookie: impl Fn(&str) -> bool) {
-    let fields = headers.get_all(COOKIE).iter().count();
-    if fields == 0 {
-        return;
+    let is_ours = |piece: &[u8]| {
+        split_raw(piece)
+            .and_then(|(name, _)| std::str::from_utf8(name).ok())
+            .is_some_and(&is_gateway_cookie)
+    };
+    let mut fields = 0;
+    let mut ours = false;
+    for value in headers.get_all(COOKIE) {
+        fields += 1;
+        ours = ours || value.as_bytes().split(|&b| b == b';').any(is_ours);
     }
-    if fields == 1 && !cookies(headers).any(|(name, _)| is_gateway_cookie(name)) {
+    if fields == 0 || (fields == 1 && !ours) {
         return;
     }
     let mut kept: Vec<u8> = Vec::new();
-    for value in headers.get_all(COOKIE) {
-        for piece in value.as_bytes().split(|&b| b == b';') {
-            let piece = trim_ows(piece);
-            if piece.is_empty() {
-                continue;
-            }
-            if split_pair(piece).is_some_and(|(name, _)| is_gateway_cookie(name)) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(piece);
+    for piece in pieces(headers) {
+        let piece = trim_ows(piece);
+        if piece.is_empty() || is_ours(piece) {
+            continue;
         }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(piece);
     }
     headers.remove(COOKIE);
     if kept.is_empty() {
         return;
     }
     // The kept bytes all come from valid header values, joined by "; ": always valid.
-    if let Ok(mut merged) = HeaderValue::from_bytes(&kept) {
+    if let Ok(mut merged) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
         merged.set_sensitive(true);
         headers.insert(COOKIE, merged);
     }
 }
 
-fn split_pair(piece: &[u8]) -> Option<(&str, &str)> {
-    let piece = trim_ows(piece);
+/// The `;`-separated pieces of every `Cookie` field, in order.
+fn pieces(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+}
+
+/// A piece split at its first `=` into the trimmed name and the raw value; `None` without `=`.
+fn split_raw(piece: &[u8]) -> Option<(&[u8], &[u8])> {
     let eq = piece.iter().position(|&b| b == b'=')?;
     let (name, value) = piece.split_at(eq);
-    let value = value.get(1..)?;
-    let name = std::str::from_utf8(trim_ows(name)).ok()?;
+    Some((trim_ows(name), value.get(1..)?))
+}
+
+/// A cookie value as text: trimmed, without the double quotes RFC 6265 allows around it.
+fn value_str(value: &[u8]) -> Option<&str> {
     let value = trim_ows(value);
-    // RFC 6265 allows a value in double quotes; the quotes are not part of it.
     let value = value
         .strip_prefix(b"\"")
         .and_then(|v| v.strip_suffix(b"\""))
         .unwrap_or(value);
-    let value = std::str::from_utf8(value).ok()?;
-    Some((name, value))
+    std::str::from_utf8(value).ok()
 }
 
 fn trim_ows(bytes: &[u8]) -> &[u8] {

@@ -454,6 +454,16 @@ impl GatewayProcess {
     /// Writes `toml` to `dir/gateway.toml`, starts `mfa-gateway run`, and waits until
     /// `GET http://{probe}` answers (any status).
     pub async fn spawn(dir: &Path, toml: &str, probe: &str) -> GatewayProcess {
+        GatewayProcess::spawn_with_args(dir, toml, probe, &[]).await
+    }
+
+    /// [`GatewayProcess::spawn`] with more arguments after `run --config FILE`.
+    pub async fn spawn_with_args(
+        dir: &Path,
+        toml: &str,
+        probe: &str,
+        args: &[&str],
+    ) -> GatewayProcess {
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, toml).unwrap();
         let log_path = dir.join("gateway.log");
@@ -462,6 +472,7 @@ impl GatewayProcess {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
