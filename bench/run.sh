@@ -375,7 +375,7 @@ if [ "${HOLD:-0}" = 1 ]; then
     printf '%s' "$COOKIE_APACHE" >"$work/cookie-apache.txt"
     log "holding: $work (gateway https://$HOST:$P_GATEWAY pid $PID_GATEWAY, nginx proxy :$P_NGINX pid $PID_NGINX, upstream :$P_UPSTREAM)"
     echo "$work" >&2
-    while :; do sleep 3600; done
+    while :; do sleep 3600 & wait $!; done
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +499,18 @@ run_h2load() { # ID LABEL PID PORT COOKIE [SCHEME [extra h2load arguments...]]
     record "$id" "$label" "${rps:-0}" "$p50" "$p99" "${n:-0}" $((cpu1 - cpu0)) "$(peak_rss_kib "$pid")" $((up1 - up0)) "$errors"
 }
 
+# A browser stores the re-sealed session cookie the gateway sends (at most once a minute, for
+# the idle timeout); wrk and h2load replay one fixed cookie, which after a minute would make the
+# gateway re-seal on every request. So each gateway row signs in anew right before it starts,
+# and its cookie is as fresh as a browser's for the row's warm-up and duration.
+fresh_gateway_cookie() {
+    COOKIE_GW="$(sign_in "$P_GATEWAY" gateway __Host-mfagw)" || die "gateway sign-in failed"
+}
+
 for id in $ROWS; do
+    case "$id" in
+        gw*) fresh_gateway_cookie ;;
+    esac
     case "$id" in
         direct) run_wrk direct "1. nginx, the 1 KB page directly (plain HTTP, ceiling)" "$PID_UPSTREAM" "$P_UPSTREAM" http "" 0 ;;
         nginx) run_wrk nginx "2. nginx proxy_pass, TLS, keep-alive" "$PID_NGINX" "$P_NGINX" https "" 0 ;;
@@ -525,6 +536,7 @@ if [ "$have_h2load" = 1 ] && [ -n "${RPS[gw]:-}" ] && [ "${RPS[gw]}" -gt 0 ] && 
     half=$(( RPS[gw] / 2 ))
     per_client=$(awk -v r="$half" -v c="$CONNS" 'BEGIN { v = r / c; printf "%.0f", (v < 1 ? 1 : v) }')
     H2_STREAMS_SAVED="$H2_STREAMS"; H2_STREAMS=1
+    fresh_gateway_cookie
     run_h2load half-direct "1½. the page directly at ½ of row 4's maximum (~${half}/s, HTTP/1.1)" "$PID_UPSTREAM" "$P_UPSTREAM" "" http --h1 --rps="$per_client"
     run_h2load half-gw "4½. mfa-gateway, session, TLS, at ½ of row 4's maximum (~${half}/s, HTTP/1.1)" "$PID_GATEWAY" "$P_GATEWAY" "$COOKIE_GW" https --h1 --rps="$per_client"
     H2_STREAMS="$H2_STREAMS_SAVED"

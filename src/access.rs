@@ -9,11 +9,10 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::{Method, Uri, Version};
+use http::{HeaderValue, Method, Uri, Version};
 use tracing::Level;
 
 use crate::body::BodyError;
@@ -54,7 +53,8 @@ pub struct AccessRecord {
     method: Method,
     uri: Uri,
     version: Version,
-    client: IpAddr,
+    /// The browser's address as text (formatted once per connection when it is the peer).
+    client: HeaderValue,
     status: u16,
     upstream: Option<Arc<str>>,
     bytes: u64,
@@ -69,7 +69,7 @@ impl AccessRecord {
         method: Method,
         uri: Uri,
         version: Version,
-        client: IpAddr,
+        client: HeaderValue,
     ) -> AccessRecord {
         AccessRecord {
             start,
@@ -171,11 +171,9 @@ impl AccessRecord {
         match format {
             Format::Text => {
                 write_timestamp(out, now);
-                let _ = write!(
-                    out,
-                    "  {level} access: client={} method={} path=",
-                    self.client, self.method
-                );
+                let _ = write!(out, "  {level} access: client=");
+                out.extend_from_slice(self.client.as_bytes());
+                let _ = write!(out, " method={} path=", self.method);
                 text_string(out, self.uri.path());
                 let _ = write!(out, " version={:?} route=", self.version);
                 text_string(out, &self.route.name);
@@ -192,9 +190,10 @@ impl AccessRecord {
                 write_timestamp(out, now);
                 let _ = write!(
                     out,
-                    "\",\"level\":\"{level}\",\"target\":\"access\",\"client\":\"{}\",\"method\":",
-                    self.client
+                    "\",\"level\":\"{level}\",\"target\":\"access\",\"client\":\""
                 );
+                out.extend_from_slice(self.client.as_bytes());
+                out.extend_from_slice(b"\",\"method\":");
                 json_string(out, self.method.as_str());
                 out.extend_from_slice(b",\"path\":");
                 json_string(out, self.uri.path());
@@ -223,7 +222,7 @@ impl AccessRecord {
         match &self.failure {
             None => tracing::info!(
                 target: "access",
-                client = %self.client,
+                client = self.client.to_str().unwrap_or("-"),
                 method = %self.method,
                 path = self.uri.path(),
                 version = ?self.version,
@@ -235,7 +234,7 @@ impl AccessRecord {
             ),
             Some((side, detail)) => tracing::warn!(
                 target: "access",
-                client = %self.client,
+                client = self.client.to_str().unwrap_or("-"),
                 method = %self.method,
                 path = self.uri.path(),
                 version = ?self.version,
@@ -313,7 +312,7 @@ mod tests {
             Method::GET,
             path.parse().unwrap(),
             Version::HTTP_11,
-            "203.0.113.7".parse().unwrap(),
+            crate::proxy::headers::address_text("203.0.113.7".parse().unwrap()),
         );
         record.set_status(200);
         record.set_upstream(Arc::from("https://ex01.corp.contoso.com"));

@@ -140,28 +140,35 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> I
     client
 }
 
+/// An address as header text, for `X-Forwarded-For` and the access log. The peer of a
+/// connection is formatted once, when it connects, not for each of its requests.
+pub fn address_text(addr: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(addr.to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` for Exchange. From a trusted proxy the chain it sent is
 /// kept and the peer appended; from anyone else every client-sent forwarding header is replaced.
+/// `peer` is the connection's address as [`address_text`] wrote it.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     peer_trusted: bool,
     proto: &'static str,
     host: &HeaderValue,
 ) {
-    let peer_text = peer.to_string();
     if peer_trusted {
+        let peer_text = peer.to_str().unwrap_or_default();
         let chain: Vec<&str> = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let value = if chain.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", chain.join(", "))
-        };
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if chain.is_empty() {
+            headers.insert(X_FORWARDED_FOR, peer.clone());
+        } else if let Ok(value) =
+            HeaderValue::try_from(format!("{}, {peer_text}", chain.join(", ")))
+        {
             headers.insert(X_FORWARDED_FOR, value);
         }
         if !headers.contains_key(X_FORWARDED_PROTO) {
@@ -173,9 +180,7 @@ pub fn set_forwarded(
     } else {
         headers.remove(FORWARDED);
         headers.remove(X_REAL_IP);
-        if let Ok(value) = HeaderValue::try_from(peer_text) {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+        headers.insert(X_FORWARDED_FOR, peer.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
@@ -231,10 +236,10 @@ mod tests {
             ("x-real-ip", "1.2.3.4"),
             ("forwarded", "for=1.2.3.4"),
         ]);
-        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let peer = address_text("192.0.2.7".parse().unwrap());
         set_forwarded(
             &mut map,
-            peer,
+            &peer,
             false,
             "https",
             &HeaderValue::from_static("mail.contoso.com"),
@@ -252,10 +257,10 @@ mod tests {
             ("x-forwarded-for", "198.51.100.9"),
             ("x-forwarded-proto", "https"),
         ]);
-        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let peer = address_text("10.0.0.5".parse().unwrap());
         set_forwarded(
             &mut map,
-            peer,
+            &peer,
             true,
             "http",
             &HeaderValue::from_static("mail.contoso.com"),

@@ -5,7 +5,6 @@
 pub mod headers;
 mod pool;
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,8 @@ use crate::error::GatewayError;
 
 /// What the proxy needs to know about the browser's connection.
 pub struct Downstream {
-    pub peer: IpAddr,
+    /// The connection's address, as [`headers::address_text`] wrote it.
+    pub peer: HeaderValue,
     pub peer_trusted: bool,
     /// `https` or `http` as the browser sees the gateway (a trusted load balancer that
     /// terminates TLS reports it in `X-Forwarded-Proto`).
@@ -87,7 +87,7 @@ pub async fn forward(
     let proto = downstream.scheme;
     headers::set_forwarded(
         &mut headers,
-        downstream.peer,
+        &downstream.peer,
         downstream.peer_trusted,
         proto,
         &host,

@@ -2,7 +2,9 @@
 //! on the TLS handshake, HTTP/1.1 and HTTP/2 served by hyper, and a drain signal that lets each
 //! connection finish its request in flight before closing.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{request, Shared};
+use super::{request, HttpBuilders, Shared};
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -69,7 +71,7 @@ async fn serve_connection(
     shared.metrics.connection_opened();
     let _closed = ClosedGuard(shared.clone());
     let snapshot = shared.snapshot.load_full();
-    let builder = snapshot.http.clone();
+    let builders = snapshot.http.clone();
     let handshake_deadline = snapshot.config.server.header_read_timeout;
     drop(snapshot);
 
@@ -89,32 +91,99 @@ async fn serve_connection(
                         return;
                     }
                 };
-            serve_http(TokioIo::new(stream), peer, true, shared, builder, drain).await;
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve_http(
+                TokioIo::new(stream),
+                peer,
+                protocol,
+                shared,
+                builders,
+                drain,
+            )
+            .await;
         }
-        None => serve_http(TokioIo::new(stream), peer, false, shared, builder, drain).await,
+        None => {
+            serve_http(
+                TokioIo::new(stream),
+                peer,
+                Protocol::Sniffed,
+                shared,
+                builders,
+                drain,
+            )
+            .await
+        }
     }
+}
+
+/// How a connection's HTTP version is known.
+#[derive(Clone, Copy)]
+enum Protocol {
+    /// TLS with ALPN `h2`.
+    Http2,
+    /// TLS with ALPN `http/1.1`, or none.
+    Http1,
+    /// Plain HTTP: from the first bytes (HTTP/2 prior knowledge or HTTP/1.1).
+    Sniffed,
 }
 
 async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
-    tls: bool,
+    protocol: Protocol,
     shared: Arc<Shared>,
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    builders: Arc<HttpBuilders>,
     drain: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let tls = !matches!(protocol, Protocol::Sniffed);
+    let peer_text = crate::proxy::headers::address_text(peer.ip());
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(request::handle(req, peer, tls, &shared).await) }
+        let peer_text = peer_text.clone();
+        // Boxed: hyper keeps room for the service's future in every connection for as long as
+        // it lives; a box takes that memory only while a request is in flight.
+        Box::pin(async move {
+            Ok::<_, std::convert::Infallible>(
+                request::handle(req, peer, &peer_text, tls, &shared).await,
+            )
+        })
     });
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    match protocol {
+        Protocol::Http1 => {
+            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+            drive(connection, &drain, peer, |c| c.graceful_shutdown()).await;
+        }
+        Protocol::Http2 => {
+            let connection = builders.http2.serve_connection(io, service);
+            drive(connection, &drain, peer, |c| c.graceful_shutdown()).await;
+        }
+        Protocol::Sniffed => {
+            let connection = builders.auto.serve_connection_with_upgrades(io, service);
+            drive(connection, &drain, peer, |c| c.graceful_shutdown()).await;
+        }
+    }
+}
+
+/// Runs a connection to its end; on drain, asks it to finish the request in flight and close.
+async fn drive<C, E>(
+    connection: C,
+    drain: &CancellationToken,
+    peer: SocketAddr,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = drain.cancelled() => {
-            connection.as_mut().graceful_shutdown();
+            graceful_shutdown(connection.as_mut());
             connection.await
         }
     };

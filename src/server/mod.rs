@@ -49,7 +49,7 @@ pub struct Snapshot {
     /// Hosts named by routes: the only hosts the HTTP listener redirects to HTTPS.
     pub hosts: Vec<String>,
     /// Connection settings for new browser connections.
-    pub(crate) http: Arc<auto::Builder<TokioExecutor>>,
+    pub(crate) http: Arc<HttpBuilders>,
     /// Sign-in through Entra ID, when `[oidc]` is configured.
     pub sign_in: Option<Arc<SignIn>>,
 }
@@ -130,7 +130,7 @@ impl Snapshot {
                 hosts.push(route.host.to_ascii_lowercase());
             }
         }
-        let http = Arc::new(http_builder(&config.server));
+        let http = Arc::new(HttpBuilders::new(&config.server));
         Ok((
             Snapshot {
                 config,
@@ -162,24 +162,52 @@ impl Snapshot {
     }
 }
 
-fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(250)
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
-        .keep_alive_timeout(std::time::Duration::from_secs(20));
-    builder
+/// hyper's connection settings, from `[server]`.
+pub(crate) struct HttpBuilders {
+    /// Plain HTTP: HTTP/1.1, or HTTP/2 with prior knowledge, told apart by the first bytes.
+    pub(crate) auto: auto::Builder<TokioExecutor>,
+    /// TLS connections, whose protocol ALPN has settled: no bytes are read ahead to guess it
+    /// (that first short read would double hyper's read buffer on every idle connection).
+    pub(crate) http1: hyper::server::conn::http1::Builder,
+    pub(crate) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// The HTTP/1.1 settings, applied to hyper's builder and to the automatic one alike.
+macro_rules! http1_settings {
+    ($builder:expr, $server:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($server.header_read_timeout)
+            .max_buf_size($server.max_header_bytes.max(8192))
+            .keep_alive(true)
+    };
+}
+
+/// The HTTP/2 settings, applied to hyper's builder and to the automatic one alike.
+macro_rules! http2_settings {
+    ($builder:expr, $server:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from($server.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(250)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+            .keep_alive_timeout(std::time::Duration::from_secs(20))
+    };
+}
+
+impl HttpBuilders {
+    fn new(server: &ServerConfig) -> HttpBuilders {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        http1_settings!(auto.http1(), server);
+        http2_settings!(auto.http2(), server);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1_settings!(http1, server);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2_settings!(http2, server);
+        HttpBuilders { auto, http1, http2 }
+    }
 }
 
 /// State shared by every connection of the gateway.

@@ -27,6 +27,7 @@ const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 pub(super) async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
+    peer_text: &HeaderValue,
     tls: bool,
     shared: &Arc<Shared>,
 ) -> Response<ResponseBody> {
@@ -35,6 +36,11 @@ pub(super) async fn handle(
     let trusted = &snapshot.config.server.trusted_proxies;
     let peer_trusted = headers::is_trusted(peer.ip(), trusted);
     let client = headers::client_address(request.headers(), peer.ip(), trusted);
+    let client_text = if client == peer.ip() {
+        peer_text.clone()
+    } else {
+        headers::address_text(client)
+    };
     let mut record = AccessRecord::new(
         start,
         shared.metrics.clone(),
@@ -42,7 +48,7 @@ pub(super) async fn handle(
         request.method().clone(),
         request.uri().clone(),
         request.version(),
-        client,
+        client_text,
     );
 
     let outcome: Result<Response<ResponseBody>, GatewayError> = 'outcome: {
@@ -188,7 +194,7 @@ pub(super) async fn handle(
             });
         }
         let downstream = Downstream {
-            peer: peer.ip(),
+            peer: peer_text.clone(),
             peer_trusted,
             scheme,
         };
