@@ -34,7 +34,7 @@ use crate::config::{Config, MfaConfig, OidcConfig, ResponseMode, SessionConfig};
 use crate::pages::Page;
 use crate::session::{
     clear_cookie_header, cookies, find_cookie, set_cookie_header, EntraId, Guid, LoginTransaction,
-    MfaEvidence, Revocations, SameSite, Session, SessionKey, SessionSeal,
+    MfaEvidence, OpenedSessions, Revocations, SameSite, Session, SessionKey, SessionSeal,
 };
 use backchannel::BackChannel;
 use client_auth::ClientAuthenticator;
@@ -75,14 +75,14 @@ pub struct StepUp {
 pub enum Admission {
     /// Let the request through; `reseal` is a Set-Cookie refreshing the idle timer.
     Allowed {
-        session: Box<Session>,
+        session: Arc<Session>,
         reseal: Option<HeaderValue>,
     },
     /// No usable session (none, tampered, expired) or not fresh/strong enough for this route.
     SignInRequired { step_up: StepUp, why: &'static str },
     /// Signed in, but this route's policy refuses the user.
     Denied {
-        session: Box<Session>,
+        session: Arc<Session>,
         why: &'static str,
     },
 }
@@ -118,6 +118,8 @@ pub struct SignIn {
     used_states: Mutex<HashMap<String, u64>>,
     /// Sessions ended by sign-out or front-channel logout; kept across reloads.
     revocations: Arc<Revocations>,
+    /// What recent session cookies opened to (with these keys): not opened again per request.
+    opened: OpenedSessions,
     rng: SystemRandom,
 }
 
@@ -187,6 +189,7 @@ impl SignIn {
             clock,
             used_states: Mutex::new(HashMap::new()),
             revocations,
+            opened: OpenedSessions::default(),
             rng: SystemRandom::new(),
         })))
     }
@@ -217,7 +220,7 @@ impl SignIn {
         let Some(value) = find_cookie(headers, self.seal.cookie_name()) else {
             return sign_in("no_session");
         };
-        let Some(mut session) = self.seal.open(value) else {
+        let Some(session) = self.open_session(value) else {
             return sign_in("session_unreadable");
         };
         if let Err(expired) = session.check(now, self.session.idle_timeout) {
@@ -271,21 +274,27 @@ impl SignIn {
             } else {
                 "not_in_group"
             };
-            return Admission::Denied {
-                session: Box::new(session),
-                why,
-            };
+            return Admission::Denied { session, why };
         }
         let reseal = if session.needs_touch(now) {
-            session.touch(now);
-            self.session_cookie(&session).ok()
+            let mut touched = Session::clone(&session);
+            touched.touch(now);
+            self.session_cookie(&touched).ok()
         } else {
             None
         };
-        Admission::Allowed {
-            session: Box::new(session),
-            reseal,
+        Admission::Allowed { session, reseal }
+    }
+
+    /// The session in a session cookie's value: remembered from an earlier request with the
+    /// same value, or opened now.
+    fn open_session(&self, value: &str) -> Option<Arc<Session>> {
+        if let Some(session) = self.opened.get(value) {
+            return Some(session);
         }
+        let session = Arc::new(self.seal.open(value)?);
+        self.opened.insert(value, session.clone());
+        Some(session)
     }
 
     fn session_cookie(&self, session: &Session) -> Result<HeaderValue, ()> {

@@ -27,6 +27,7 @@
 pub mod cookie;
 mod login;
 mod model;
+mod opened;
 mod revocation;
 mod seal;
 
@@ -36,6 +37,7 @@ pub use cookie::{
 };
 pub use login::LoginTransaction;
 pub use model::{EntraId, Guid, MfaEvidence, Session, SessionExpired, SessionId, TOUCH_INTERVAL};
+pub use opened::OpenedSessions;
 pub use revocation::Revocations;
 pub use seal::{SealError, SessionKey, SessionSeal, FORMAT_VERSION, MIN_KEY_BYTES};
 

@@ -19,7 +19,7 @@ fn ring(keys: Vec<SessionKey>) -> SessionSeal {
 }
 
 /// A sign-in shaped like a real Entra v1.0 one, with long-ish names so the size test is honest.
-fn session(groups: usize) -> Session {
+pub(super) fn session(groups: usize) -> Session {
     let mut session = Session::new(
         SessionId([0xa5; 16]),
         EntraId::parse("4f1c2a7e-9b3d-4e8f-a1c2-3d4e5f6a7b8c"),
