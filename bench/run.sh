@@ -536,8 +536,11 @@ if [ "$have_h2load" = 1 ] && [ -n "${RPS[gw]:-}" ] && [ "${RPS[gw]}" -gt 0 ] && 
     half=$(( RPS[gw] / 2 ))
     per_client=$(awk -v r="$half" -v c="$CONNS" 'BEGIN { v = r / c; printf "%.0f", (v < 1 ? 1 : v) }')
     H2_STREAMS_SAVED="$H2_STREAMS"; H2_STREAMS=1
-    fresh_gateway_cookie
     run_h2load half-direct "1½. the page directly at ½ of row 4's maximum (~${half}/s, HTTP/1.1)" "$PID_UPSTREAM" "$P_UPSTREAM" "" http --h1 --rps="$per_client"
+    if [[ " $ROWS " == *" nginx "* ]]; then
+        run_h2load half-nginx "2½. nginx proxy_pass, TLS, at ½ of row 4's maximum (~${half}/s, HTTP/1.1)" "$PID_NGINX" "$P_NGINX" "" https --h1 --rps="$per_client"
+    fi
+    fresh_gateway_cookie
     run_h2load half-gw "4½. mfa-gateway, session, TLS, at ½ of row 4's maximum (~${half}/s, HTTP/1.1)" "$PID_GATEWAY" "$P_GATEWAY" "$COOKIE_GW" https --h1 --rps="$per_client"
     H2_STREAMS="$H2_STREAMS_SAVED"
 fi
@@ -567,6 +570,9 @@ ratio() { # a b -> a/b with 2 decimals, or n/a
     echo "| 4c / 3c (new TLS connection per request) | $(ratio "${RPS[gw-close]:-}" "${RPS[apache-close]:-}") |"
     if [ -n "${P99[half-gw]:-}" ] && [ -n "${P99[half-direct]:-}" ]; then
         echo "| p99 added by the gateway over the direct page at ½ load, 4½ − 1½ (target ≤ 1 ms) | $(awk -v a="${P99[half-gw]}" -v b="${P99[half-direct]}" 'BEGIN { printf "%.3f ms", a - b }') |"
+    fi
+    if [ -n "${P99[half-nginx]:-}" ] && [ -n "${P99[half-direct]:-}" ]; then
+        echo "| p99 added by nginx proxy_pass over the direct page at ½ load, 2½ − 1½ (for comparison) | $(awk -v a="${P99[half-nginx]}" -v b="${P99[half-direct]}" 'BEGIN { printf "%.3f ms", a - b }') |"
     fi
     echo
     echo "Load: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after ${WARMUP}s warm-up); HTTP/2: h2load -t$THREADS -c$CONNS -m$H2_STREAMS -D $DURATION (after ${WARMUP}s warm-up); ½ load: h2load --h1 -m1 --rps per connection."

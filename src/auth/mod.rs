@@ -120,6 +120,8 @@ pub struct SignIn {
     revocations: Arc<Revocations>,
     /// What recent session cookies opened to (with these keys): not opened again per request.
     opened: OpenedSessions,
+    /// `oidc.allowed_tenants`, parsed once: a session's tenant is checked on every request.
+    allowed_tenants: Vec<EntraId>,
     rng: SystemRandom,
 }
 
@@ -190,6 +192,11 @@ impl SignIn {
             used_states: Mutex::new(HashMap::new()),
             revocations,
             opened: OpenedSessions::default(),
+            allowed_tenants: oidc
+                .allowed_tenants
+                .iter()
+                .map(|t| EntraId::parse(t))
+                .collect(),
             rng: SystemRandom::new(),
         })))
     }
@@ -229,12 +236,7 @@ impl SignIn {
         if self.revocations.is_revoked(&session) {
             return sign_in("session_revoked");
         }
-        if !self
-            .oidc
-            .allowed_tenants
-            .iter()
-            .any(|t| session.tid.matches(t))
-        {
+        if !self.allowed_tenants.contains(&session.tid) {
             return sign_in("tenant_no_longer_allowed");
         }
         let age = now.saturating_sub(session.auth_time);
