@@ -12,6 +12,7 @@
 #   KEEP=1        keep the temporary directory (configs, logs) and print its path
 #   OUT=FILE      where the markdown table is written as well
 #   HOLD=1        start and sign in, then keep everything running (no rows) until Ctrl-C
+#   ROUNDS=1      run the rows (in order) this many times; the table shows each row's median
 #
 # Rows (ids): direct, nginx, nginx-close, nginx-h2, apache, apache-close, gw, gw-h2, gw-close.
 # Every server is started by this script with its own configuration in a temporary directory
@@ -26,6 +27,7 @@ WARMUP="${WARMUP:-2}"
 THREADS="${THREADS:-2}"
 CONNS="${CONNS:-64}"
 H2_STREAMS="${H2_STREAMS:-10}"
+ROUNDS="${ROUNDS:-1}"
 ROWS="${ROWS:-direct nginx nginx-close nginx-h2 apache apache-close gw gw-h2 gw-close}"
 HOST=mail.contoso.test
 
@@ -428,17 +430,34 @@ to_ms() { # "1.23ms" / "456.00us" / "1.01s" -> milliseconds
 }
 
 declare -A RPS P50 P99 CPU RSS FWD ERR LABEL
+# Every round's figures of a row, space-separated; the table shows their median.
+declare -A RPS_ALL P50_ALL P99_ALL CPU_ALL RSS_ALL FWD_ALL ERR_ALL
 results=()
 
 # record ID LABEL RPS P50_MS P99_MS REQUESTS CPU_TICKS RSS_KIB UPSTREAM_DELTA ERRORS
 record() {
     local id="$1"
-    LABEL[$id]="$2"; RPS[$id]="$3"; P50[$id]="$4"; P99[$id]="$5"
-    CPU[$id]="$(awk -v t="$7" -v n="$6" -v hz="$TICKS" 'BEGIN { if (n > 0) printf "%.3f", t / hz / n * 10000; else print "?" }')"
-    RSS[$id]="$(awk -v k="$8" 'BEGIN { printf "%.1f", k / 1024 }')"
-    FWD[$id]="$(awk -v u="$9" -v n="$6" 'BEGIN { if (n > 0) printf "%.3f", u / n; else print "?" }')"
-    ERR[$id]="${10}"
-    results+=("$id")
+    [ -n "${LABEL[$id]:-}" ] || results+=("$id")
+    LABEL[$id]="$2"
+    RPS_ALL[$id]+="$3 "; P50_ALL[$id]+="$4 "; P99_ALL[$id]+="$5 "
+    CPU_ALL[$id]+="$(awk -v t="$7" -v n="$6" -v hz="$TICKS" 'BEGIN { if (n > 0) printf "%.3f", t / hz / n * 10000; else print "?" }') "
+    RSS_ALL[$id]+="$(awk -v k="$8" 'BEGIN { printf "%.1f", k / 1024 }') "
+    FWD_ALL[$id]+="$(awk -v u="$9" -v n="$6" 'BEGIN { if (n > 0) printf "%.3f", u / n; else print "?" }') "
+    ERR_ALL[$id]+="${10} "
+    summarize "$id"
+}
+
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "?" }'; }
+largest() { tr ' ' '\n' | awk 'NF' | sort -g | tail -n1; }
+total() { tr ' ' '\n' | awk 'NF { s += $1 } END { print s + 0 }'; }
+
+# The figures of a row over its rounds: medians; peak RSS the largest, errors the sum.
+summarize() {
+    local id="$1"
+    RPS[$id]="$(median <<<"${RPS_ALL[$id]}")"; P50[$id]="$(median <<<"${P50_ALL[$id]}")"
+    P99[$id]="$(median <<<"${P99_ALL[$id]}")"; CPU[$id]="$(median <<<"${CPU_ALL[$id]}")"
+    RSS[$id]="$(largest <<<"${RSS_ALL[$id]}")"; FWD[$id]="$(median <<<"${FWD_ALL[$id]}")"
+    ERR[$id]="$(total <<<"${ERR_ALL[$id]}")"
 }
 
 run_wrk() { # ID LABEL PID PORT SCHEME COOKIE CLOSE
@@ -507,6 +526,8 @@ fresh_gateway_cookie() {
     COOKIE_GW="$(sign_in "$P_GATEWAY" gateway __Host-mfagw)" || die "gateway sign-in failed"
 }
 
+for round in $(seq 1 "$ROUNDS"); do
+[ "$ROUNDS" = 1 ] || log "round $round of $ROUNDS"
 for id in $ROWS; do
     case "$id" in
         gw*) fresh_gateway_cookie ;;
@@ -527,6 +548,7 @@ for id in $ROWS; do
         gw-close) run_wrk gw-close "4c. mfa-gateway, session, new TLS connection per request" "$PID_GATEWAY" "$P_GATEWAY" https "$COOKIE_GW" 1 ;;
         *) die "unknown row '$id'" ;;
     esac
+done
 done
 
 # Half load: the direct page and the gateway, HTTP/1.1 keep-alive, both at half the gateway's
@@ -564,6 +586,9 @@ ratio() { # a b -> a/b with 2 decimals, or n/a
     echo "| Ratio | Value |"
     echo "|---|---:|"
     echo "| 4 / 2 (gateway / nginx proxy_pass, keep-alive) | $(ratio "${RPS[gw]:-}" "${RPS[nginx]:-}") |"
+    if [ "$ROUNDS" -gt 1 ] && [ -n "${RPS_ALL[gw]:-}" ] && [ -n "${RPS_ALL[nginx]:-}" ]; then
+        echo "| 4 / 2 in each round | $(paste -d' ' <(tr ' ' '\n' <<<"${RPS_ALL[gw]}" | awk 'NF') <(tr ' ' '\n' <<<"${RPS_ALL[nginx]}" | awk 'NF') | awk '{ printf "%s%.2f×", (NR > 1 ? ", " : ""), $1 / $2 }') |"
+    fi
     echo "| 4 / 3 (gateway / Apache + mod_auth_openidc, keep-alive) | $(ratio "${RPS[gw]:-}" "${RPS[apache]:-}") |"
     echo "| 4h / 2h (HTTP/2) | $(ratio "${RPS[gw-h2]:-}" "${RPS[nginx-h2]:-}") |"
     echo "| 4c / 2c (new TLS connection per request) | $(ratio "${RPS[gw-close]:-}" "${RPS[nginx-close]:-}") |"
@@ -575,6 +600,7 @@ ratio() { # a b -> a/b with 2 decimals, or n/a
         echo "| p99 added by nginx proxy_pass over the direct page at ½ load, 2½ − 1½ (for comparison) | $(awk -v a="${P99[half-nginx]}" -v b="${P99[half-direct]}" 'BEGIN { printf "%.3f ms", a - b }') |"
     fi
     echo
+    [ "$ROUNDS" = 1 ] || echo "Rounds: the rows ran $ROUNDS times, in order (1, 2, …, 4c, then again); each figure is the median of the rounds (peak RSS: the largest, errors: the sum). Half-load rows: once, after the rounds, at half of row 4's median."
     echo "Load: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after ${WARMUP}s warm-up); HTTP/2: h2load -t$THREADS -c$CONNS -m$H2_STREAMS -D $DURATION (after ${WARMUP}s warm-up); ½ load: h2load --h1 -m1 --rps per connection."
     echo "Latency: wrk --latency percentiles; for h2load rows, percentiles of its per-request log."
     echo "CPU and peak RSS are those of the server under test only (for rows 2–4 not the upstream nginx); all processes (master and workers). Errors: non-2xx/3xx answers and socket errors."
