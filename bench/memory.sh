@@ -99,36 +99,9 @@ gw_bin="${GW_BIN:-$root/target/release/mfa-gateway}"
 provider_bin="$root/target/release/test-provider"
 [ -x "$gw_bin" ] && [ -x "$provider_bin" ] || die "release binaries missing: cargo build --release --bins"
 
-work="$(mktemp -d /tmp/mfagw-memory.XXXXXX)"
-chmod 755 "$work" # nginx workers (not root) read the page and the big file here
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    sleep 0.5
-    for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    if [ "${KEEP:-0}" = 1 ]; then
-        log "kept $work"
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits until a TCP port answers (curl exit 0 or any HTTP status), at most 20 s.
-wait_port() {
-    local url="$1" i
-    for i in $(seq 1 200); do
-        if curl -sk -o /dev/null --max-time 1 "$url"; then return 0; fi
-        sleep 0.1
-    done
-    die "nothing answers at $url (see the logs in $work; KEEP=1 keeps them)"
-}
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+new_workdir mfagw-memory
 
 # ---------------------------------------------------------------------------------------------
 # PKI, the 1 KB page, the big file, the upload source
@@ -150,25 +123,13 @@ fi
 # ---------------------------------------------------------------------------------------------
 # nginx: the upstream and the proxy, two instances.
 
-nginx_common() { # $1 = name
-    cat <<EOF
-daemon off;
-master_process on;
-worker_processes auto;
-worker_rlimit_nofile $NOFILE;
-pid $work/$1.pid;
-error_log $work/$1.error.log warn;
-events { worker_connections $WORKER_CONNECTIONS; }
-EOF
-}
-
 # The upstream: the 1 KB page, a big file (sendfile), and an upload sink. The sink is a WebDAV
 # PUT: nginx reads the whole body (into a temporary file, renamed into place) before it answers
 # 201/204, so the answer cannot overtake the upload, and the stored file's size proves that
 # every byte went through the proxy. (A plain "return 200" answers at once and discards the body
 # afterwards: a proxy could then finish early without forwarding it all.)
 {
-    nginx_common upstream
+    nginx_common upstream "$WORKER_CONNECTIONS" "$NOFILE"
     cat <<EOF
 http {
     access_log off;
@@ -209,7 +170,7 @@ else
     nginx_buffering="proxy_buffering on, proxy_max_temp_file_size 0"
 fi
 {
-    nginx_common proxy
+    nginx_common proxy "$WORKER_CONNECTIONS" "$NOFILE"
     cat <<EOF
 http {
     access_log off;
@@ -375,29 +336,8 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Measurement helpers
 
-# PIDs of a server: the process and its children (nginx workers).
-server_pids() { echo "$1"; pgrep -P "$1" 2>/dev/null || true; }
-
-# Sum of one /proc/PID/status field (in kB) over the server's processes, in KiB.
-status_kib() { # PID FIELD
-    local total=0 pid kib
-    for pid in $(server_pids "$1"); do
-        kib="$(awk -v f="$2:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)"
-        total=$((total + ${kib:-0}))
-    done
-    echo "$total"
-}
-rss_kib() { status_kib "$1" VmRSS; }
+# Anonymous memory (heap, not files) of a server, in KiB.
 anon_kib() { status_kib "$1" RssAnon; }
-peak_rss_kib() { status_kib "$1" VmHWM; }
-
-# Resets the peak RSS (VmHWM) of a server's processes to their current RSS (Linux >= 4.0).
-reset_peak_rss() {
-    local pid
-    for pid in $(server_pids "$1"); do
-        echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || die "cannot reset VmHWM of $pid (/proc/$pid/clear_refs)"
-    done
-}
 
 # smaps_rollup of each process of a server, for the record (KEEP=1 keeps them).
 snapshot_smaps() { # PID NAME

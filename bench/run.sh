@@ -62,36 +62,9 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 [ -x "$gw_bin" ] && [ -x "$provider_bin" ] || die "release binaries missing: cargo build --release --bins"
 
-work="$(mktemp -d /tmp/mfagw-bench.XXXXXX)"
-chmod 755 "$work" # Apache's children (www-data) read the page and nothing else here.
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    sleep 0.5
-    for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    if [ "${KEEP:-0}" = 1 ]; then
-        log "kept $work"
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits until a TCP port answers (curl exit 0 or any HTTP status), at most 20 s.
-wait_port() {
-    local url="$1" i
-    for i in $(seq 1 200); do
-        if curl -sk -o /dev/null --max-time 1 "$url"; then return 0; fi
-        sleep 0.1
-    done
-    die "nothing answers at $url (see the logs in $work; KEEP=1 keeps them)"
-}
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+new_workdir mfagw-bench
 
 # ---------------------------------------------------------------------------------------------
 # PKI and the 1 KB page
@@ -108,19 +81,8 @@ cp "$work/www/index.html" "$work/www/page"
 # ---------------------------------------------------------------------------------------------
 # nginx: the upstream (row 1 measures it directly) and the proxy (row 2), two instances.
 
-nginx_common() { # $1 = name
-    cat <<EOF
-daemon off;
-master_process on;
-worker_processes auto;
-pid $work/$1.pid;
-error_log $work/$1.error.log warn;
-events { worker_connections 16384; }
-EOF
-}
-
 {
-    nginx_common upstream
+    nginx_common upstream 16384
     cat <<EOF
 http {
     access_log off;
@@ -141,7 +103,7 @@ EOF
 } >"$work/upstream.conf"
 
 {
-    nginx_common proxy
+    nginx_common proxy 16384
     cat <<EOF
 http {
     access_log off;
@@ -384,40 +346,6 @@ fi
 # Measurement
 
 TICKS="$(getconf CLK_TCK)"
-
-# PIDs of a server: the process and its children (nginx/apache workers).
-server_pids() { echo "$1"; pgrep -P "$1" 2>/dev/null || true; }
-
-# utime+stime (+ cutime+cstime: children that exited) of a server, in ticks.
-cpu_ticks() {
-    local total=0 pid stat
-    for pid in $(server_pids "$1"); do
-        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
-        stat="${stat##*) }" # fields after "(comm) "; utime is field 14 = 12th here
-        set -- $stat
-        total=$((total + ${12} + ${13} + ${14} + ${15}))
-    done
-    echo "$total"
-}
-
-# Sum of VmHWM (peak RSS) over the server's processes, in KiB.
-peak_rss_kib() {
-    local total=0 pid kib
-    for pid in $(server_pids "$1"); do
-        kib="$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)"
-        total=$((total + ${kib:-0}))
-    done
-    echo "$total"
-}
-
-# Resets the peak RSS (VmHWM) of a server's processes to their current RSS (Linux >= 4.0), so
-# that each row reports its own peak, not the peak of an earlier row.
-reset_peak_rss() {
-    local pid
-    for pid in $(server_pids "$1"); do
-        echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
-    done
-}
 
 upstream_count() { curl -s "http://127.0.0.1:$P_STATUS/" | awk 'NR == 3 { print $3 }'; }
 
