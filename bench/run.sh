@@ -263,7 +263,9 @@ upstream = "page"
 access = "mfa"
 EOF
 "$gw_bin" check-config --config "$work/gateway.toml" >/dev/null || die "gateway configuration refused"
-RUST_LOG="${RUST_LOG:-warn}" "$gw_bin" run --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+# The gateway writes its access log (one line per request, to gateway.log) as in production;
+# nginx's and Apache's access logs are off.
+MFA_GATEWAY_LOG="${MFA_GATEWAY_LOG:-info}" "$gw_bin" run --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
 PID_GATEWAY=$!
 pids+=("$PID_GATEWAY")
 
