@@ -133,16 +133,28 @@ impl Drop for AccessRecord {
         if !enabled {
             return;
         }
-        match SINK.get() {
-            Some(sink) => LINE.with(|line| {
-                let Ok(mut line) = line.try_borrow_mut() else {
-                    return;
-                };
-                line.clear();
-                self.write_line(&mut line, sink.format, level, SystemTime::now(), elapsed);
-                (sink.write)(&line);
-            }),
-            None => self.emit_event(elapsed),
+        let Some(sink) = SINK.get() else {
+            self.emit_event(elapsed);
+            return;
+        };
+        let write = |line: &mut Vec<u8>| {
+            line.clear();
+            self.write_line(line, sink.format, level, SystemTime::now(), elapsed);
+            (sink.write)(line);
+        };
+        // The reused buffer, unless this thread is shutting down (or, which nothing does
+        // today, an access line is being written while another is formatted): then a new one.
+        let written = LINE
+            .try_with(|line| match line.try_borrow_mut() {
+                Ok(mut line) => {
+                    write(&mut line);
+                    true
+                }
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !written {
+            write(&mut Vec::with_capacity(512));
         }
     }
 }
@@ -172,7 +184,13 @@ impl AccessRecord {
             Format::Text => {
                 write_timestamp(out, now);
                 let _ = write!(out, "  {level} access: client=");
-                out.extend_from_slice(self.client.as_bytes());
+                // An address as the gateway formatted it; escaped all the same, like any value.
+                let client = self.client.to_str().unwrap_or("-");
+                if is_plain(client) && !client.contains(' ') {
+                    out.extend_from_slice(client.as_bytes());
+                } else {
+                    text_string(out, client);
+                }
                 let _ = write!(out, " method={} path=", self.method);
                 text_string(out, self.uri.path());
                 let _ = write!(out, " version={:?} route=", self.version);
@@ -190,10 +208,10 @@ impl AccessRecord {
                 write_timestamp(out, now);
                 let _ = write!(
                     out,
-                    "\",\"level\":\"{level}\",\"target\":\"access\",\"client\":\""
+                    "\",\"level\":\"{level}\",\"target\":\"access\",\"client\":"
                 );
-                out.extend_from_slice(self.client.as_bytes());
-                out.extend_from_slice(b"\",\"method\":");
+                json_string(out, self.client.to_str().unwrap_or("-"));
+                out.extend_from_slice(b",\"method\":");
                 json_string(out, self.method.as_str());
                 out.extend_from_slice(b",\"path\":");
                 json_string(out, self.uri.path());
@@ -254,18 +272,26 @@ impl AccessRecord {
 fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
-    SECOND.with(|second| {
-        let mut second = second.borrow_mut();
+    let format = |secs: u64| {
+        i64::try_from(secs)
+            .ok()
+            .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
+            .unwrap_or_default()
+    };
+    let cached = SECOND.try_with(|second| {
+        let Ok(mut second) = second.try_borrow_mut() else {
+            return false;
+        };
         if second.0 != secs {
-            let formatted = i64::try_from(secs)
-                .ok()
-                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
-                .map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
-                .unwrap_or_default();
-            *second = (secs, formatted);
+            *second = (secs, format(secs));
         }
         out.extend_from_slice(second.1.as_bytes());
+        true
     });
+    if cached != Ok(true) {
+        out.extend_from_slice(format(secs).as_bytes());
+    }
     let _ = write!(out, ".{:06}Z", since_epoch.subsec_micros());
 }
 
@@ -383,6 +409,22 @@ mod tests {
         let json = line(&record, Format::Json);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["path"], record.uri.path());
+    }
+
+    #[test]
+    fn a_client_value_cannot_forge_fields_either() {
+        let mut record = record("/owa/");
+        record.client = HeaderValue::from_static("203.0.113.7\", \"status\": 500, \"x\": \"");
+        let json = line(&record, Format::Json);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["client"], record.client.to_str().unwrap());
+        assert_eq!(value["status"], 200);
+        let text = line(&record, Format::Text);
+        assert!(text.contains(" status=200 "), "{text}");
+        assert!(
+            text.contains(r#"client="203.0.113.7\", \"status\""#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -949,3 +949,86 @@ async fn load_balancer_probe_without_a_host_header_gets_the_health_answer() {
     assert_eq!(status_of(&answer), Some(400), "{}", show(&answer));
     assert!(exchange.user_requests().is_empty());
 }
+
+/// Opens TLS with ALPN `h2` and sends nothing, not even the HTTP/2 connection preface.
+async fn silent_http2(
+    pki: &TestPki,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let stream = TlsConnector::from(Arc::new(pki.rustls_client_config(&[b"h2"])))
+        .connect(ServerName::try_from(HOST).expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+}
+
+/// Reads (the server's SETTINGS frame may come) until the gateway closes the connection;
+/// how long that took, or `None` if it was still open after `IO_LIMIT`.
+async fn until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(IO_LIMIT, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| start.elapsed())
+}
+
+#[tokio::test]
+async fn http2_client_that_never_sends_its_preface_is_closed_after_the_header_timeout() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&[HOST]);
+    let exchange = FakeExchange::builder("ex01").start().await;
+    let limits = Limits {
+        cert: Some(&cert),
+        ..Limits::default()
+    };
+    let gateway = TestGateway::start(&gateway_toml(&limits, &exchange, "127.0.0.1:0")).await;
+    let addr = gateway.https.expect("https listener");
+
+    let mut silent = silent_http2(&pki, addr).await;
+    let after = until_closed(&mut silent)
+        .await
+        .expect("still open after 10 s with header_read_timeout = 1s");
+    assert!(
+        after < Duration::from_secs(5),
+        "closed only after {after:?}"
+    );
+    assert!(exchange.user_requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_that_brought_no_request_does_not_hold_up_shutdown() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&[HOST]);
+    let exchange = FakeExchange::builder("ex01").start().await;
+    let limits = Limits {
+        cert: Some(&cert),
+        header_read_timeout: "30s",
+        ..Limits::default()
+    };
+    let toml = gateway_toml(&limits, &exchange, "127.0.0.1:0")
+        .replace("[server]\n", "[server]\nshutdown_grace = \"20s\"\n");
+    let gateway = TestGateway::start(&toml).await;
+    let addr = gateway.https.expect("https listener");
+
+    let mut silent = silent_http2(&pki, addr).await;
+    let start = Instant::now();
+    gateway.shutdown().await;
+    let drained = start.elapsed();
+    assert!(
+        drained < Duration::from_secs(3),
+        "the drain waited {drained:?} for a connection without a request"
+    );
+    assert!(
+        until_closed(&mut silent).await.is_some(),
+        "the silent connection is still open after the drain"
+    );
+}

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,6 +100,7 @@ async fn serve_connection(
                 TokioIo::new(stream),
                 peer,
                 protocol,
+                handshake_deadline,
                 shared,
                 builders,
                 drain,
@@ -110,6 +112,7 @@ async fn serve_connection(
                 TokioIo::new(stream),
                 peer,
                 Protocol::Sniffed,
+                handshake_deadline,
                 shared,
                 builders,
                 drain,
@@ -134,6 +137,7 @@ async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     protocol: Protocol,
+    first_request_timeout: Duration,
     shared: Arc<Shared>,
     builders: Arc<HttpBuilders>,
     drain: CancellationToken,
@@ -142,7 +146,15 @@ async fn serve_http<I>(
 {
     let tls = !matches!(protocol, Protocol::Sniffed);
     let peer_text = crate::proxy::headers::address_text(peer.ip());
+    let used = Arc::new(AtomicBool::new(false));
+    let watch = Watch {
+        used: used.clone(),
+        first_request_timeout,
+        drain,
+        peer,
+    };
     let service = service_fn(move |req| {
+        used.store(true, Ordering::Relaxed);
         let shared = shared.clone();
         let peer_text = peer_text.clone();
         // Boxed: hyper keeps room for the service's future in every connection for as long as
@@ -156,39 +168,65 @@ async fn serve_http<I>(
     match protocol {
         Protocol::Http1 => {
             let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            drive(connection, &drain, peer, |c| c.graceful_shutdown()).await;
+            watch.drive(connection, |c| c.graceful_shutdown()).await;
         }
         Protocol::Http2 => {
             let connection = builders.http2.serve_connection(io, service);
-            drive(connection, &drain, peer, |c| c.graceful_shutdown()).await;
+            watch.drive(connection, |c| c.graceful_shutdown()).await;
         }
         Protocol::Sniffed => {
             let connection = builders.auto.serve_connection_with_upgrades(io, service);
-            drive(connection, &drain, peer, |c| c.graceful_shutdown()).await;
+            watch.drive(connection, |c| c.graceful_shutdown()).await;
         }
     }
 }
 
-/// Runs a connection to its end; on drain, asks it to finish the request in flight and close.
-async fn drive<C, E>(
-    connection: C,
-    drain: &CancellationToken,
+/// What a connection is watched for besides its own protocol timers.
+struct Watch {
+    /// Set when the connection brings its first request.
+    used: Arc<AtomicBool>,
+    /// `server.header_read_timeout`: how long a connection may stay without any request.
+    /// hyper enforces it for HTTP/1.1 heads; an HTTP/2 client that negotiated `h2` and then
+    /// never sends its connection preface would otherwise hold its slot for ever.
+    first_request_timeout: Duration,
+    drain: CancellationToken,
     peer: SocketAddr,
-    graceful_shutdown: impl FnOnce(Pin<&mut C>),
-) where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = drain.cancelled() => {
-            graceful_shutdown(connection.as_mut());
-            connection.await
+}
+
+impl Watch {
+    /// Runs a connection to its end. On drain, a connection that has brought no request is
+    /// closed at once; any other is asked to finish the request in flight and close.
+    async fn drive<C, E>(self, connection: C, graceful_shutdown: impl FnOnce(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        tokio::pin!(connection);
+        let first_request = tokio::time::sleep(self.first_request_timeout);
+        tokio::pin!(first_request);
+        let unused = || !self.used.load(Ordering::Relaxed);
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = self.drain.cancelled() => {
+                    if unused() {
+                        return;
+                    }
+                    graceful_shutdown(connection.as_mut());
+                    break connection.await;
+                }
+                _ = first_request.as_mut(), if unused() => {
+                    // Checked again: a request may have come while the timer ran out.
+                    if unused() {
+                        tracing::debug!(peer = %self.peer, "no request within header_read_timeout");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
