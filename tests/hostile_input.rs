@@ -75,6 +75,17 @@ async fn plain_gateway(exchange: &FakeExchange, limits: Limits<'_>) -> (TestGate
     (gateway, addr)
 }
 
+/// A gateway serving HTTPS with `cert` and the defaults of [`Limits`] otherwise.
+async fn https_gateway(exchange: &FakeExchange, cert: &IssuedCert) -> (TestGateway, SocketAddr) {
+    let limits = Limits {
+        cert: Some(cert),
+        ..Limits::default()
+    };
+    let gateway = TestGateway::start(&gateway_toml(&limits, exchange, "127.0.0.1:0")).await;
+    let addr = gateway.https.expect("https listener");
+    (gateway, addr)
+}
+
 /// The body Exchange received for each request, or why it did not receive it whole.
 type Bodies = Arc<Mutex<Vec<Result<usize, String>>>>;
 
@@ -287,12 +298,7 @@ async fn slowloris_over_tls_is_cut_off_by_the_header_timeout() {
     let pki = TestPki::new();
     let cert = pki.issue(&[HOST]);
     let exchange = FakeExchange::builder("ex01").start().await;
-    let limits = Limits {
-        cert: Some(&cert),
-        ..Limits::default()
-    };
-    let gateway = TestGateway::start(&gateway_toml(&limits, &exchange, "127.0.0.1:0")).await;
-    let addr = gateway.https.expect("https listener");
+    let (_gateway, addr) = https_gateway(&exchange, &cert).await;
 
     let stream = tls_connect(&pki, addr).await;
     let ended = trickle(
@@ -310,12 +316,7 @@ async fn tls_handshake_that_never_completes_is_closed() {
     let pki = TestPki::new();
     let cert = pki.issue(&[HOST]);
     let exchange = FakeExchange::builder("ex01").start().await;
-    let limits = Limits {
-        cert: Some(&cert),
-        ..Limits::default()
-    };
-    let gateway = TestGateway::start(&gateway_toml(&limits, &exchange, "127.0.0.1:0")).await;
-    let addr = gateway.https.expect("https listener");
+    let (_gateway, addr) = https_gateway(&exchange, &cert).await;
 
     // Silent after connecting.
     let silent = TcpStream::connect(addr).await.expect("connect");
@@ -986,12 +987,7 @@ async fn http2_client_that_never_sends_its_preface_is_closed_after_the_header_ti
     let pki = TestPki::new();
     let cert = pki.issue(&[HOST]);
     let exchange = FakeExchange::builder("ex01").start().await;
-    let limits = Limits {
-        cert: Some(&cert),
-        ..Limits::default()
-    };
-    let gateway = TestGateway::start(&gateway_toml(&limits, &exchange, "127.0.0.1:0")).await;
-    let addr = gateway.https.expect("https listener");
+    let (_gateway, addr) = https_gateway(&exchange, &cert).await;
 
     let mut silent = silent_http2(&pki, addr).await;
     let after = until_closed(&mut silent)
