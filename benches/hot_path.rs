@@ -9,7 +9,6 @@
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, TRANSFER_ENCODING};
@@ -18,16 +17,16 @@ use ipnet::IpNet;
 use mfa_gateway::config::{Access, Config, MapSecrets, RouteConfig};
 use mfa_gateway::proxy::headers;
 use mfa_gateway::routing::{normalize_path, RouteMatch, Router};
-use mfa_gateway::session::{
-    strip_cookies, EntraId, MfaEvidence, Session, SessionId, SessionKey, SessionSeal,
-};
+use mfa_gateway::session::{strip_cookies, SessionKey, SessionSeal};
 
 const PUBLIC_HOST: &str = "mail.contoso.com";
 
 /// A browser on the internet: not one of the example's `trusted_proxies`.
 const BROWSER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23));
 
-const NOW: u64 = 1_800_000_000;
+mod common;
+
+use common::realistic_session;
 
 /// The secret files the example configuration names.
 const CLIENT_SECRET_FILE: &str = "/etc/mfa-gateway/client-secret";
@@ -186,22 +185,7 @@ fn sealed_session(config: &Config) -> (SessionSeal, String) {
         Ok(seal) => seal,
         Err(error) => panic!("{error}"),
     };
-    let mut session = Session::new(
-        SessionId([0x3c; 16]),
-        EntraId::parse("4f1c2a7e-9b3d-4e8f-a1c2-3d4e5f6a7b8c"),
-        EntraId::parse("3f2a9b1c-5d4e-4f60-8a7b-1c2d3e4f5a6b"),
-        NOW - 120,
-        NOW - 60,
-        Duration::from_secs(10 * 3600),
-    );
-    session.sid = Some("001d5c2b-8a34-4f7e-9e0a-5b6c7d8e9f01".into());
-    session.upn = Some("adele.vance@contoso.com".into());
-    session.name = Some("Adele Vance".into());
-    session.onprem_sid = Some("S-1-5-21-3623811015-3361044348-30300820-1013".into());
-    session.mfa = MfaEvidence {
-        amr: vec!["pwd".into(), "mfa".into()],
-        acrs: Vec::new(),
-    };
+    let session = realistic_session("3f2a9b1c-5d4e-4f60-8a7b-1c2d3e4f5a6b", 0);
     let cookie = match seal.seal(&session) {
         Ok(cookie) => cookie,
         Err(error) => panic!("{error}"),

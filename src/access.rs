@@ -304,23 +304,27 @@ fn is_plain(text: &str) -> bool {
 /// A string value in the text format: quoted, escaped like Rust's `{:?}` when needed, so a
 /// path cannot forge fields or lines.
 fn text_string(out: &mut Vec<u8>, text: &str) {
-    if is_plain(text) {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-    } else {
+    quoted(out, text, |out, text| {
         let _ = write!(out, "{text:?}");
-    }
+    });
 }
 
 /// A JSON string, escaped when needed.
 fn json_string(out: &mut Vec<u8>, text: &str) {
+    quoted(out, text, |out, text| {
+        let _ = serde_json::to_writer(&mut *out, text);
+    });
+}
+
+/// `text` in double quotes as it is when it is plain, else as `escape` writes it (quotes
+/// included).
+fn quoted(out: &mut Vec<u8>, text: &str, escape: impl FnOnce(&mut Vec<u8>, &str)) {
     if is_plain(text) {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
     } else {
-        let _ = serde_json::to_writer(&mut *out, text);
+        escape(out, text);
     }
 }
 

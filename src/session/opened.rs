@@ -62,12 +62,9 @@ impl OpenedSessions {
         entries.insert(key, (Box::from(value), session));
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.lock().map_or(0, |entries| entries.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn key(&self, value: &str) -> u64 {
