@@ -108,7 +108,7 @@ impl AccessRecord {
 
     pub fn set_body_error(&mut self, error: &BodyError) {
         let side = match error {
-            BodyError::TooLarge | BodyError::Downstream(_) => Side::Downstream,
+            BodyError::TooLarge | BodyError::Downstream(_) | BodyError::Stalled => Side::Downstream,
             BodyError::Upstream(_) => Side::Upstream,
         };
         self.failure = Some((side, error.to_string()));

@@ -24,6 +24,8 @@ pub enum BodyError {
     TooLarge,
     /// The browser's connection failed mid-body.
     Downstream(String),
+    /// The browser stopped sending its body for longer than `request_body_timeout`.
+    Stalled,
     /// Exchange's connection failed or fell silent for longer than `idle_timeout`.
     Upstream(String),
 }
@@ -35,6 +37,9 @@ impl std::fmt::Display for BodyError {
                 f.write_str("browser side: request body larger than max_request_body")
             }
             BodyError::Downstream(e) => write!(f, "browser side: {e}"),
+            BodyError::Stalled => {
+                f.write_str("browser side: no request body data within request_body_timeout")
+            }
             BodyError::Upstream(e) => write!(f, "exchange side: {e}"),
         }
     }
@@ -51,6 +56,8 @@ pin_project! {
         #[pin]
         kind: ResponseKind,
         record: Option<AccessRecord>,
+        // Kept until the body is finished or dropped: marks the request as in flight.
+        held: Option<Box<dyn Send>>,
     }
 }
 
@@ -73,6 +80,7 @@ impl ResponseBody {
         ResponseBody {
             kind: ResponseKind::Full { data: Some(data) },
             record: None,
+            held: None,
         }
     }
 
@@ -80,6 +88,7 @@ impl ResponseBody {
         ResponseBody {
             kind: ResponseKind::Full { data: None },
             record: None,
+            held: None,
         }
     }
 
@@ -93,11 +102,17 @@ impl ResponseBody {
                 idle_timeout,
             },
             record: None,
+            held: None,
         }
     }
 
     pub fn set_record(&mut self, record: AccessRecord) {
         self.record = Some(record);
+    }
+
+    /// Keeps `guard` alive until this body is finished or dropped.
+    pub fn hold(&mut self, guard: impl Send + 'static) {
+        self.held = Some(Box::new(guard));
     }
 }
 
@@ -166,23 +181,35 @@ impl Body for ResponseBody {
 
 pin_project! {
     /// The browser's request body on its way to Exchange, cut off with an error once it exceeds
-    /// the upstream's `max_request_body` (for chunked uploads whose size is not announced).
+    /// the upstream's `max_request_body` (for chunked uploads whose size is not announced), or
+    /// once the browser sends nothing for `request_body_timeout` (a client that announces a
+    /// body and stalls must not hold a connection to Exchange for the upstream's idle timeout).
     pub struct RequestBody {
         #[pin]
         inner: Option<Incoming>,
         remaining: u64,
         progress: Option<Arc<AtomicU64>>,
+        // Boxed: the upstream client needs an Unpin body.
+        stall: Option<Pin<Box<Sleep>>>,
+        stall_timeout: Duration,
     }
 }
 
 impl RequestBody {
     /// `progress` counts the bytes passed on, so the proxy can tell a slow upload that is
     /// still moving from an Exchange server that went silent.
-    pub fn new(body: Incoming, limit: u64, progress: Arc<AtomicU64>) -> RequestBody {
+    pub fn new(
+        body: Incoming,
+        limit: u64,
+        progress: Arc<AtomicU64>,
+        stall_timeout: Duration,
+    ) -> RequestBody {
         RequestBody {
             inner: Some(body),
             remaining: limit,
             progress: Some(progress),
+            stall: Some(Box::pin(tokio::time::sleep(stall_timeout))),
+            stall_timeout,
         }
     }
 
@@ -191,6 +218,8 @@ impl RequestBody {
             inner: None,
             remaining: 0,
             progress: None,
+            stall: None,
+            stall_timeout: Duration::ZERO,
         }
     }
 }
@@ -207,7 +236,19 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(inner.poll_frame(cx)) {
+        let stall = this.stall;
+        let polled = inner.poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(stall) = stall.as_mut() {
+                ready!(stall.as_mut().poll(cx));
+                return Poll::Ready(Some(Err(BodyError::Stalled)));
+            }
+            return Poll::Pending;
+        }
+        if let Some(stall) = stall.as_mut() {
+            stall.as_mut().reset(Instant::now() + *this.stall_timeout);
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;

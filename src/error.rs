@@ -39,8 +39,16 @@ pub enum GatewayError {
     BadPath,
     /// The request line or headers are unacceptable (missing Host, smuggling attempt, …).
     BadRequest(&'static str),
-    /// The request body is larger than the upstream's `max_request_body`.
+    /// The request head is larger than `server.max_header_bytes`.
+    HeadersTooLarge,
+    /// The request body is larger than the upstream's `max_request_body` (or, for a body the
+    /// gateway reads itself, than its small cap).
     BodyTooLarge,
+    /// The request body stalled: a body the gateway reads itself did not arrive within
+    /// `header_read_timeout`, or one on its way to Exchange paused for `request_body_timeout`.
+    BodyTimeout,
+    /// Too many bodies the gateway reads itself are in progress on this connection.
+    ConnectionBusy,
     /// The browser's connection failed while its request body was being forwarded.
     DownstreamAborted(String),
     /// The route is closed by configuration (`access = "deny"`).
@@ -66,7 +74,10 @@ impl GatewayError {
             GatewayError::NoRoute
             | GatewayError::BadPath
             | GatewayError::BadRequest(_)
+            | GatewayError::HeadersTooLarge
             | GatewayError::BodyTooLarge
+            | GatewayError::BodyTimeout
+            | GatewayError::ConnectionBusy
             | GatewayError::DownstreamAborted(_) => Side::Downstream,
             GatewayError::Denied | GatewayError::PolicyDenied(_) | GatewayError::NotReady => {
                 Side::Gateway
@@ -84,7 +95,10 @@ impl GatewayError {
             GatewayError::BadPath
             | GatewayError::BadRequest(_)
             | GatewayError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::ConnectionBusy => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Denied | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             GatewayError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NoHealthyServer
@@ -100,7 +114,10 @@ impl GatewayError {
             GatewayError::NoRoute => "no_route",
             GatewayError::BadPath => "bad_path",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::BodyTooLarge => "body_too_large",
+            GatewayError::BodyTimeout => "body_timeout",
+            GatewayError::ConnectionBusy => "connection_busy",
             GatewayError::DownstreamAborted(_) => "browser_aborted",
             GatewayError::Denied => "denied",
             GatewayError::PolicyDenied(why) => why,
@@ -126,9 +143,17 @@ impl GatewayError {
                 "Bad request",
                 "Your browser sent a request this site cannot accept. Start again from Outlook on the web.",
             ),
+            GatewayError::HeadersTooLarge => Page::new(
+                "Request too large",
+                "Your browser sent more cookies or headers than this site accepts. Clear this site's cookies and start again from Outlook on the web.",
+            ),
             GatewayError::BodyTooLarge => Page::new(
                 "Upload too large",
                 "The file or message you sent is larger than this site accepts.",
+            ),
+            GatewayError::BodyTimeout | GatewayError::ConnectionBusy => Page::new(
+                "Request not completed",
+                "Your browser did not finish sending its request in time. Start again from Outlook on the web.",
             ),
             GatewayError::Denied => Page::new(
                 "Access denied",
@@ -166,7 +191,14 @@ impl fmt::Display for GatewayError {
             GatewayError::NoRoute => f.write_str("no route for this host and path"),
             GatewayError::BadPath => f.write_str("path cannot be normalised"),
             GatewayError::BadRequest(why) => write!(f, "bad request: {why}"),
-            GatewayError::BodyTooLarge => f.write_str("request body larger than max_request_body"),
+            GatewayError::HeadersTooLarge => {
+                f.write_str("request head larger than server.max_header_bytes")
+            }
+            GatewayError::BodyTooLarge => f.write_str("request body larger than accepted"),
+            GatewayError::BodyTimeout => f.write_str("request body not received in time"),
+            GatewayError::ConnectionBusy => {
+                f.write_str("too many gateway-read request bodies in progress on one connection")
+            }
             GatewayError::DownstreamAborted(e) => {
                 write!(f, "browser connection failed during upload: {e}")
             }

@@ -16,6 +16,9 @@ pub struct Page {
     pub message: Cow<'static, str>,
     /// A link to offer (label, same-site URL), e.g. "Sign in again".
     pub link: Option<(Cow<'static, str>, String)>,
+    /// A button that POSTs an empty form to a same-site URL (label, action): for actions a
+    /// cross-site link must not be able to trigger, such as signing out.
+    pub form_button: Option<(&'static str, &'static str)>,
 }
 
 impl Page {
@@ -24,6 +27,7 @@ impl Page {
             title: Cow::Borrowed(title),
             message: Cow::Borrowed(message),
             link: None,
+            form_button: None,
         }
     }
 
@@ -36,7 +40,13 @@ impl Page {
             title: title.into(),
             message: message.into(),
             link: None,
+            form_button: None,
         }
+    }
+
+    pub fn with_form_button(mut self, label: &'static str, action: &'static str) -> Page {
+        self.form_button = Some((label, action));
+        self
     }
 
     pub fn with_link(mut self, label: &'static str, href: String) -> Page {
@@ -53,14 +63,19 @@ body{{font-family:\"Segoe UI\",system-ui,sans-serif;background:#f3f2f1;color:#20
 main{{max-width:34rem;margin:12vh auto;background:#fff;padding:2rem 2.5rem;border-radius:4px;\
 box-shadow:0 1px 4px rgba(0,0,0,.15)}}h1{{font-size:1.5rem;font-weight:600;margin:0 0 1rem}}\
 p{{line-height:1.5}}.code{{color:#605e5c;font-size:.85rem}}\
-a.button{{display:inline-block;background:#0f6cbd;color:#fff;padding:.5rem 1.2rem;border-radius:4px;\
-text-decoration:none}}</style></head>\
-<body><main><h1>{title}</h1><p>{message}</p>{link}<p class=\"code\">Error {code}</p></main></body></html>\n",
+a.button,button.button{{display:inline-block;background:#0f6cbd;color:#fff;padding:.5rem 1.2rem;border-radius:4px;\
+text-decoration:none;border:0;font:inherit;cursor:pointer}}</style></head>\
+<body><main><h1>{title}</h1><p>{message}</p>{form}{link}<p class=\"code\">Error {code}</p></main></body></html>\n",
             title = escape(&self.title),
             message = escape(&self.message),
             link = self.link.as_ref().map_or_else(String::new, |(label, href)| format!(
                 "<p><a class=\"button\" href=\"{}\">{}</a></p>",
                 escape(href),
+                escape(label)
+            )),
+            form = self.form_button.map_or_else(String::new, |(label, action)| format!(
+                "<form method=\"post\" action=\"{}\"><button class=\"button\" type=\"submit\">{}</button></form>",
+                escape(action),
                 escape(label)
             )),
             code = status.as_u16(),

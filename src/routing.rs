@@ -137,6 +137,12 @@ impl<T> Router<T> {
         Ok(())
     }
 
+    /// Whether some route publishes `host` (the `Host` header or `:authority` as received).
+    pub fn serves_host(&self, host: &str) -> bool {
+        let host = host_key(host);
+        self.hosts.iter().any(|h| h.name.eq_ignore_ascii_case(host))
+    }
+
     /// Finds the route for a request. `host` is the `Host` header or `:authority` as received;
     /// `raw_path` is the request-target path as received (no query string), still
     /// percent-encoded. An unknown host is `NotFound` whatever the path.

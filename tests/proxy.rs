@@ -919,10 +919,15 @@ async fn upgrade_and_echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
         Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     );
 
-    for message in [
-        &b"hello through the gateway"[..],
-        &[0x81, 0x05, 1, 2, 3, 4, 5][..],
-    ] {
+    // Client frames are masked (RFC 6455 section 5.3): a text frame and a binary frame.
+    let mut text = vec![0x81, 0x80 | 25, 0x11, 0x22, 0x33, 0x44];
+    text.extend(
+        b"hello through the gateway"
+            .iter()
+            .zip([0x11u8, 0x22, 0x33, 0x44].iter().cycle())
+            .map(|(b, m)| b ^ m),
+    );
+    for message in [&text[..], &[0x82, 0x85, 0, 0, 0, 0, 1, 2, 3, 4, 5][..]] {
         stream.write_all(message).await.expect("write upgraded");
         let mut echoed = Vec::new();
         read_exact_or_eof(stream, &mut echoed, message.len()).await;
@@ -930,10 +935,23 @@ async fn upgrade_and_echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     }
 }
 
+/// A route that forwards WebSocket upgrades (`websocket = true` on the last route).
+fn with_websocket(toml: String) -> String {
+    format!("{toml}websocket = true\n")
+}
+
 #[tokio::test]
-async fn websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
+async fn websocket_upgrade_passes_through_and_frames_flow_both_ways() {
     let exchange = echoing_exchange().await;
-    let gateway = plain_gateway(&exchange, &[], OWA_ONLY).await;
+    let gateway = TestGateway::start(&with_websocket(
+        Setup {
+            cert: None,
+            trusted_proxies: &[],
+            routes: OWA_ONLY,
+        }
+        .toml(&exchange),
+    ))
+    .await;
     let mut stream = TcpStream::connect(gateway.http.expect("http"))
         .await
         .expect("connect");
@@ -953,7 +971,16 @@ async fn websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
 async fn websocket_upgrade_passes_through_over_https() {
     let pki = TestPki::new();
     let exchange = echoing_exchange().await;
-    let gateway = https_gateway(&pki, &exchange, OWA_ONLY).await;
+    let cert = pki.issue(&[HOST]);
+    let gateway = TestGateway::start(&with_websocket(
+        Setup {
+            cert: Some(&cert),
+            trusted_proxies: &[],
+            routes: OWA_ONLY,
+        }
+        .toml(&exchange),
+    ))
+    .await;
     let mut stream = tls_connect(&pki, gateway.https.expect("https")).await;
     upgrade_and_echo(&mut stream).await;
     assert_eq!(exchange.user_requests().len(), 1);

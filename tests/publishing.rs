@@ -43,6 +43,13 @@ const LONG_POLL: Duration = Duration::from_secs(25);
 /// A large attachment: more than OWA's default 35,000,000-byte limit.
 const UPLOAD_BYTES: usize = 40_000_000;
 
+/// A "Sign out" link clicked on the site itself: the browser says `Sec-Fetch-Site: same-origin`.
+const SIGN_OUT_LINK: &[(&str, &str)] = &[
+    ("accept", "text/html"),
+    ("sec-fetch-mode", "navigate"),
+    ("sec-fetch-site", "same-origin"),
+];
+
 const NO_ACCESS: &str = "You do not have access to this page";
 const OVERAGE: &str = "Group membership could not be checked";
 const NOT_FOUND: &str = "Page not found";
@@ -751,7 +758,9 @@ async fn gateway_logout_ends_the_session_and_entras_without_exchange() {
     let (mut alice, session) = signed_in_alice(&w).await;
     let before = w.exchange.user_requests().len();
 
-    let reply = alice.navigate("/_gateway/logout").await;
+    let reply = alice
+        .request(Method::GET, "/_gateway/logout", SIGN_OUT_LINK, None, false)
+        .await;
     assert_eq!(
         w.exchange.user_requests().len(),
         before,
@@ -1304,7 +1313,9 @@ async fn every_answer_over_https_carries_hsts_and_gateway_pages_are_never_cached
         front_channel.describe()
     );
     pages.push(("front-channel logout", front_channel));
-    let logout = bob.navigate("/_gateway/logout").await;
+    let logout = bob
+        .request(Method::GET, "/_gateway/logout", SIGN_OUT_LINK, None)
+        .await;
     assert_eq!(logout.status, StatusCode::FOUND, "{}", logout.describe());
     pages.push(("logout redirect", logout));
     let signed_out = bob.navigate("/_gateway/signed-out").await;

@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, LOCATION, SET_COOKIE};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http::{HeaderMap, Method, Response, StatusCode};
 use openidconnect::PkceCodeChallenge;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -46,8 +45,6 @@ use provider::IdentityProvider;
 const MAX_PENDING_LOGINS: usize = 4;
 /// Where a sign-in returns when the original address cannot be used.
 const DEFAULT_RETURN: &str = "/owa/";
-/// Largest form_post callback body accepted.
-const MAX_CALLBACK_BODY: usize = 64 * 1024;
 const BACKCHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a route requires of a session, beyond the global `[mfa]` rules.
@@ -439,15 +436,20 @@ impl SignIn {
             .collect()
     }
 
-    /// `/_gateway/callback`: finishes a sign-in.
+    /// `/_gateway/callback`: finishes a sign-in. `body` is the form of a `form_post` answer,
+    /// already read (small, within a deadline) by the caller.
     pub async fn callback(
         &self,
-        request: Request<Incoming>,
+        request: http::request::Parts,
+        body: Bytes,
         ctx: &RequestContext<'_>,
     ) -> Response<ResponseBody> {
-        let (params, login_cookies) = match callback_params(request, &self.seal).await {
-            Ok(found) => found,
-            Err(page) => return page,
+        let Some((params, login_cookies)) = callback_params(&request, &body, &self.seal) else {
+            return Page::new(
+                "Bad request",
+                "This address accepts only the sign-in answer.",
+            )
+            .response(StatusCode::METHOD_NOT_ALLOWED);
         };
         let outcome = self.finish(&params, &login_cookies, ctx).await;
         let mut response = match outcome {
@@ -871,11 +873,14 @@ impl Failure {
 /// (`form_post`) — and the pending-login cookies the browser sent.
 type CallbackRequest = (HashMap<String, String>, Vec<(String, String)>);
 
-async fn callback_params(
-    request: Request<Incoming>,
+fn callback_params(
+    parts: &http::request::Parts,
+    body: &[u8],
     seal: &SessionSeal,
-) -> Result<CallbackRequest, Response<ResponseBody>> {
-    let (parts, body) = request.into_parts();
+) -> Option<CallbackRequest> {
+    if parts.method != Method::POST && parts.method != Method::GET {
+        return None;
+    }
     let login_cookies: Vec<(String, String)> = cookies(&parts.headers)
         .filter(|(name, _)| seal.is_login_cookie(name))
         .take(MAX_PENDING_LOGINS * 4)
@@ -893,25 +898,9 @@ async fn callback_params(
         add(query.as_bytes());
     }
     if parts.method == Method::POST {
-        match Limited::new(body, MAX_CALLBACK_BODY).collect().await {
-            Ok(collected) => add(&collected.to_bytes()),
-            Err(_) => {
-                return Err(Page::new(
-                    "Bad request",
-                    "The sign-in answer could not be read. Start again from Outlook on the web.",
-                )
-                .with_link("Sign in again", DEFAULT_RETURN.to_owned())
-                .response(StatusCode::BAD_REQUEST))
-            }
-        }
-    } else if parts.method != Method::GET {
-        return Err(Page::new(
-            "Bad request",
-            "This address accepts only the sign-in answer.",
-        )
-        .response(StatusCode::METHOD_NOT_ALLOWED));
+        add(body);
     }
-    Ok((params, login_cookies))
+    Some((params, login_cookies))
 }
 
 /// Only a same-host relative path may be returned to: anything else (`//evil`, `/\evil`,

@@ -168,6 +168,10 @@ pub struct ServerConfig {
     /// Extension: largest request head (request line + headers) accepted; larger gets 431.
     /// At least 8192 (the HTTP/1 parser's smallest buffer).
     pub max_header_bytes: usize,
+    /// Extension: longest pause within a request body the browser sends (to Exchange or to the
+    /// gateway itself). A client that stops sending mid-body gives its slot back after this,
+    /// not after the upstream's much longer `idle_timeout`.
+    pub request_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -243,6 +247,9 @@ pub struct RouteConfig {
     pub acrs_any_of: Vec<String>,
     /// Entra group object ids; the session must carry one of them.
     pub groups_any_of: Vec<String>,
+    /// Extension: forward WebSocket upgrades (`Upgrade: websocket`) on this route. Off by
+    /// default: any other upgrade (`h2c`) is never forwarded, and neither is this one elsewhere.
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

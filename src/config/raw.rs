@@ -19,6 +19,7 @@ pub(crate) const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 pub(crate) const DEFAULT_MAX_CONNECTIONS: i64 = 20_000;
 pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub(crate) const DEFAULT_MAX_HEADER_BYTES: i64 = 65_536;
+pub(crate) const DEFAULT_REQUEST_BODY_TIMEOUT: &str = "60s";
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 pub(crate) const DEFAULT_IDLE_TIMEOUT: &str = "5m";
 /// 128 MiB: above OWA's 35,000,000-byte attachment limit and EWS's 64 MiB.
@@ -65,6 +66,7 @@ pub(crate) struct RawServer {
     pub max_connections: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Text>,
     pub max_header_bytes: Option<Spanned<i64>>,
+    pub request_body_timeout: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +118,8 @@ pub(crate) struct RawRoute {
     pub max_auth_age: Option<Text>,
     pub acrs_any_of: Option<Spanned<Vec<Text>>>,
     pub groups_any_of: Option<Spanned<Vec<Text>>>,
+    /// WebSocket upgrades forwarded on this route; off unless the route says so.
+    pub websocket: Option<Spanned<bool>>,
 }
 
 /// `[oidc]`. Choices (`response_mode`, `client_secret_method`) are kept as text so validation

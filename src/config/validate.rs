@@ -291,6 +291,12 @@ impl Checker<'_> {
             raw::DEFAULT_HEADER_READ_TIMEOUT,
             false,
         );
+        let request_body_timeout = self.duration(
+            "server.request_body_timeout",
+            server.request_body_timeout.as_ref(),
+            raw::DEFAULT_REQUEST_BODY_TIMEOUT,
+            false,
+        );
         let max_connections = match &server.max_connections {
             None => raw::DEFAULT_MAX_CONNECTIONS as usize,
             Some(n) => match usize::try_from(*n.get_ref()) {
@@ -325,6 +331,7 @@ impl Checker<'_> {
             max_connections,
             header_read_timeout,
             max_header_bytes,
+            request_body_timeout,
         }
     }
 
@@ -404,6 +411,13 @@ impl Checker<'_> {
                 format!("{path}.servers"),
                 &upstream.servers,
                 "at least one server is required, such as \"https://ex01.corp.contoso.com\"",
+            );
+        }
+        if upstream.servers.get_ref().len() > MAX_UPSTREAM_SERVERS {
+            self.error(
+                format!("{path}.servers"),
+                &upstream.servers,
+                format!("at most {MAX_UPSTREAM_SERVERS} servers per upstream; split the servers into several upstreams"),
             );
         }
         let mut servers: Vec<UpstreamServer> = Vec::new();
@@ -724,6 +738,7 @@ impl Checker<'_> {
                     max_auth_age: policy.max_auth_age,
                     acrs_any_of: policy.acrs_any_of,
                     groups_any_of: policy.groups_any_of,
+                    websocket: route.websocket.as_ref().is_some_and(|w| *w.get_ref()),
                 });
             }
         }
@@ -751,6 +766,9 @@ struct RoutePolicy {
     acrs_any_of: Vec<String>,
     groups_any_of: Vec<String>,
 }
+
+/// The pool remembers which servers a request has tried in one 64-bit mask.
+pub(crate) const MAX_UPSTREAM_SERVERS: usize = 64;
 
 /// AES-256 needs 256 bits of key material; fewer random bytes would weaken every session.
 const MIN_SESSION_KEY_BYTES: usize = 32;
@@ -2156,6 +2174,48 @@ client_secret = { file = "/etc/mfa-gateway/client-secret" }
         .unwrap();
         assert_eq!(config.server.shutdown_grace, Duration::ZERO);
         assert_eq!(config.server.header_read_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn request_body_timeout_defaults_to_a_minute_and_must_be_positive() {
+        let config = load(&with_server("http_listen = \"127.0.0.1:8080\"", "")).unwrap();
+        assert_eq!(config.server.request_body_timeout, Duration::from_secs(60));
+        refused(
+            &with_server(
+                "http_listen = \"127.0.0.1:8080\"\nrequest_body_timeout = \"0s\"",
+                "",
+            ),
+            &["server.request_body_timeout", "must be greater than 0"],
+        );
+    }
+
+    #[test]
+    fn more_than_64_servers_in_one_upstream_are_refused() {
+        let servers: Vec<String> = (0..65)
+            .map(|i| format!("\"http://10.0.{}.{}\"", i / 200, i % 200 + 1))
+            .collect();
+        refused(
+            &upstream_with(&format!("servers = [{}]", servers.join(", "))),
+            &["upstreams.exchange.servers", "at most 64 servers"],
+        );
+        let sixty_four = &servers[..64];
+        assert!(load(&upstream_with(&format!(
+            "servers = [{}]",
+            sixty_four.join(", ")
+        )))
+        .is_ok());
+    }
+
+    #[test]
+    fn websocket_upgrades_are_off_unless_the_route_allows_them() {
+        let config = load(&route_with("localhost", "/owa", "exchange", "public")).unwrap();
+        assert!(!config.routes[0].websocket);
+        let config = load(&format!(
+            "{}websocket = true\n",
+            route_with("localhost", "/owa", "exchange", "public")
+        ))
+        .unwrap();
+        assert!(config.routes[0].websocket);
     }
 
     #[test]

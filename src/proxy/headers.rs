@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, FORWARDED, UPGRADE};
+use http::header::{HeaderName, HeaderValue, CONNECTION, FORWARDED};
 use http::HeaderMap;
 use ipnet::IpNet;
 
@@ -91,22 +91,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |name| {
         is_hop_by_hop(name.as_str()) || named.contains(name)
     });
-}
-
-/// The protocol a request asks to switch to (WebSocket), when it asks in the HTTP/1.1 way:
-/// `Connection: upgrade` plus `Upgrade: <protocol>`.
-pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    }
 }
 
 pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
@@ -280,16 +264,5 @@ mod tests {
         );
         let outsider: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(client_address(&map, outsider, &trusted), outsider);
-    }
-
-    #[test]
-    fn websocket_upgrade_is_recognised_only_with_connection_upgrade() {
-        let map = headers(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket"),
-        ]);
-        assert_eq!(requested_upgrade(&map).unwrap(), "websocket");
-        let map = headers(&[("upgrade", "websocket")]);
-        assert!(requested_upgrade(&map).is_none());
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod headers;
 mod pool;
+mod websocket;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub struct Downstream {
     /// `https` or `http` as the browser sees the gateway (a trusted load balancer that
     /// terminates TLS reports it in `X-Forwarded-Proto`).
     pub scheme: &'static str,
+    /// The route forwards WebSocket upgrades.
+    pub websocket: bool,
+    /// `server.request_body_timeout`: longest pause within the browser's body.
+    pub body_timeout: Duration,
 }
 
 /// The outcome of forwarding: the response, and which server answered (for the access log).
@@ -64,11 +69,17 @@ pub async fn forward(
         }
     }
 
-    let upgrade = match request.version() {
-        Version::HTTP_11 => headers::requested_upgrade(request.headers()),
+    // Upgrades only where the route allows them, and only to WebSocket (never h2c, which
+    // would hand the upstream connection to whatever the browser sends next).
+    let websocket_key = match request.version() {
+        Version::HTTP_11 if downstream.websocket && request.method() == Method::GET => {
+            websocket::requested(request.headers())
+        }
         _ => None,
     };
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = websocket_key
+        .as_ref()
+        .map(|_| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
     let bodiless = http_body::Body::is_end_stream(&body);
@@ -94,14 +105,19 @@ pub async fn forward(
     );
     let public_host = host.clone();
     headers.insert(HOST, host);
-    if let Some(protocol) = &upgrade {
+    if websocket_key.is_some() {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, protocol.clone());
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
 
     let progress = (!bodiless).then(|| Arc::new(AtomicU64::new(0)));
     let mut body = Some(match &progress {
-        Some(progress) => RequestBody::new(body, limits.max_request_body, progress.clone()),
+        Some(progress) => RequestBody::new(
+            body,
+            limits.max_request_body,
+            progress.clone(),
+            downstream.body_timeout,
+        ),
         None => RequestBody::empty(),
     });
     let mut tried: u64 = 0;
@@ -173,9 +189,28 @@ pub async fn forward(
                 body = Some(RequestBody::empty());
             }
             Ok(Ok(response)) => {
-                let response = match downstream_upgrade {
-                    Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let response = match (downstream_upgrade, &websocket_key) {
+                    (Some(client_side), Some(key)) if switched => {
+                        if !websocket::handshake_accepted(key, response.headers()) {
+                            return Err(ForwardError {
+                                error: GatewayError::UpstreamProtocol(
+                                    "101 without a valid WebSocket handshake".into(),
+                                ),
+                                server: Some(label),
+                            });
+                        }
                         bridge_upgrade(response, client_side)
+                    }
+                    _ if switched => {
+                        // Never a tunnel nobody asked for: past a 101 the gateway would relay
+                        // whatever the browser sends, unrouted and unchecked.
+                        return Err(ForwardError {
+                            error: GatewayError::UpstreamProtocol(
+                                "101 Switching Protocols without an allowed upgrade".into(),
+                            ),
+                            server: Some(label),
+                        });
                     }
                     _ => {
                         let mut response = pass_response(response, limits.idle_timeout);
@@ -271,12 +306,13 @@ fn pass_response(
     Response::from_parts(parts, ResponseBody::upstream(body, idle_timeout))
 }
 
-/// Exchange agreed to switch protocols (WebSocket): answer the browser with the same 101 and
-/// splice the two upgraded connections together.
+/// Exchange agreed to switch to WebSocket: answer the browser with the same 101 and relay
+/// frames between the two upgraded connections.
 fn bridge_upgrade(
     mut response: Response<Incoming>,
     client_side: hyper::upgrade::OnUpgrade,
 ) -> Response<ResponseBody> {
+    let reserved_bits = websocket::allowed_reserved_bits(response.headers());
     let server_side = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
         let (client, server) = match tokio::try_join!(client_side, server_side) {
@@ -286,11 +322,7 @@ fn bridge_upgrade(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut server = TokioIo::new(server);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
-        }
+        websocket::relay(TokioIo::new(client), TokioIo::new(server), reserved_bits).await;
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, ResponseBody::empty())
@@ -306,6 +338,7 @@ fn classify_send_error(error: &hyper_util::client::legacy::Error) -> GatewayErro
             return match body_error {
                 BodyError::TooLarge => GatewayError::BodyTooLarge,
                 BodyError::Downstream(e) => GatewayError::DownstreamAborted(e.clone()),
+                BodyError::Stalled => GatewayError::BodyTimeout,
                 BodyError::Upstream(e) => GatewayError::UpstreamProtocol(e.clone()),
             };
         }

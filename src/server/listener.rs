@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{request, HttpBuilders, Shared};
+use super::{request, Connection, HttpBuilders, Shared};
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -137,32 +138,37 @@ async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     protocol: Protocol,
-    first_request_timeout: Duration,
+    idle_timeout: Duration,
     shared: Arc<Shared>,
     builders: Arc<HttpBuilders>,
     drain: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let tls = !matches!(protocol, Protocol::Sniffed);
-    let peer_text = crate::proxy::headers::address_text(peer.ip());
-    let used = Arc::new(AtomicBool::new(false));
+    let activity = Arc::new(Activity::new());
+    let connection = Arc::new(Connection {
+        peer,
+        peer_text: crate::proxy::headers::address_text(peer.ip()),
+        tls: !matches!(protocol, Protocol::Sniffed),
+        gateway_bodies: Arc::new(Semaphore::new(request::MAX_GATEWAY_BODIES_PER_CONNECTION)),
+    });
     let watch = Watch {
-        used: used.clone(),
-        first_request_timeout,
+        activity: activity.clone(),
+        idle_timeout,
         drain,
         peer,
     };
     let service = service_fn(move |req| {
-        used.store(true, Ordering::Relaxed);
+        let in_flight = activity.begin();
         let shared = shared.clone();
-        let peer_text = peer_text.clone();
+        let connection = connection.clone();
         // Boxed: hyper keeps room for the service's future in every connection for as long as
         // it lives; a box takes that memory only while a request is in flight.
         Box::pin(async move {
-            Ok::<_, std::convert::Infallible>(
-                request::handle(req, peer, &peer_text, tls, &shared).await,
-            )
+            let mut response = request::handle(req, &connection, &shared).await;
+            // The request counts as in flight until its response body is done or dropped.
+            response.body_mut().hold(in_flight);
+            Ok::<_, std::convert::Infallible>(response)
         })
     });
     match protocol {
@@ -181,45 +187,112 @@ async fn serve_http<I>(
     }
 }
 
+/// When a connection last had a request in flight: requests start in the service and end when
+/// their response body is finished or dropped.
+pub(crate) struct Activity {
+    opened: Instant,
+    /// Requests begun on this connection.
+    begun: AtomicU64,
+    in_flight: AtomicU64,
+    /// Milliseconds after `opened` when the last request ended.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            begun: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Activity>) -> InFlight {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn unused(&self) -> bool {
+        self.begun.load(Ordering::Relaxed) == 0
+    }
+
+    /// When the connection became idle; `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.last_end_ms.load(Ordering::Relaxed);
+        Some(self.opened + Duration::from_millis(ms))
+    }
+}
+
+/// One request in flight on a connection; dropping it ends the request.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end_ms.store(ms, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a connection is watched for besides its own protocol timers.
 struct Watch {
-    /// Set when the connection brings its first request.
-    used: Arc<AtomicBool>,
-    /// `server.header_read_timeout`: how long a connection may stay without any request.
-    /// hyper enforces it for HTTP/1.1 heads; an HTTP/2 client that negotiated `h2` and then
-    /// never sends its connection preface would otherwise hold its slot for ever.
-    first_request_timeout: Duration,
+    activity: Arc<Activity>,
+    /// `server.header_read_timeout`: how long a connection may stay without a request in
+    /// flight — before its first request, and between requests. hyper enforces it for
+    /// HTTP/1.1 heads; an HTTP/2 client that never sends its preface, or that made one request
+    /// and then only answers pings, would otherwise hold its slot for ever.
+    idle_timeout: Duration,
     drain: CancellationToken,
     peer: SocketAddr,
 }
 
 impl Watch {
     /// Runs a connection to its end. On drain, a connection that has brought no request is
-    /// closed at once; any other is asked to finish the request in flight and close.
-    async fn drive<C, E>(self, connection: C, graceful_shutdown: impl FnOnce(Pin<&mut C>))
+    /// closed at once; any other is asked to finish the request in flight and close. An idle
+    /// connection is asked to close (HTTP/2: GOAWAY) once `idle_timeout` has passed.
+    async fn drive<C, E>(self, connection: C, graceful_shutdown: impl Fn(Pin<&mut C>))
     where
         C: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
         tokio::pin!(connection);
-        let first_request = tokio::time::sleep(self.first_request_timeout);
-        tokio::pin!(first_request);
-        let unused = || !self.used.load(Ordering::Relaxed);
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        // Draining: the request in flight gets up to `shutdown_grace` (the caller's bound).
+        // Closing for idleness: a peer that ignores GOAWAY gets one more idle period.
+        let (mut draining, mut closing_idle) = (false, false);
         let result = loop {
             tokio::select! {
                 result = connection.as_mut() => break result,
-                _ = self.drain.cancelled() => {
-                    if unused() {
+                _ = self.drain.cancelled(), if !draining => {
+                    if self.activity.unused() {
                         return;
                     }
                     graceful_shutdown(connection.as_mut());
-                    break connection.await;
+                    draining = true;
                 }
-                _ = first_request.as_mut(), if unused() => {
-                    // Checked again: a request may have come while the timer ran out.
-                    if unused() {
-                        tracing::debug!(peer = %self.peer, "no request within header_read_timeout");
+                _ = idle.as_mut(), if !draining => {
+                    if closing_idle {
                         return;
+                    }
+                    match self.activity.idle_since() {
+                        Some(since) if since.elapsed() >= self.idle_timeout => {
+                            if self.activity.unused() {
+                                tracing::debug!(peer = %self.peer, "no request within header_read_timeout");
+                                return;
+                            }
+                            tracing::debug!(peer = %self.peer, "idle connection closed");
+                            graceful_shutdown(connection.as_mut());
+                            closing_idle = true;
+                            idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                        }
+                        Some(since) => idle.as_mut().reset(since + self.idle_timeout),
+                        None => idle.as_mut().reset(Instant::now() + self.idle_timeout),
                     }
                 }
             }

@@ -32,9 +32,21 @@ use crate::proxy::UpstreamPool;
 use crate::routing::Router;
 use tls::{CertSet, CertStore};
 
+/// What a request knows of the browser connection it came on.
+pub(crate) struct Connection {
+    pub(crate) peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` and the access log write it, formatted once.
+    pub(crate) peer_text: http::HeaderValue,
+    pub(crate) tls: bool,
+    /// Slots for bodies the gateway reads itself (the sign-in callback's form).
+    pub(crate) gateway_bodies: Arc<Semaphore>,
+}
+
 /// What a route resolves to at request time.
 pub struct RouteEntry {
     pub access: Access,
+    /// WebSocket upgrades are forwarded on this route.
+    pub websocket: bool,
     pub pool: Arc<UpstreamPool>,
     pub metrics: Arc<RouteMetrics>,
     /// For `access = "mfa"`: what a session must satisfy here.
@@ -46,8 +58,6 @@ pub struct Snapshot {
     pub config: Config,
     pub router: Router<RouteEntry>,
     pub pools: Vec<Arc<UpstreamPool>>,
-    /// Hosts named by routes: the only hosts the HTTP listener redirects to HTTPS.
-    pub hosts: Vec<String>,
     /// Connection settings for new browser connections.
     pub(crate) http: Arc<HttpBuilders>,
     /// Sign-in through Entra ID, when `[oidc]` is configured.
@@ -85,7 +95,6 @@ impl Snapshot {
             return Err(errors.join("\n"));
         }
         let mut router = Router::new();
-        let mut hosts: Vec<String> = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
             let pool = pools
                 .iter()
@@ -114,6 +123,7 @@ impl Snapshot {
             };
             let entry = RouteEntry {
                 access: route.access,
+                websocket: route.websocket,
                 pool,
                 metrics: metrics.route(&name),
                 policy,
@@ -126,9 +136,6 @@ impl Snapshot {
                         route.host, route.path
                     )
                 })?;
-            if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&route.host)) {
-                hosts.push(route.host.to_ascii_lowercase());
-            }
         }
         let http = Arc::new(HttpBuilders::new(&config.server));
         Ok((
@@ -136,7 +143,6 @@ impl Snapshot {
                 config,
                 router,
                 pools,
-                hosts,
                 http,
                 sign_in,
             },
@@ -178,7 +184,9 @@ macro_rules! http1_settings {
         $builder
             .timer(TokioTimer::new())
             .header_read_timeout($server.header_read_timeout)
-            .max_buf_size($server.max_header_bytes.max(8192))
+            // Room for a head a little over the limit, so the request handler can count it
+            // and answer 431 at exactly `max_header_bytes`.
+            .max_buf_size($server.max_header_bytes.max(8192) + 16 * 1024)
             .keep_alive(true)
     };
 }
@@ -188,7 +196,11 @@ macro_rules! http2_settings {
     ($builder:expr, $server:expr) => {
         $builder
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from($server.max_header_bytes).unwrap_or(u32::MAX))
+            // HPACK counts 32 bytes more per field than the request handler's exact count, which
+            // is the one that decides (431 at `max_header_bytes`); this bounds decoding only.
+            .max_header_list_size(
+                u32::try_from($server.max_header_bytes.saturating_mul(6)).unwrap_or(u32::MAX),
+            )
             .max_concurrent_streams(250)
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)

@@ -2,7 +2,6 @@
 //! router → access decision → proxy. Every outcome, forwarded or refused, leaves one access log
 //! line and one metric sample.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +10,7 @@ use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE, TRAN
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use super::Shared;
+use super::{Connection, Shared};
 use crate::access::AccessRecord;
 use crate::auth::{self, Admission, RequestContext};
 use crate::body::ResponseBody;
@@ -26,11 +25,10 @@ const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
 pub(super) async fn handle(
     request: Request<Incoming>,
-    peer: SocketAddr,
-    peer_text: &HeaderValue,
-    tls: bool,
+    connection: &Connection,
     shared: &Arc<Shared>,
 ) -> Response<ResponseBody> {
+    let (peer, peer_text, tls) = (connection.peer, &connection.peer_text, connection.tls);
     let start = Instant::now();
     let snapshot = shared.snapshot.load();
     let trusted = &snapshot.config.server.trusted_proxies;
@@ -55,15 +53,15 @@ pub(super) async fn handle(
         if let Err(e) = check_framing(&request) {
             break 'outcome Err(e);
         }
+        if let Err(e) = check_head_size(&request, snapshot.config.server.max_header_bytes) {
+            break 'outcome Err(e);
+        }
+        let endpoint = GatewayEndpoint::of(request.uri().path());
         // The load balancer's probe may come without a Host header (HTTP/1.0): health is
         // answered for any host.
-        if request
-            .uri()
-            .path()
-            .eq_ignore_ascii_case("/_gateway/health")
-        {
+        if endpoint == Some(GatewayEndpoint::Health) {
             record.set_route(shared.gateway_metrics.clone());
-            break 'outcome gateway_endpoint("health", shared);
+            break 'outcome Ok(health(shared));
         }
         let host = match request_host(&request) {
             Ok(host) => host,
@@ -81,53 +79,50 @@ pub(super) async fn handle(
             scheme,
             client,
         };
-        if path.len() >= 10 && path[..10].eq_ignore_ascii_case("/_gateway/") {
+        if let Some(endpoint) = endpoint {
             record.set_route(shared.gateway_metrics.clone());
-            let endpoint = path[10..].to_ascii_lowercase();
-            if endpoint == "callback" {
-                let Some(sign_in) = &snapshot.sign_in else {
-                    break 'outcome Err(GatewayError::NoRoute);
-                };
-                break 'outcome Ok(sign_in.callback(request, &ctx).await);
-            }
-            if let (Some(sign_in), "logout" | "frontchannel-logout" | "signed-out" | "sign-in") =
-                (&snapshot.sign_in, endpoint.as_str())
-            {
-                break 'outcome Ok(match endpoint.as_str() {
-                    "logout" => {
-                        let session = sign_in.session_of(request.headers());
-                        sign_in.end_session(session.as_ref(), &ctx, "gateway_logout")
+            // Sign-in and sign-out build Entra URLs from the Host header: answered only for
+            // hosts this gateway publishes, never for whatever Host a client makes up.
+            let (Some(sign_in), true) = (&snapshot.sign_in, snapshot.router.serves_host(host_text))
+            else {
+                break 'outcome Err(GatewayError::NoRoute);
+            };
+            break 'outcome match endpoint {
+                GatewayEndpoint::Callback => {
+                    let (parts, body) = request.into_parts();
+                    match read_gateway_body(&parts, body, connection, &snapshot.config.server).await
+                    {
+                        Ok(body) => Ok(sign_in.callback(parts, body, &ctx).await),
+                        Err(e) => Err(e),
                     }
-                    "frontchannel-logout" => {
-                        sign_in.frontchannel_logout(request.uri(), request.headers(), client)
-                    }
-                    "sign-in" => {
-                        let step_up = auth::StepUp {
-                            prompt_login: true,
-                            ..Default::default()
-                        };
-                        sign_in.start(
-                            request.method(),
-                            request.uri(),
-                            request.headers(),
-                            &step_up,
-                            &ctx,
-                        )
-                    }
-                    _ => auth::signed_out_page(),
-                });
-            }
-            break 'outcome gateway_endpoint(&endpoint, shared);
+                }
+                GatewayEndpoint::Logout => Ok(logout(&request, sign_in, &ctx)),
+                GatewayEndpoint::FrontChannelLogout => {
+                    Ok(sign_in.frontchannel_logout(request.uri(), request.headers(), client))
+                }
+                GatewayEndpoint::SignIn => {
+                    let step_up = auth::StepUp {
+                        prompt_login: true,
+                        ..Default::default()
+                    };
+                    Ok(sign_in.start(
+                        request.method(),
+                        request.uri(),
+                        request.headers(),
+                        &step_up,
+                        &ctx,
+                    ))
+                }
+                GatewayEndpoint::SignedOut => Ok(auth::signed_out_page()),
+                GatewayEndpoint::Health => Ok(health(shared)),
+                GatewayEndpoint::Unknown => Err(GatewayError::NoRoute),
+            };
         }
 
         if !tls && shared.certs.is_some() {
             // Plain HTTP with TLS configured: send the browser to HTTPS, but only for a host
             // this gateway publishes — never an open redirect to whatever Host was sent.
-            if !snapshot
-                .hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host_name.trim_end_matches('.')))
-            {
+            if !snapshot.router.serves_host(host_text) {
                 break 'outcome Err(GatewayError::NoRoute);
             }
             break 'outcome Ok(redirect_to_https(&request, host_name, shared.https_port));
@@ -144,7 +139,7 @@ pub(super) async fn handle(
         match (entry.access, &entry.policy, &snapshot.sign_in) {
             (Access::Public, _, _) => {}
             (Access::Deny, _, _) => break 'outcome Err(GatewayError::Denied),
-            (Access::Mfa, Some(policy), Some(sign_in)) if auth::is_sign_out_path(path) => {
+            (Access::Mfa, Some(policy), Some(sign_in)) if is_sign_out(path) => {
                 // Signing out needs only a live session: not the route's freshness or group
                 // rules, which would send the user to sign in again instead of out.
                 match sign_in.live_session(request.headers()) {
@@ -197,6 +192,8 @@ pub(super) async fn handle(
             peer: peer_text.clone(),
             peer_trusted,
             scheme,
+            websocket: entry.websocket,
+            body_timeout: snapshot.config.server.request_body_timeout,
         };
         match proxy::forward(request, host.clone(), &entry.pool, &downstream).await {
             Ok(mut forwarded) => {
@@ -320,30 +317,200 @@ fn request_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayError
     }
 }
 
-fn gateway_endpoint(
-    endpoint: &str,
-    shared: &Shared,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    if endpoint.eq_ignore_ascii_case("health") {
-        let (status, text) = if shared.is_ready() {
-            (StatusCode::OK, "ready\n")
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n")
-        };
-        let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
-        return Ok(response);
+/// The gateway's own endpoints, under `/_gateway/` on every published host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GatewayEndpoint {
+    /// The load balancer's probe: 200 when ready, 503 otherwise.
+    Health,
+    /// Entra's answer to a sign-in (GET, or a form POST with `response_mode=form_post`).
+    Callback,
+    /// Sign out of the gateway and of Entra.
+    Logout,
+    /// Entra's front-channel logout, with only `sid`.
+    FrontChannelLogout,
+    /// Where Entra's sign-out returns the browser.
+    SignedOut,
+    /// A fresh sign-in (`prompt=login`), offered after a refused one.
+    SignIn,
+    /// Any other name under `/_gateway/`: 404, never forwarded (even under a route for `/`).
+    Unknown,
+}
+
+impl GatewayEndpoint {
+    /// The endpoint a request path names; `None` outside `/_gateway/`. Names are matched
+    /// without regard to case. Bytes
+    /// are compared, never a `str` sliced: the path may hold multi-byte UTF-8 anywhere.
+    fn of(path: &str) -> Option<GatewayEndpoint> {
+        const PREFIX: &[u8] = b"/_gateway/";
+        let bytes = path.as_bytes();
+        let prefix = bytes.get(..PREFIX.len())?;
+        if !prefix.eq_ignore_ascii_case(PREFIX) {
+            return None;
+        }
+        let name = &bytes[PREFIX.len()..];
+        [
+            (&b"health"[..], GatewayEndpoint::Health),
+            (b"callback", GatewayEndpoint::Callback),
+            (b"logout", GatewayEndpoint::Logout),
+            (b"frontchannel-logout", GatewayEndpoint::FrontChannelLogout),
+            (b"signed-out", GatewayEndpoint::SignedOut),
+            (b"sign-in", GatewayEndpoint::SignIn),
+        ]
+        .into_iter()
+        .find(|(known, _)| name.eq_ignore_ascii_case(known))
+        .map_or(Some(GatewayEndpoint::Unknown), |(_, endpoint)| {
+            Some(endpoint)
+        })
     }
-    Err(GatewayError::NoRoute)
+}
+
+/// Exchange's own sign-out pages, judged on the path as IIS resolves it: `/owa//logoff.owa`,
+/// `/owa/%6cogoff.owa` and `/owa/logoff.owa.` all sign out of Exchange, so they must end the
+/// gateway session too.
+fn is_sign_out(raw_path: &str) -> bool {
+    crate::routing::normalize_path(raw_path).is_ok_and(|path| auth::is_sign_out_path(&path))
+}
+
+/// `/_gateway/logout`. A cross-site page must not be able to sign a user out (a forged GET in
+/// an image tag, or a form on another site): the browser's own `Sec-Fetch-Site` — which no
+/// page can set — says whether the request came from this site or from the user (address bar,
+/// bookmark). Anything else gets a page with a button that posts from this site.
+fn logout(
+    request: &Request<Incoming>,
+    sign_in: &auth::SignIn,
+    ctx: &RequestContext<'_>,
+) -> Response<ResponseBody> {
+    let method = request.method();
+    if *method != Method::GET && *method != Method::HEAD && *method != Method::POST {
+        return crate::pages::Page::new("Bad request", "This address signs you out.")
+            .response(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if is_same_origin(request.headers(), ctx) {
+        let session = sign_in.session_of(request.headers());
+        return sign_in.end_session(session.as_ref(), ctx, "gateway_logout");
+    }
+    let status = if *method == Method::POST {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::OK
+    };
+    crate::pages::Page::new(
+        "Sign out",
+        "Sign out of Outlook on the web and of your Microsoft account on this browser?",
+    )
+    .with_form_button("Sign out", "/_gateway/logout")
+    .response(status)
+}
+
+/// Whether the browser says the request was made by this site itself or by the user directly:
+/// `Sec-Fetch-Site: same-origin` or `none`, or — from a browser without Fetch Metadata — a
+/// POST whose `Origin` is this gateway's own.
+fn is_same_origin(headers: &http::HeaderMap, ctx: &RequestContext<'_>) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes().eq_ignore_ascii_case(b"same-origin")
+            || site.as_bytes().eq_ignore_ascii_case(b"none");
+    }
+    headers
+        .get(http::header::ORIGIN)
+        .and_then(|origin| origin.to_str().ok())
+        .and_then(|origin| origin.split_once("://"))
+        .is_some_and(|(scheme, host)| {
+            scheme.eq_ignore_ascii_case(ctx.scheme) && host.eq_ignore_ascii_case(ctx.host)
+        })
+}
+
+/// A request head larger than `max_header_bytes`, counted the same way on both protocols: the
+/// request line and every header line as HTTP/1.1 writes them. hyper's own limits are looser
+/// (a read buffer, an HPACK table size), so this is where the configured number holds exactly.
+fn check_head_size<B>(request: &Request<B>, max: usize) -> Result<(), GatewayError> {
+    // "GET " + target + " HTTP/1.1\r\n" … "\r\n"
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |pq| pq.as_str().len());
+    let mut size = request.method().as_str().len() + 1 + target + 11 + 2;
+    if !request.headers().contains_key(HOST) {
+        // HTTP/2's `:authority` stands for the Host line.
+        if let Some(authority) = request.uri().authority() {
+            size += 6 + authority.as_str().len() + 2;
+        }
+    }
+    for (name, value) in request.headers() {
+        size += name.as_str().len() + 2 + value.len() + 2;
+        if size > max {
+            return Err(GatewayError::HeadersTooLarge);
+        }
+    }
+    if size > max {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Reads a body the gateway consumes itself (the sign-in callback's form): small, whole, and
+/// in time. Without a deadline a client that announces a body and never sends it would hold
+/// its connection — and over HTTP/2 hundreds of streams each buffering — for ever; so the body
+/// must arrive within `header_read_timeout`, be at most [`MAX_GATEWAY_BODY`] bytes, and only
+/// [`MAX_GATEWAY_BODIES_PER_CONNECTION`] such bodies are read at once on one connection.
+async fn read_gateway_body(
+    parts: &http::request::Parts,
+    body: Incoming,
+    connection: &Connection,
+    server: &crate::config::ServerConfig,
+) -> Result<Bytes, GatewayError> {
+    use http_body_util::{BodyExt, Limited};
+    if parts.method != Method::POST {
+        return Ok(Bytes::new());
+    }
+    let announced = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_GATEWAY_BODY as u64) {
+        return Err(GatewayError::BodyTooLarge);
+    }
+    let Ok(_permit) = connection.gateway_bodies.clone().try_acquire_owned() else {
+        return Err(GatewayError::ConnectionBusy);
+    };
+    let collected = tokio::time::timeout(
+        server.header_read_timeout,
+        Limited::new(body, MAX_GATEWAY_BODY).collect(),
+    )
+    .await;
+    match collected {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BodyTooLarge),
+        Ok(Err(e)) => Err(GatewayError::DownstreamAborted(e.to_string())),
+        Err(_) => Err(GatewayError::BodyTimeout),
+    }
+}
+
+/// Largest body the gateway reads itself: Entra's form_post answer (`code`, `state`,
+/// `session_state`) is a few kilobytes.
+pub(super) const MAX_GATEWAY_BODY: usize = 16 * 1024;
+/// Gateway-read bodies in progress at once on one connection; more are refused at once, so an
+/// HTTP/2 connection cannot make the gateway buffer hundreds of them.
+pub(super) const MAX_GATEWAY_BODIES_PER_CONNECTION: usize = 4;
+
+fn health(shared: &Shared) -> Response<ResponseBody> {
+    let (status, text) = if shared.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n")
+    };
+    let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 fn redirect_to_https(
