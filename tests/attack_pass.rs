@@ -339,14 +339,90 @@ fn head_of_size(size: usize) -> String {
 #[tokio::test]
 async fn request_head_of_max_header_bytes_passes_and_one_byte_more_gets_431_over_http1() {
     let exchange = FakeExchange::builder("ex01").start().await;
-    let (_gateway, addr) = public_gateway(&exchange.url(), "max_header_bytes = 16384").await;
-    let (answer, _) = raw_exchange(addr, head_of_size(16384).as_bytes()).await;
+    // The default max_header_bytes, 65,536.
+    let (_gateway, addr) = public_gateway(&exchange.url(), "").await;
+    let (answer, _) = raw_exchange(addr, head_of_size(65_536).as_bytes()).await;
     assert_eq!(status_of(&answer), Some(200), "{}", show(&answer));
-    for size in [16385, 20_000, 24_000] {
-        let (answer, _) = raw_exchange(addr, head_of_size(size).as_bytes()).await;
+    for size in [65_537, 80_000, 105_000] {
+        // Sent in two parts, the first just under the limit: a parser that checks its buffer
+        // only while the head is incomplete would take the whole head in the second read.
+        let head = head_of_size(size);
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(&head.as_bytes()[..60_000])
+            .await
+            .expect("write");
+        stream.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stream.write_all(&head.as_bytes()[60_000..]).await;
+        let answer = read_answer(&mut stream).await;
         assert_eq!(
             status_of(&answer),
             Some(431),
+            "{size} bytes: {}",
+            show(&answer)
+        );
+    }
+    assert_eq!(
+        exchange.user_requests().len(),
+        1,
+        "only the head within the limit is forwarded"
+    );
+}
+
+#[tokio::test]
+async fn request_head_over_max_header_bytes_gets_431_over_tls_records_too() {
+    // Over TLS a head arrives in records of at most 16 KiB: the limit must hold however the
+    // head is cut.
+    let pki = support::TestPki::new();
+    let cert = pki.issue(&[MAIL_HOST]);
+    let exchange = FakeExchange::builder("ex01").start().await;
+    let toml = format!(
+        "[server]\nhttps_listen = \"127.0.0.1:0\"\n\n\
+         [[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [upstreams.exchange]\nservers = [\"{}\"]\n\n\
+         [[routes]]\nhost = \"{MAIL_HOST}\"\npath = \"/owa\"\nupstream = \"exchange\"\naccess = \"public\"\n",
+        cert.cert.display(),
+        cert.key.display(),
+        exchange.url()
+    );
+    let gateway = TestGateway::start(&toml).await;
+    let addr = gateway.https.expect("https listener");
+    for (size, expected) in [
+        (65_536, Some(200)),
+        (66_000, Some(431)),
+        (80_000, Some(431)),
+        (105_000, Some(431)),
+    ] {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tls =
+            tokio_rustls::TlsConnector::from(Arc::new(pki.rustls_client_config(&[b"http/1.1"])))
+                .connect(
+                    rustls::pki_types::ServerName::try_from(MAIL_HOST).expect("name"),
+                    tcp,
+                )
+                .await
+                .expect("TLS handshake");
+        let head = head_of_size(size);
+        for part in head.as_bytes().chunks(16 * 1024) {
+            if tls.write_all(part).await.is_err() {
+                break;
+            }
+            let _ = tls.flush().await;
+        }
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let deadline = Instant::now() + IO_LIMIT;
+        while !response_complete(&answer) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, tls.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        assert_eq!(
+            status_of(&answer),
+            expected,
             "{size} bytes: {}",
             show(&answer)
         );
