@@ -1,19 +1,24 @@
 //! mfa-gateway: a reverse proxy that publishes on-premises Exchange 2019 (Outlook on the web,
-//! the Exchange Control Panel) to the internet, in place of Web Application Proxy.
+//! the Exchange Control Panel) to the internet, in place of Web Application Proxy and AD FS.
 //!
-//! A request's path through the crate, top to bottom:
+//! A request's path through the crate, top to bottom (`docs/architecture.md` says more):
 //!
-//! - [`server`]: listeners, TLS with SNI ([`server::tls`]), connection limits, drain and
-//!   reload. [`Gateway::start`] takes a [`config::Config`], already-bound [`Listeners`] and a
-//!   shutdown future.
+//! - [`server`]: listeners, TLS with SNI ([`server::tls`]), connection limits and idle
+//!   timeouts, drain and reload. [`Gateway::start`] takes a [`config::Config`], already-bound
+//!   [`Listeners`] and a shutdown future.
+//! - `pipeline`: one request, top-down — framing checks, the gateway's own `/_gateway/*`
+//!   endpoints, the router, the route's access decision, the proxy.
 //! - [`routing`]: (host, path) → route, after the path normalisation IIS applies, so what the
 //!   gateway judges is what Exchange serves.
-//! - the access decision of the route (`public`, `deny`; `mfa` with sign-in).
-//! - [`proxy`]: header rules, the pool of Exchange servers with health checks, streaming.
+//! - [`auth`]: sign-in through Entra ID (OpenID Connect), the session check of `mfa` routes,
+//!   sign-out; [`session`]: the sealed session cookie, pending sign-ins, revocation.
+//! - [`proxy`]: header rules, the pool of Exchange servers with health checks, streaming,
+//!   WebSocket upgrades where a route allows them.
 //!
 //! Around it: [`config`] (the TOML contract and its validation), [`error`] (one error type,
 //! labelled by the side that failed, mapped to status, page and log in one place), [`pages`],
-//! [`access`] (the access log), [`metrics`].
+//! [`access`] (the access log), [`audit`] (events for the SIEM), [`metrics`], [`demo`] (the
+//! `mfa-gateway demo` command).
 
 #![forbid(unsafe_code)]
 // Input from the network, the browser and the identity provider is hostile: no panics on it.
@@ -29,6 +34,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod pages;
+pub(crate) mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -18,7 +18,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{request, Connection, HttpBuilders, Shared};
+use super::{Connection, HttpBuilders, Shared};
+use crate::pipeline;
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -150,7 +151,7 @@ async fn serve_http<I>(
         peer,
         peer_text: crate::proxy::headers::address_text(peer.ip()),
         tls: !matches!(protocol, Protocol::Sniffed),
-        gateway_bodies: Arc::new(Semaphore::new(request::MAX_GATEWAY_BODIES_PER_CONNECTION)),
+        gateway_bodies: Arc::new(Semaphore::new(pipeline::MAX_GATEWAY_BODIES_PER_CONNECTION)),
     });
     let watch = Watch {
         activity: activity.clone(),
@@ -165,7 +166,7 @@ async fn serve_http<I>(
         // Boxed: hyper keeps room for the service's future in every connection for as long as
         // it lives; a box takes that memory only while a request is in flight.
         Box::pin(async move {
-            let mut response = request::handle(req, &connection, &shared).await;
+            let mut response = pipeline::handle(req, &connection, &shared).await;
             // The request counts as in flight until its response body is done or dropped.
             response.body_mut().hold(in_flight);
             Ok::<_, std::convert::Infallible>(response)

@@ -7,7 +7,6 @@
 
 mod admin;
 mod listener;
-mod request;
 pub mod tls;
 
 use std::future::Future;
@@ -33,7 +32,7 @@ use crate::routing::Router;
 use tls::{CertSet, CertStore};
 
 /// What a request knows of the browser connection it came on.
-pub(crate) struct Connection {
+pub struct Connection {
     pub(crate) peer: SocketAddr,
     /// The peer's address as `X-Forwarded-For` and the access log write it, formatted once.
     pub(crate) peer_text: http::HeaderValue,
@@ -229,7 +228,7 @@ pub struct Shared {
     pub(crate) draining: AtomicBool,
     pub(crate) gateway_metrics: Arc<RouteMetrics>,
     pub(crate) unrouted_metrics: Arc<RouteMetrics>,
-    certs: Option<Arc<CertStore>>,
+    pub(crate) certs: Option<Arc<CertStore>>,
     /// Tells the health-check tasks of replaced pools and of shutdown to stop.
     health_stop: watch::Sender<bool>,
     /// The HTTPS listener's port, for redirects from the HTTP listener.

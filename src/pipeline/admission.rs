@@ -1,0 +1,109 @@
+//! The route's access rule for one request: `public` passes, `deny` is refused, `mfa` needs a
+//! session that satisfies the route's policy — or, on Exchange's own sign-out pages, only a live
+//! session, so that signing out never asks the user to sign in first.
+
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::access::AccessRecord;
+use crate::auth::{self, Admission, RequestContext, SignIn};
+use crate::body::ResponseBody;
+use crate::config::Access;
+use crate::error::{GatewayError, Side};
+use crate::server::{RouteEntry, Snapshot};
+use crate::session::{strip_cookies, Session};
+
+/// What the access rule decided.
+pub(super) enum Decision {
+    /// Forward to Exchange.
+    Forward(Admitted),
+    /// Answer without Exchange: a redirect to sign in, a 401/440 for a script.
+    Answer(Box<Response<ResponseBody>>),
+}
+
+/// How a forwarded request was let in.
+pub(super) enum Admitted {
+    /// A public route, or a session that satisfies the route; `reseal` refreshes the session's
+    /// idle timer.
+    Session { reseal: Option<HeaderValue> },
+    /// Exchange's sign-out page with a live session: forwarded (Exchange clears its cookies),
+    /// then the gateway and Entra sessions end too.
+    SigningOut {
+        sign_in: Arc<SignIn>,
+        session: Box<Session>,
+    },
+}
+
+pub(super) fn decide(
+    request: &Request<Incoming>,
+    entry: &RouteEntry,
+    snapshot: &Snapshot,
+    ctx: &RequestContext<'_>,
+    record: &mut AccessRecord,
+) -> Result<Decision, GatewayError> {
+    let (policy, sign_in) = match (entry.access, &entry.policy, &snapshot.sign_in) {
+        (Access::Public, _, _) => return Ok(Decision::Forward(Admitted::Session { reseal: None })),
+        (Access::Deny, _, _) => return Err(GatewayError::Denied),
+        (Access::Mfa, Some(policy), Some(sign_in)) => (policy, sign_in),
+        // An mfa route without sign-in configured cannot be judged: closed.
+        (Access::Mfa, _, _) => return Err(GatewayError::Denied),
+    };
+    if is_sign_out(request.uri().path()) {
+        // Signing out needs only a live session: not the route's freshness or group rules,
+        // which would send the user to sign in again instead of out.
+        return Ok(match sign_in.live_session(request.headers()) {
+            Some(session) => Decision::Forward(Admitted::SigningOut {
+                sign_in: sign_in.clone(),
+                session,
+            }),
+            None => Decision::Answer(Box::new(sign_in.end_session(None, ctx, "owa_logoff"))),
+        });
+    }
+    match sign_in.admit(request.headers(), policy) {
+        Admission::Allowed { reseal, .. } => Ok(Decision::Forward(Admitted::Session { reseal })),
+        Admission::SignInRequired { step_up, why } => {
+            record.set_failure(Side::Gateway, format!("sign-in required: {why}"));
+            let response = if auth::is_navigation(request.method(), request.headers()) {
+                sign_in.start(
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                    &step_up,
+                    ctx,
+                )
+            } else {
+                sign_in.unauthenticated(policy)
+            };
+            Ok(Decision::Answer(Box::new(response)))
+        }
+        Admission::Denied { session, why } => {
+            crate::audit::policy_denied(
+                why,
+                &session.oid.to_string(),
+                session.upn.as_deref(),
+                &policy.name,
+                ctx.client,
+            );
+            Err(GatewayError::PolicyDenied(why))
+        }
+    }
+}
+
+/// Exchange never sees the gateway's own cookies.
+pub(super) fn strip_gateway_cookies(request: &mut Request<Incoming>, snapshot: &Snapshot) {
+    if let Some(sign_in) = &snapshot.sign_in {
+        strip_cookies(request.headers_mut(), |name| {
+            sign_in.is_gateway_cookie(name)
+        });
+    }
+}
+
+/// Exchange's own sign-out pages, judged on the path as IIS resolves it: `/owa//logoff.owa`,
+/// `/owa/%6cogoff.owa` and `/owa/logoff.owa.` all sign out of Exchange, so they must end the
+/// gateway session too.
+fn is_sign_out(raw_path: &str) -> bool {
+    crate::routing::normalize_path(raw_path).is_ok_and(|path| auth::is_sign_out_path(&path))
+}

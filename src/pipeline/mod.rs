@@ -1,0 +1,216 @@
+//! One browser request, top to bottom:
+//!
+//! 1. [`framing`]: refuse what two parsers could read differently, and heads over the limit.
+//! 2. [`endpoints`]: the gateway's own `/_gateway/*` endpoints (an enum), on published hosts.
+//! 3. plain HTTP with TLS configured: redirect to HTTPS.
+//! 4. the router: (host, path) → route, after IIS's path normalisation.
+//! 5. [`admission`]: the route's access rule — `public`, `deny`, or `mfa` with the session and
+//!    the route's policy.
+//! 6. the proxy: forward to a healthy Exchange server and stream the answer back.
+//!
+//! Every outcome, forwarded or refused, leaves one access log line and one metric sample: the
+//! [`AccessRecord`] rides on the response body and is written when the body is done.
+
+mod admission;
+mod endpoints;
+mod framing;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::access::AccessRecord;
+use crate::auth::RequestContext;
+use crate::body::ResponseBody;
+use crate::error::{GatewayError, Side};
+use crate::proxy::{self, headers, Downstream};
+use crate::routing::{host_without_port, RouteMatch};
+use crate::server::{Connection, Shared, Snapshot};
+use admission::Admitted;
+use endpoints::GatewayEndpoint;
+
+pub(crate) use endpoints::MAX_GATEWAY_BODIES_PER_CONNECTION;
+
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+/// Serves one request. Never fails: every error becomes the gateway's page for it.
+pub(crate) async fn handle(
+    request: Request<Incoming>,
+    connection: &Connection,
+    shared: &Arc<Shared>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let snapshot = shared.snapshot.load();
+    let trusted = &snapshot.config.server.trusted_proxies;
+    let peer_trusted = headers::is_trusted(connection.peer.ip(), trusted);
+    let client = headers::client_address(request.headers(), connection.peer.ip(), trusted);
+    let client_text = if client == connection.peer.ip() {
+        connection.peer_text.clone()
+    } else {
+        headers::address_text(client)
+    };
+    let mut record = AccessRecord::new(
+        start,
+        shared.metrics.clone(),
+        shared.unrouted_metrics.clone(),
+        request.method().clone(),
+        request.uri().clone(),
+        request.version(),
+        client_text,
+    );
+    let request = Arrival {
+        request,
+        connection,
+        peer_trusted,
+        client,
+    };
+    let outcome = serve(request, shared, &snapshot, &mut record).await;
+
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(error) => {
+            record.set_failure(error.side(), error.to_string());
+            if error.side() == Side::Upstream {
+                tracing::warn!(reason = error.reason(), error = %error, "request to Exchange failed");
+            }
+            error.page().response(error.status())
+        }
+    };
+    if connection.tls {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
+    }
+    record.set_status(response.status().as_u16());
+    response.body_mut().set_record(record);
+    response
+}
+
+/// A request with what its connection says about the browser.
+struct Arrival<'c> {
+    request: Request<Incoming>,
+    connection: &'c Connection,
+    /// The peer is one of `trusted_proxies` (its `X-Forwarded-*` is believed).
+    peer_trusted: bool,
+    /// The browser's address: the peer's, or the one a trusted proxy reports.
+    client: std::net::IpAddr,
+}
+
+async fn serve(
+    arrival: Arrival<'_>,
+    shared: &Shared,
+    snapshot: &Snapshot,
+    record: &mut AccessRecord,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let Arrival {
+        request,
+        connection,
+        peer_trusted,
+        client,
+    } = arrival;
+    let server = &snapshot.config.server;
+    framing::check_framing(&request)?;
+    framing::check_head_size(&request, server.max_header_bytes)?;
+
+    let endpoint = GatewayEndpoint::of(request.uri().path());
+    // The load balancer's probe may come without a Host header (HTTP/1.0): health is answered
+    // for any host.
+    if endpoint == Some(GatewayEndpoint::Health) {
+        record.set_route(shared.gateway_metrics.clone());
+        return Ok(endpoints::health(shared));
+    }
+    let host = framing::request_host(&request)?;
+    let host_text = host
+        .to_str()
+        .map_err(|_| GatewayError::BadRequest("Host is not text"))?;
+    let scheme = framing::browser_scheme(connection.tls, peer_trusted, request.headers());
+    let ctx = RequestContext {
+        host: host_text,
+        scheme,
+        client,
+    };
+
+    if let Some(endpoint) = endpoint {
+        record.set_route(shared.gateway_metrics.clone());
+        // Sign-in and sign-out build Entra URLs from the Host header: answered only for hosts
+        // this gateway publishes, never for whatever Host a client makes up.
+        let (Some(sign_in), true) = (&snapshot.sign_in, snapshot.router.serves_host(host_text))
+        else {
+            return Err(GatewayError::NoRoute);
+        };
+        return endpoints::serve(endpoint, request, sign_in, &ctx, connection, shared, server)
+            .await;
+    }
+
+    if !connection.tls && shared.certs.is_some() {
+        // Plain HTTP with TLS configured: send the browser to HTTPS, but only for a host this
+        // gateway publishes — never an open redirect to whatever Host was sent.
+        if !snapshot.router.serves_host(host_text) {
+            return Err(GatewayError::NoRoute);
+        }
+        return Ok(framing::redirect_to_https(
+            &request,
+            host_without_port(host_text),
+            shared.https_port,
+        ));
+    }
+
+    let entry = match snapshot.router.lookup(host_text, request.uri().path()) {
+        RouteMatch::Found(entry) => entry,
+        RouteMatch::NotFound => return Err(GatewayError::NoRoute),
+        RouteMatch::BadPath => return Err(GatewayError::BadPath),
+    };
+    record.set_route(entry.metrics.clone());
+    let admitted = match admission::decide(&request, entry, snapshot, &ctx, record)? {
+        admission::Decision::Forward(admitted) => admitted,
+        admission::Decision::Answer(response) => return Ok(*response),
+    };
+
+    let mut request = request;
+    admission::strip_gateway_cookies(&mut request, snapshot);
+    let downstream = Downstream {
+        peer: connection.peer_text.clone(),
+        peer_trusted,
+        scheme,
+        websocket: entry.websocket,
+        body_timeout: server.request_body_timeout,
+    };
+    let forwarded = proxy::forward(request, host.clone(), &entry.pool, &downstream).await;
+    match (forwarded, admitted) {
+        (Ok(forwarded), Admitted::SigningOut { sign_in, session }) => {
+            record.set_upstream(forwarded.server);
+            // Exchange has cleared its own cookies; keep those Set-Cookie headers and end the
+            // gateway session and the Entra session too.
+            let mut response = sign_in.end_session(Some(&session), &ctx, "owa_logoff");
+            for cookie in forwarded.response.headers().get_all(SET_COOKIE) {
+                response.headers_mut().append(SET_COOKIE, cookie.clone());
+            }
+            Ok(response)
+        }
+        (Ok(mut forwarded), Admitted::Session { reseal }) => {
+            record.set_upstream(forwarded.server);
+            if let Some(cookie) = reseal {
+                forwarded.response.headers_mut().append(SET_COOKIE, cookie);
+            }
+            Ok(forwarded.response)
+        }
+        (Err(failure), Admitted::SigningOut { sign_in, session }) => {
+            if let Some(server) = failure.server {
+                record.set_upstream(server);
+            }
+            // Exchange could not be reached: the user still signs out of the gateway and
+            // Entra — on a shared computer the mailbox must not stay open.
+            record.set_failure(failure.error.side(), failure.error.to_string());
+            Ok(sign_in.end_session(Some(&session), &ctx, "owa_logoff"))
+        }
+        (Err(failure), Admitted::Session { .. }) => {
+            if let Some(server) = failure.server {
+                record.set_upstream(server);
+            }
+            Err(failure.error)
+        }
+    }
+}
