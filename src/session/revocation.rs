@@ -25,14 +25,15 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::expiring::ExpiringMap;
 use super::{Session, SessionId};
 
-/// Most front-channel logouts of sids this gateway has not seen that are kept. A genuine one
-/// (a session from another gateway) arrives seconds after the sign-out at Entra, so the list
-/// only has to outlast a flood's first seconds; 10,000 entries are about 1.5 MB.
+/// Most front-channel logouts of sids this gateway has not seen that are kept. They wait for a
+/// session issued by another gateway to show up here, and a flood of made-up sids can push them
+/// out: that is why no sign-in seen here depends on this list. About 1.5 MB when full of
+/// Entra's GUID sids, 4 MB at most (front-channel logout takes sids of up to 256 bytes).
 pub const MAX_UNSEEN_SID_REVOCATIONS: usize = 10_000;
 
-/// Most sids of sessions issued or served here that are remembered (about 15 MB when full):
-/// more sign-ins than that within one session lifetime push the oldest out, whose
-/// front-channel logout then counts as an unseen sid's.
+/// Most sids of sessions issued or served here that are remembered (about 15 MB when full of
+/// Entra's GUID sids): more sign-ins than that within one session lifetime push out the sids
+/// closest to expiry, whose front-channel logout then counts as an unseen sid's.
 pub const MAX_SEEN_SIDS: usize = 100_000;
 
 /// Longest sid remembered; front-channel logout refuses longer ones.
