@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::auth::SignIn;
 use crate::proxy::UpstreamPool;
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -119,7 +120,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format.
-    pub fn render(&self, pools: &[Arc<UpstreamPool>], draining: bool) -> String {
+    pub fn render(
+        &self,
+        pools: &[Arc<UpstreamPool>],
+        sign_in: Option<&SignIn>,
+        draining: bool,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP mfagw_requests_total Requests answered, by route and status code.\n");
         out.push_str("# TYPE mfagw_requests_total counter\n");
@@ -222,8 +228,38 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        if let Some(sign_in) = sign_in {
+            render_sign_in_memory(&mut out, sign_in);
+        }
         out
     }
+}
+
+/// What sign-in keeps in memory, each part capped: an operator sees a flood fill it.
+fn render_sign_in_memory(out: &mut String, sign_in: &SignIn) {
+    let revocations = sign_in.revocation_counts();
+    let _ = writeln!(
+        out,
+        "# HELP mfagw_used_login_states Login states remembered as used (their code was accepted), so a callback cannot be replayed.\n\
+         # TYPE mfagw_used_login_states gauge\n\
+         mfagw_used_login_states {}",
+        sign_in.remembered_states()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP mfagw_revocations Revoked sessions remembered: protected (sign-outs, front-channel logouts of sids seen here) and unseen_sid (front-channel logouts of other sids, capped).\n\
+         # TYPE mfagw_revocations gauge\n\
+         mfagw_revocations{{store=\"protected\"}} {}\n\
+         mfagw_revocations{{store=\"unseen_sid\"}} {}",
+        revocations.protected, revocations.unseen_sids
+    );
+    let _ = writeln!(
+        out,
+        "# HELP mfagw_seen_sids Entra sids of sessions issued or served here, remembered so their front-channel logout is protected.\n\
+         # TYPE mfagw_seen_sids gauge\n\
+         mfagw_seen_sids {}",
+        revocations.seen_sids
+    );
 }
 
 fn escape_label(value: &str) -> String {

@@ -16,7 +16,7 @@ pub mod provider;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,7 +33,8 @@ use crate::config::{Config, MfaConfig, OidcConfig, ResponseMode, SessionConfig};
 use crate::pages::Page;
 use crate::session::{
     clear_cookie_header, cookies, find_cookie, set_cookie_header, EntraId, Guid, LoginTransaction,
-    MfaEvidence, OpenedSessions, Revocations, SameSite, Session, SessionKey, SessionSeal,
+    MfaEvidence, OpenedSessions, RevocationCounts, Revocations, SameSite, Session, SessionKey,
+    SessionSeal, UsedStates,
 };
 use backchannel::BackChannel;
 use client_auth::ClientAuthenticator;
@@ -111,8 +112,8 @@ pub struct SignIn {
     /// Authentication contexts that count: `[mfa]`'s and those routes require for step-up.
     named_acrs: Vec<String>,
     clock: Clock,
-    /// States already used on this gateway (single use), with when they were used.
-    used_states: Mutex<HashMap<String, u64>>,
+    /// States already used on this gateway (single use); kept across reloads.
+    used_states: Arc<UsedStates>,
     /// Sessions ended by sign-out or front-channel logout; kept across reloads.
     revocations: Arc<Revocations>,
     /// What recent session cookies opened to (with these keys): not opened again per request.
@@ -159,6 +160,7 @@ impl SignIn {
             ),
         };
         let revocations = previous.map_or_else(Revocations::new, |p| p.revocations.clone());
+        let used_states = previous.map_or_else(Default::default, |p| p.used_states.clone());
         let mut named_groups: Vec<Guid> = config
             .routes
             .iter()
@@ -186,7 +188,7 @@ impl SignIn {
             named_groups,
             named_acrs,
             clock,
-            used_states: Mutex::new(HashMap::new()),
+            used_states,
             revocations,
             opened: OpenedSessions::default(),
             allowed_tenants: oidc
@@ -200,6 +202,16 @@ impl SignIn {
 
     pub fn provider(&self) -> &Arc<IdentityProvider> {
         &self.provider
+    }
+
+    /// Login states remembered as used (for the metrics).
+    pub fn remembered_states(&self) -> usize {
+        self.used_states.len()
+    }
+
+    /// What the revocation list holds (for the metrics).
+    pub fn revocation_counts(&self) -> RevocationCounts {
+        self.revocations.counts()
     }
 
     /// Ready when the provider's metadata and keys are loaded: before that no sign-in can
@@ -292,6 +304,7 @@ impl SignIn {
             return Some(session);
         }
         let session = Arc::new(self.seal.open(value)?);
+        self.revocations.note_session(&session, self.clock.now());
         self.opened.insert(value, session.clone());
         Some(session)
     }
@@ -488,9 +501,12 @@ impl SignIn {
         if login.is_expired(now, self.oidc.login_timeout) {
             return Err(Failure::state("state_expired").with_return(&login.return_path));
         }
-        if !self.consume_state(state, now) {
-            return Err(Failure::state("state_replayed").with_return(&login.return_path));
-        }
+        // Held until the code is exchanged: kept as used only if the identity provider accepts
+        // it, so made-up codes leave nothing behind.
+        let reservation = self
+            .used_states
+            .reserve(state, now)
+            .ok_or_else(|| Failure::state("state_replayed").with_return(&login.return_path))?;
         if let Some(error) = params.get("error") {
             let description = params
                 .get("error_description")
@@ -572,6 +588,7 @@ impl SignIn {
                 facts: Default::default(),
             });
         }
+        reservation.keep(now.saturating_add(self.oidc.login_timeout.as_secs()));
         let id_token = token
             .get("id_token")
             .and_then(|t| t.as_str())
@@ -615,6 +632,7 @@ impl SignIn {
             .filter(|g| self.named_groups.contains(g))
             .collect();
         session.groups_overage = identity.groups_overage;
+        self.revocations.note_session(&session, now);
         session.mfa = MfaEvidence {
             amr: identity.amr.clone(),
             acrs: identity
@@ -637,9 +655,9 @@ impl SignIn {
     /// any route's policy says: enough to sign out.
     pub fn live_session(&self, headers: &HeaderMap) -> Option<Box<Session>> {
         let session = self.session_of(headers)?;
-        let live = session
-            .check(self.clock.now(), self.session.idle_timeout)
-            .is_ok()
+        let now = self.clock.now();
+        self.revocations.note_session(&session, now);
+        let live = session.check(now, self.session.idle_timeout).is_ok()
             && !self.revocations.is_revoked(&session);
         live.then(|| Box::new(session))
     }
@@ -747,19 +765,6 @@ impl SignIn {
                 now,
             },
         )
-    }
-
-    /// Marks `state` used; false when it was used before on this gateway.
-    fn consume_state(&self, state: &str, now: u64) -> bool {
-        let mut used = match self.used_states.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let horizon = self.oidc.login_timeout.as_secs();
-        if used.len() > 10_000 {
-            used.retain(|_, at| now.saturating_sub(*at) <= horizon);
-        }
-        used.insert(state.to_owned(), now).is_none()
     }
 
     fn random_token(&self) -> Result<String, ()> {

@@ -59,7 +59,9 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                shared.metrics.render(&snapshot.pools, draining),
+                shared
+                    .metrics
+                    .render(&snapshot.pools, snapshot.sign_in.as_deref(), draining),
             )
         }
         _ => (

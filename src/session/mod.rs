@@ -18,6 +18,9 @@
 //!   error page.
 //! - [`LoginTransaction`]: a sign-in in progress (state, nonce, PKCE verifier, return path),
 //!   sealed by the same ring into its own short-lived cookie per `state`.
+//! - [`Revocations`]: sessions ended before their cookie expires (sign-out, front-channel
+//!   logout), kept so that made-up front-channel logouts can never push a genuine one out.
+//! - [`UsedStates`]: login states already finished with, so a callback cannot be replayed.
 //! - [`cookie`]: `Set-Cookie` values, finding a cookie among several `Cookie` fields, and
 //!   taking the gateway's cookies out of what goes to Exchange.
 //!
@@ -25,11 +28,13 @@
 //! tested with fixed times and every gateway judges a cookie the same way.
 
 pub mod cookie;
+mod expiring;
 mod login;
 mod model;
 mod opened;
 mod revocation;
 mod seal;
+mod used_states;
 
 pub use cookie::{
     clear_cookie_header, cookie_values, cookies, find_cookie, is_valid_cookie_name,
@@ -38,8 +43,9 @@ pub use cookie::{
 pub use login::LoginTransaction;
 pub use model::{EntraId, Guid, MfaEvidence, Session, SessionExpired, SessionId, TOUCH_INTERVAL};
 pub use opened::OpenedSessions;
-pub use revocation::Revocations;
+pub use revocation::{RevocationCounts, Revocations, MAX_SEEN_SIDS, MAX_UNSEEN_SID_REVOCATIONS};
 pub use seal::{SealError, SessionKey, SessionSeal, FORMAT_VERSION, MIN_KEY_BYTES};
+pub use used_states::{StateReservation, UsedStates, MAX_USED_STATES};
 
 #[cfg(test)]
 mod tests;
