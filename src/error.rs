@@ -9,6 +9,7 @@ use std::fmt;
 use http::StatusCode;
 
 use crate::pages::Page;
+use crate::policy::DenialReason;
 
 /// Which side of the gateway a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub enum GatewayError {
     Denied,
     /// Signed in, but the route's policy (group membership) refuses the user; the reason code
     /// says why (`not_in_group`, `groups_overage`).
-    PolicyDenied(&'static str),
+    PolicyDenied(DenialReason),
     /// The gateway is not ready or is shutting down.
     NotReady,
     /// Every server of the upstream is marked down.
@@ -120,7 +121,7 @@ impl GatewayError {
             GatewayError::ConnectionBusy => "connection_busy",
             GatewayError::DownstreamAborted(_) => "browser_aborted",
             GatewayError::Denied => "denied",
-            GatewayError::PolicyDenied(why) => why,
+            GatewayError::PolicyDenied(why) => why.as_str(),
             GatewayError::NotReady => "not_ready",
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -159,7 +160,7 @@ impl GatewayError {
                 "Access denied",
                 "This part of the site is not available from outside the organisation.",
             ),
-            GatewayError::PolicyDenied("groups_overage") => Page::new(
+            GatewayError::PolicyDenied(DenialReason::GroupsOverage) => Page::new(
                 "Group membership could not be checked",
                 "Your account is a member of more groups than Microsoft Entra ID lists in a sign-in, so the membership this page requires could not be checked. Ask your administrator to grant access another way.",
             ),

@@ -35,6 +35,7 @@ pub mod error;
 pub mod metrics;
 pub mod pages;
 pub(crate) mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod server;

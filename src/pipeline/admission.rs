@@ -81,7 +81,7 @@ pub(super) fn decide(
         }
         Admission::Denied { session, why } => {
             crate::audit::policy_denied(
-                why,
+                why.as_str(),
                 &session.oid.to_string(),
                 session.upn.as_deref(),
                 &policy.name,
