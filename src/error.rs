@@ -1,15 +1,16 @@
 //! One error type for everything that can go wrong while serving a request, labelled with the
-//! side that failed. The label decides the status code, the page, the log line and the metric in
-//! one place ([`GatewayError::status`], [`GatewayError::page`], [`GatewayError::reason`]), so an
-//! administrator reading a log line knows at once whether to look at the browser, at Exchange or
-//! at the gateway.
+//! side that failed: the browser, Exchange, Entra ID, or the gateway itself. The variant decides
+//! the status code, the page, the log reason and the metric label in one place
+//! ([`GatewayError::status`], [`GatewayError::page`], [`GatewayError::reason`],
+//! [`GatewayError::response`]), so an administrator reading a log line knows at once where to
+//! look, and a user reads what happened in words they understand.
 
-use std::fmt;
+use http::{Response, StatusCode};
 
-use http::StatusCode;
-
-use crate::pages::Page;
-use crate::policy::DenialReason;
+use crate::auth::id_token::Refusal;
+use crate::body::ResponseBody;
+use crate::pages::{sign_in_again_link, Page, DEFAULT_RETURN};
+use crate::policy::{DenialReason, SignInReason};
 
 /// Which side of the gateway a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,54 +19,147 @@ pub enum Side {
     Downstream,
     /// An Exchange server failed, refused or timed out.
     Upstream,
-    /// The gateway's own policy or state (not ready, draining, denied by configuration).
+    /// Entra ID: unreachable, refused the sign-in, or answered with a token that does not pass.
+    IdentityProvider,
+    /// The gateway's own policy or state (not ready, denied by configuration or policy).
     Gateway,
 }
 
 impl Side {
+    /// The label in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Downstream => "browser",
             Side::Upstream => "exchange",
+            Side::IdentityProvider => "entra",
             Side::Gateway => "gateway",
         }
     }
 }
 
-#[derive(Debug)]
+/// Why a sign-in's answer could not be matched to the browser that started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateProblem {
+    /// The answer names no `state`.
+    Missing,
+    /// No pending-login cookie of this browser matches the `state`.
+    Unknown,
+    /// The sign-in started longer ago than `oidc.login_timeout`.
+    Expired,
+    /// The `state` was used already on this gateway.
+    Replayed,
+    /// The answer carries neither a code nor an error.
+    CodeMissing,
+}
+
+impl StateProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateProblem::Missing => "state_missing",
+            StateProblem::Unknown => "state_unknown",
+            StateProblem::Expired => "state_expired",
+            StateProblem::Replayed => "state_replayed",
+            StateProblem::CodeMissing => "code_missing",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    // The browser's side.
     /// No route publishes this host and path.
+    #[error("no route for this host and path")]
     NoRoute,
     /// The path cannot be normalised the way IIS would (double escaping, control bytes, …).
+    #[error("path cannot be normalised")]
     BadPath,
     /// The request line or headers are unacceptable (missing Host, smuggling attempt, …).
+    #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The method is not one this address accepts.
+    #[error("method not accepted here")]
+    MethodNotAllowed,
     /// The request head is larger than `server.max_header_bytes`.
+    #[error("request head larger than server.max_header_bytes")]
     HeadersTooLarge,
     /// The request body is larger than the upstream's `max_request_body` (or, for a body the
     /// gateway reads itself, than its small cap).
+    #[error("request body larger than accepted")]
     BodyTooLarge,
     /// The request body stalled: a body the gateway reads itself did not arrive within
     /// `header_read_timeout`, or one on its way to Exchange paused for `request_body_timeout`.
+    #[error("request body not received in time")]
     BodyTimeout,
     /// Too many bodies the gateway reads itself are in progress on this connection.
+    #[error("too many gateway-read request bodies in progress on one connection")]
     ConnectionBusy,
     /// The browser's connection failed while its request body was being forwarded.
+    #[error("browser connection failed during upload: {0}")]
     DownstreamAborted(String),
+    /// A script's request (not a page load) without a usable session: 401, or 440 on OWA,
+    /// never a redirect that would break the script.
+    #[error("sign-in required: {why}")]
+    SignInRequired {
+        status: StatusCode,
+        why: SignInReason,
+    },
+    /// A sign-in's answer that cannot be matched to this browser's pending sign-in.
+    #[error("sign-in answer refused: {}", problem.as_str())]
+    SignInState {
+        problem: StateProblem,
+        /// Where the fresh sign-in offered on the page returns to.
+        return_path: String,
+    },
+
+    // Entra ID's side.
+    /// Entra answered the sign-in with `error=` (the user cancelled, consent missing, …).
+    #[error("Entra did not complete the sign-in: {code}")]
+    SignInNotCompleted {
+        code: String,
+        /// The first line of `error_description`, shown escaped on the page.
+        description: String,
+        return_path: String,
+    },
+    /// Entra's token endpoint refused to exchange the code.
+    #[error("Entra refused the code exchange")]
+    CodeExchangeRefused { return_path: String },
+    /// The ID token did not pass one of the checks.
+    #[error("ID token refused: {}", refusal.reason())]
+    TokenRefused {
+        refusal: Refusal,
+        return_path: String,
+    },
+    /// Entra cannot be reached (metadata, keys or token endpoint): `None` while starting a
+    /// sign-in, the page to return to while finishing one.
+    #[error("Entra unreachable")]
+    IdentityProviderUnavailable { return_path: Option<String> },
+
+    // The gateway's side.
     /// The route is closed by configuration (`access = "deny"`).
+    #[error("route closed by configuration")]
     Denied,
-    /// Signed in, but the route's policy (group membership) refuses the user; the reason code
-    /// says why (`not_in_group`, `groups_overage`).
+    /// Signed in, but the route's policy (group membership) refuses the user.
+    #[error("signed-in user refused by the route's policy: {0}")]
     PolicyDenied(DenialReason),
     /// The gateway is not ready or is shutting down.
+    #[error("gateway not ready")]
     NotReady,
+    /// Something the gateway needs failed (random numbers, sealing).
+    #[error("internal failure: {0}")]
+    Internal(&'static str),
+
+    // Exchange's side.
     /// Every server of the upstream is marked down.
+    #[error("no healthy upstream server")]
     NoHealthyServer,
     /// Connecting to an Exchange server failed (refused, TLS failure, connect timeout).
+    #[error("cannot connect to upstream: {0}")]
     UpstreamConnect(String),
     /// Exchange accepted the request but did not answer in time.
+    #[error("upstream did not answer within idle_timeout")]
     UpstreamTimeout,
     /// Exchange broke the connection or answered with something that is not HTTP.
+    #[error("upstream failed: {0}")]
     UpstreamProtocol(String),
 }
 
@@ -75,14 +169,22 @@ impl GatewayError {
             GatewayError::NoRoute
             | GatewayError::BadPath
             | GatewayError::BadRequest(_)
+            | GatewayError::MethodNotAllowed
             | GatewayError::HeadersTooLarge
             | GatewayError::BodyTooLarge
             | GatewayError::BodyTimeout
             | GatewayError::ConnectionBusy
-            | GatewayError::DownstreamAborted(_) => Side::Downstream,
-            GatewayError::Denied | GatewayError::PolicyDenied(_) | GatewayError::NotReady => {
-                Side::Gateway
-            }
+            | GatewayError::DownstreamAborted(_)
+            | GatewayError::SignInRequired { .. }
+            | GatewayError::SignInState { .. } => Side::Downstream,
+            GatewayError::SignInNotCompleted { .. }
+            | GatewayError::CodeExchangeRefused { .. }
+            | GatewayError::TokenRefused { .. }
+            | GatewayError::IdentityProviderUnavailable { .. } => Side::IdentityProvider,
+            GatewayError::Denied
+            | GatewayError::PolicyDenied(_)
+            | GatewayError::NotReady
+            | GatewayError::Internal(_) => Side::Gateway,
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamTimeout
@@ -95,13 +197,27 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BadPath
             | GatewayError::BadRequest(_)
-            | GatewayError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
+            | GatewayError::DownstreamAborted(_)
+            | GatewayError::SignInState { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::ConnectionBusy => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::SignInRequired { status, .. } => *status,
+            GatewayError::SignInNotCompleted { .. } => StatusCode::FORBIDDEN,
+            GatewayError::CodeExchangeRefused { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::TokenRefused { refusal, .. } => match refusal {
+                Refusal::NoMfa | Refusal::AuthTooOld | Refusal::WrongTenant => {
+                    StatusCode::FORBIDDEN
+                }
+                _ => StatusCode::UNAUTHORIZED,
+            },
+            GatewayError::IdentityProviderUnavailable { .. } | GatewayError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Denied | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
-            GatewayError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -109,20 +225,28 @@ impl GatewayError {
         }
     }
 
-    /// A short stable label for logs and metrics.
+    /// A short stable label for logs, audit events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "no_route",
             GatewayError::BadPath => "bad_path",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::BodyTooLarge => "body_too_large",
             GatewayError::BodyTimeout => "body_timeout",
             GatewayError::ConnectionBusy => "connection_busy",
             GatewayError::DownstreamAborted(_) => "browser_aborted",
+            GatewayError::SignInRequired { why, .. } => why.as_str(),
+            GatewayError::SignInState { problem, .. } => problem.as_str(),
+            GatewayError::SignInNotCompleted { .. } => "idp_error",
+            GatewayError::CodeExchangeRefused { .. } => "code_exchange_refused",
+            GatewayError::TokenRefused { refusal, .. } => refusal.reason(),
+            GatewayError::IdentityProviderUnavailable { .. } => "idp_unavailable",
             GatewayError::Denied => "denied",
             GatewayError::PolicyDenied(why) => why.as_str(),
             GatewayError::NotReady => "not_ready",
+            GatewayError::Internal(_) => "internal",
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
             GatewayError::UpstreamTimeout => "upstream_timeout",
@@ -131,7 +255,8 @@ impl GatewayError {
     }
 
     /// The page shown to the person in front of the browser: what happened, never internals
-    /// (no server names, no error strings from Exchange).
+    /// (no server names, no error strings from Exchange). After a refused sign-in the page
+    /// offers a fresh one (`prompt=login`) that returns to the page asked for, never a loop.
     pub fn page(&self) -> Page {
         match self {
             GatewayError::NoRoute => Page::new(
@@ -143,6 +268,10 @@ impl GatewayError {
             | GatewayError::DownstreamAborted(_) => Page::new(
                 "Bad request",
                 "Your browser sent a request this site cannot accept. Start again from Outlook on the web.",
+            ),
+            GatewayError::MethodNotAllowed => Page::new(
+                "Bad request",
+                "This address does not accept this kind of request.",
             ),
             GatewayError::HeadersTooLarge => Page::new(
                 "Request too large",
@@ -156,6 +285,45 @@ impl GatewayError {
                 "Request not completed",
                 "Your browser did not finish sending its request in time. Start again from Outlook on the web.",
             ),
+            GatewayError::SignInRequired { .. } => Page::new(
+                "Sign-in required",
+                "Your session has ended. Reload the page to sign in again.",
+            ),
+            GatewayError::SignInState { return_path, .. } => Page::new(
+                "This sign-in link has expired",
+                "The sign-in could not be matched to this browser: it may have taken too long, been used already, or been started in another browser. Start again.",
+            )
+            .with_link("Sign in again", sign_in_again_link(return_path)),
+            GatewayError::SignInNotCompleted {
+                code,
+                description,
+                return_path,
+            } => Page::owned(
+                "Sign-in was not completed",
+                format!("Microsoft Entra ID did not complete the sign-in ({code}). {description}"),
+            )
+            .with_link("Sign in again", sign_in_again_link(return_path)),
+            GatewayError::CodeExchangeRefused { return_path } => Page::new(
+                "Sign-in could not be completed",
+                "Microsoft Entra ID refused to complete this sign-in. Sign in again; if it keeps happening, contact your help desk.",
+            )
+            .with_link("Sign in again", sign_in_again_link(return_path)),
+            GatewayError::TokenRefused {
+                refusal,
+                return_path,
+            } => token_refused_page(*refusal)
+                .with_link("Sign in again", sign_in_again_link(return_path)),
+            GatewayError::IdentityProviderUnavailable { return_path: None } => Page::new(
+                "Sign-in is unavailable",
+                "Microsoft Entra ID cannot be reached right now, so new sign-ins cannot start. Try again in a few minutes; if you are already signed in, your session keeps working.",
+            ),
+            GatewayError::IdentityProviderUnavailable {
+                return_path: Some(return_path),
+            } => Page::new(
+                "Sign-in is unavailable",
+                "Microsoft Entra ID cannot be reached right now, so new sign-ins cannot complete. Try again in a few minutes.",
+            )
+            .with_link("Try again", return_path.clone()),
             GatewayError::Denied => Page::new(
                 "Access denied",
                 "This part of the site is not available from outside the organisation.",
@@ -164,13 +332,17 @@ impl GatewayError {
                 "Group membership could not be checked",
                 "Your account is a member of more groups than Microsoft Entra ID lists in a sign-in, so the membership this page requires could not be checked. Ask your administrator to grant access another way.",
             ),
-            GatewayError::PolicyDenied(_) => Page::new(
+            GatewayError::PolicyDenied(DenialReason::NotInGroup) => Page::new(
                 "You do not have access to this page",
                 "You are signed in, but your account is not allowed to use this part of the site. If you need it, ask your administrator.",
             ),
             GatewayError::NotReady => Page::new(
                 "Service unavailable",
                 "The mail service is starting up or being restarted. Try again in a minute.",
+            ),
+            GatewayError::Internal(_) => Page::new(
+                "Something went wrong",
+                "The request could not be completed. Try again.",
             ),
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
@@ -184,38 +356,107 @@ impl GatewayError {
             ),
         }
     }
-}
 
-impl fmt::Display for GatewayError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GatewayError::NoRoute => f.write_str("no route for this host and path"),
-            GatewayError::BadPath => f.write_str("path cannot be normalised"),
-            GatewayError::BadRequest(why) => write!(f, "bad request: {why}"),
-            GatewayError::HeadersTooLarge => {
-                f.write_str("request head larger than server.max_header_bytes")
-            }
-            GatewayError::BodyTooLarge => f.write_str("request body larger than accepted"),
-            GatewayError::BodyTimeout => f.write_str("request body not received in time"),
-            GatewayError::ConnectionBusy => {
-                f.write_str("too many gateway-read request bodies in progress on one connection")
-            }
-            GatewayError::DownstreamAborted(e) => {
-                write!(f, "browser connection failed during upload: {e}")
-            }
-            GatewayError::Denied => f.write_str("route closed by configuration"),
-            GatewayError::PolicyDenied(why) => {
-                write!(f, "signed-in user refused by the route's policy: {why}")
-            }
-            GatewayError::NotReady => f.write_str("gateway not ready"),
-            GatewayError::NoHealthyServer => f.write_str("no healthy upstream server"),
-            GatewayError::UpstreamConnect(e) => write!(f, "cannot connect to upstream: {e}"),
-            GatewayError::UpstreamTimeout => {
-                f.write_str("upstream did not answer within idle_timeout")
-            }
-            GatewayError::UpstreamProtocol(e) => write!(f, "upstream failed: {e}"),
+    /// The complete answer: the page with the status (and, for 440, IIS's reason phrase).
+    pub fn response(&self) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut response = self.page().response(status);
+        if status.as_u16() == 440 {
+            // 440 has no standard reason phrase; IIS calls it "Login Time-out".
+            response
+                .extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Login Time-out"));
+        }
+        response
+    }
+
+    /// A sign-in answer that cannot be matched, offering a fresh sign-in to OWA.
+    pub fn sign_in_state(problem: StateProblem) -> GatewayError {
+        GatewayError::SignInState {
+            problem,
+            return_path: DEFAULT_RETURN.to_owned(),
         }
     }
 }
 
-impl std::error::Error for GatewayError {}
+fn token_refused_page(refusal: Refusal) -> Page {
+    match refusal {
+        Refusal::NoMfa => Page::new(
+            "Multifactor authentication required",
+            "This sign-in did not include multifactor authentication, which is required to reach your mailbox from outside the organisation. Sign in again and complete the multifactor step (for example the Authenticator app prompt).",
+        ),
+        Refusal::AuthTooOld => Page::new(
+            "Sign in again",
+            "Your sign-in is too old for this page. Sign in again to continue.",
+        ),
+        Refusal::WrongTenant => Page::new(
+            "Account not allowed",
+            "This account belongs to an organisation that may not use this site.",
+        ),
+        _ => Page::new(
+            "Sign-in could not be verified",
+            "The answer from Microsoft Entra ID could not be verified, so you were not signed in. Sign in again; if it keeps happening, contact your help desk.",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_side_has_its_own_label() {
+        let labels: Vec<&str> = [
+            GatewayError::BadPath,
+            GatewayError::UpstreamTimeout,
+            GatewayError::IdentityProviderUnavailable { return_path: None },
+            GatewayError::Denied,
+        ]
+        .iter()
+        .map(|e| e.side().as_str())
+        .collect();
+        assert_eq!(labels, ["browser", "exchange", "entra", "gateway"]);
+    }
+
+    #[test]
+    fn a_refused_sign_in_offers_a_fresh_one_back_to_the_page_asked_for() {
+        let error = GatewayError::TokenRefused {
+            refusal: Refusal::NoMfa,
+            return_path: "/ecp/?rfr=owa".into(),
+        };
+        assert_eq!(error.status(), StatusCode::FORBIDDEN);
+        assert_eq!(error.reason(), "no_mfa");
+        let page = error.page();
+        assert!(page.title.contains("Multifactor"));
+        assert_eq!(
+            page.link.map(|(_, href)| href),
+            Some("/_gateway/sign-in?return=%2Fecp%2F%3Frfr%3Dowa".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_script_without_a_session_on_owa_gets_440_login_time_out() {
+        let error = GatewayError::SignInRequired {
+            status: StatusCode::from_u16(440).expect("a status"),
+            why: SignInReason::Expired(crate::session::SessionExpired::Idle),
+        };
+        let response = error.response();
+        assert_eq!(response.status().as_u16(), 440);
+        assert_eq!(
+            response
+                .extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| r.as_bytes()),
+            Some(&b"Login Time-out"[..])
+        );
+        assert_eq!(error.reason(), "session_idle");
+    }
+
+    #[test]
+    fn pages_never_show_exchange_error_text() {
+        let error = GatewayError::UpstreamConnect("tcp connect error to ex01.corp:443".into());
+        let html = error.page().render(error.status());
+        assert!(!html.contains("ex01"));
+        assert!(error.to_string().contains("ex01"), "the log line keeps it");
+    }
+}

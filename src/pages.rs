@@ -10,6 +10,17 @@ use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
 
+/// Where a sign-in returns when the original address cannot be used: OWA's start page.
+pub const DEFAULT_RETURN: &str = "/owa/";
+
+/// A link that starts a new sign-in with `prompt=login` and returns to `return_path`: offered
+/// after a refused sign-in, where a plain link would let Entra answer at once from the same
+/// (password-only) session and show the refusal again.
+pub fn sign_in_again_link(return_path: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(return_path.as_bytes()).collect();
+    format!("/_gateway/sign-in?return={encoded}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub title: Cow<'static, str>,

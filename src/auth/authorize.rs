@@ -4,16 +4,14 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::SET_COOKIE;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response};
 use openidconnect::PkceCodeChallenge;
 use ring::rand::SecureRandom;
 
-use super::{
-    redirect, RequestContext, RoutePolicy, SignIn, StepUp, DEFAULT_RETURN, MAX_PENDING_LOGINS,
-};
+use super::{redirect, RequestContext, SignIn, StepUp, DEFAULT_RETURN, MAX_PENDING_LOGINS};
 use crate::body::ResponseBody;
 use crate::config::ResponseMode;
-use crate::pages::Page;
+use crate::error::GatewayError;
 use crate::session::{clear_cookie_header, cookies, set_cookie_header, LoginTransaction, SameSite};
 
 impl SignIn {
@@ -26,13 +24,13 @@ impl SignIn {
         headers: &HeaderMap,
         step_up: &StepUp,
         ctx: &RequestContext<'_>,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, GatewayError> {
         let Some(state) = self
             .provider
             .state()
             .filter(|_| self.provider.is_reachable())
         else {
-            return provider_unavailable();
+            return Err(GatewayError::IdentityProviderUnavailable { return_path: None });
         };
         let return_path = if uri.path().eq_ignore_ascii_case("/_gateway/sign-in") {
             sign_in_return_path(uri)
@@ -42,7 +40,7 @@ impl SignIn {
             DEFAULT_RETURN.to_owned()
         };
         let (Ok(login_state), Ok(nonce)) = (self.random_token(), self.random_token()) else {
-            return internal_error();
+            return Err(GatewayError::Internal("random numbers for a sign-in"));
         };
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let login = LoginTransaction {
@@ -53,12 +51,12 @@ impl SignIn {
             created_at: self.clock.now(),
         };
         let Ok(sealed) = self.seal.seal_login(&login) else {
-            return internal_error();
+            return Err(GatewayError::Internal("sealing a pending sign-in"));
         };
 
         let mut url = match url::Url::parse(&state.endpoints.authorization_endpoint) {
             Ok(url) => url,
-            Err(_) => return provider_unavailable(),
+            Err(_) => return Err(GatewayError::IdentityProviderUnavailable { return_path: None }),
         };
         {
             let mut query = url.query_pairs_mut();
@@ -118,7 +116,7 @@ impl SignIn {
         for name in self.logins_to_drop(headers) {
             response_headers.append(SET_COOKIE, clear_cookie_header(&name));
         }
-        response
+        Ok(response)
     }
 
     /// Names of pending-login cookies to clear so that, with the new one, at most
@@ -151,23 +149,6 @@ impl SignIn {
         self.rng.fill(&mut bytes).map_err(|_| ())?;
         Ok(URL_SAFE_NO_PAD.encode(bytes))
     }
-
-    /// The response to a request without a usable session that is not a top-level
-    /// navigation: 401 (or 440 for OWA) with no redirect.
-    pub fn unauthenticated(&self, route: &RoutePolicy) -> Response<ResponseBody> {
-        let mut response = Page::new(
-            "Sign-in required",
-            "Your session has ended. Reload the page to sign in again.",
-        )
-        .response(route.unauthenticated_status);
-        if route.unauthenticated_status.as_u16() == 440 {
-            // 440 has no standard reason phrase; IIS calls it "Login Time-out".
-            response
-                .extensions_mut()
-                .insert(hyper::ext::ReasonPhrase::from_static(b"Login Time-out"));
-        }
-        response
-    }
 }
 
 /// Only a same-host relative path may be returned to: anything else (`//evil`, `/\evil`,
@@ -185,30 +166,6 @@ pub fn safe_return_path(path_and_query: Option<&str>) -> String {
         }
         _ => DEFAULT_RETURN.to_owned(),
     }
-}
-
-pub(super) fn provider_unavailable() -> Response<ResponseBody> {
-    Page::new(
-        "Sign-in is unavailable",
-        "Microsoft Entra ID cannot be reached right now, so new sign-ins cannot start. Try again in a few minutes; if you are already signed in, your session keeps working.",
-    )
-    .response(StatusCode::SERVICE_UNAVAILABLE)
-}
-
-fn internal_error() -> Response<ResponseBody> {
-    Page::new(
-        "Something went wrong",
-        "The sign-in could not be started. Try again.",
-    )
-    .response(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// A link that starts a new sign-in with `prompt=login` and returns to `return_path`: offered
-/// after a refused sign-in, where a plain link would let Entra answer at once from the same
-/// (password-only) session and show the refusal again.
-pub(super) fn fresh_sign_in_link(return_path: &str) -> String {
-    let encoded: String = url::form_urlencoded::byte_serialize(return_path.as_bytes()).collect();
-    format!("/_gateway/sign-in?return={encoded}")
 }
 
 /// The return path named by `/_gateway/sign-in?return=…`, checked like any return path.
@@ -290,7 +247,7 @@ mod tests {
         let uri: http::Uri = "/_gateway/sign-in".parse().unwrap();
         assert_eq!(sign_in_return_path(&uri), DEFAULT_RETURN);
         // The link the refusal pages offer comes back through the same check.
-        let link = fresh_sign_in_link("/owa/?a=1&b=2");
+        let link = crate::pages::sign_in_again_link("/owa/?a=1&b=2");
         let uri: http::Uri = link.parse().unwrap();
         assert_eq!(sign_in_return_path(&uri), "/owa/?a=1&b=2");
     }

@@ -5,15 +5,14 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use http::header::SET_COOKIE;
+use http::header::{HeaderValue, SET_COOKIE};
 use http::{Method, Response, StatusCode};
 use serde::Deserialize;
 
-use super::authorize::fresh_sign_in_link;
 use super::id_token::{self, Expectations, Refusal};
-use super::{redirect, RequestContext, SignIn, DEFAULT_RETURN, MAX_PENDING_LOGINS};
+use super::{redirect, RequestContext, SignIn, MAX_PENDING_LOGINS};
 use crate::body::ResponseBody;
-use crate::pages::Page;
+use crate::error::{GatewayError, StateProblem};
 use crate::session::{
     clear_cookie_header, cookies, EntraId, Guid, MfaEvidence, Session, SessionSeal,
 };
@@ -29,36 +28,35 @@ struct TokenResponse {
 
 impl SignIn {
     /// `/_gateway/callback`: finishes a sign-in. `body` is the form of a `form_post` answer,
-    /// already read (small, within a deadline) by the caller.
+    /// already read (small, within a deadline) by the caller. A refusal is audited here, with
+    /// what could be read of the token.
     pub async fn callback(
         &self,
         request: http::request::Parts,
         body: Bytes,
         ctx: &RequestContext<'_>,
-    ) -> Response<ResponseBody> {
+    ) -> CallbackAnswer {
         let Some((params, login_cookies)) = callback_params(&request, &body, &self.seal) else {
-            return Page::new(
-                "Bad request",
-                "This address accepts only the sign-in answer.",
-            )
-            .response(StatusCode::METHOD_NOT_ALLOWED);
+            return CallbackAnswer {
+                outcome: Err(GatewayError::MethodNotAllowed),
+                clear_login: None,
+            };
         };
-        let outcome = self.finish(&params, &login_cookies, ctx).await;
-        let mut response = match outcome {
-            Ok(response) => response,
-            Err(failure) => {
-                crate::audit::sign_in_refused(failure.reason, &failure.facts, ctx.client, ctx.host);
-                failure.page.response(failure.status)
+        let outcome = match self.finish(&params, &login_cookies, ctx).await {
+            Ok(response) => Ok(response),
+            Err(Refused { error, facts }) => {
+                crate::audit::sign_in_refused(error.reason(), &facts, ctx.client, ctx.host);
+                Err(error)
             }
         };
         // The pending login is over, whatever the outcome: its cookie goes.
-        if let Some(state) = params.get("state") {
-            response.headers_mut().append(
-                SET_COOKIE,
-                clear_cookie_header(&self.seal.login_cookie_name(state)),
-            );
+        let clear_login = params
+            .get("state")
+            .map(|state| clear_cookie_header(&self.seal.login_cookie_name(state)));
+        CallbackAnswer {
+            outcome,
+            clear_login,
         }
-        response
     }
 
     async fn finish(
@@ -66,55 +64,52 @@ impl SignIn {
         params: &HashMap<String, String>,
         login_cookies: &[(String, String)],
         ctx: &RequestContext<'_>,
-    ) -> Result<Response<ResponseBody>, Failure> {
+    ) -> Result<Response<ResponseBody>, Refused> {
         let now = self.clock.now();
         let state = params
             .get("state")
-            .ok_or_else(|| Failure::state("state_missing"))?;
+            .ok_or_else(|| GatewayError::sign_in_state(StateProblem::Missing))?;
         let cookie_name = self.seal.login_cookie_name(state);
         let login = login_cookies
             .iter()
             .filter(|(name, _)| *name == cookie_name)
             .find_map(|(_, value)| self.seal.open_login(state, value))
-            .ok_or_else(|| Failure::state("state_unknown"))?;
+            .ok_or_else(|| GatewayError::sign_in_state(StateProblem::Unknown))?;
         if login.is_expired(now, self.oidc.login_timeout) {
-            return Err(Failure::state("state_expired").with_return(&login.return_path));
+            return Err(state_problem(StateProblem::Expired, &login.return_path));
         }
         // Held until the code is exchanged: kept as used only if the identity provider accepts
         // it, so made-up codes leave nothing behind.
         let reservation = self
             .used_states
             .reserve(state, now)
-            .ok_or_else(|| Failure::state("state_replayed").with_return(&login.return_path))?;
+            .ok_or_else(|| state_problem(StateProblem::Replayed, &login.return_path))?;
         if let Some(error) = params.get("error") {
             let description = params
                 .get("error_description")
                 .map(|d| d.lines().next().unwrap_or_default().to_owned())
                 .unwrap_or_default();
-            let message =
-                format!("Microsoft Entra ID did not complete the sign-in ({error}). {description}");
-            return Err(Failure {
-                reason: "idp_error",
-                status: StatusCode::FORBIDDEN,
-                page: Page::owned("Sign-in was not completed", message)
-                    .with_link("Sign in again", fresh_sign_in_link(&login.return_path)),
-                facts: Default::default(),
-            });
+            return Err(GatewayError::SignInNotCompleted {
+                code: error.clone(),
+                description,
+                return_path: login.return_path.clone(),
+            }
+            .into());
         }
         let code = params
             .get("code")
-            .ok_or_else(|| Failure::state("code_missing").with_return(&login.return_path))?;
+            .ok_or_else(|| state_problem(StateProblem::CodeMissing, &login.return_path))?;
         let provider_state = self
             .provider
             .state()
-            .ok_or_else(|| Failure::unavailable(&login.return_path))?;
+            .ok_or_else(|| unavailable(&login.return_path))?;
 
         let credentials = self
             .client
             .credentials(&provider_state.endpoints.token_endpoint)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot build client credentials");
-                Failure::unavailable(&login.return_path)
+                unavailable(&login.return_path)
             })?;
         let redirect_uri = ctx.redirect_uri();
         let mut form: Vec<(&str, &str)> = vec![
@@ -138,14 +133,14 @@ impl SignIn {
             .map_err(|e| {
                 tracing::warn!(error = %e, "token endpoint unreachable");
                 self.provider.report_unreachable();
-                Failure::unavailable(&login.return_path)
+                unavailable(&login.return_path)
             })?;
         // Anything but a JSON object with these fields reads as "no ID token", "no error".
         let token: TokenResponse = serde_json::from_slice(&body).unwrap_or_default();
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             tracing::warn!(status = status.as_u16(), "token endpoint failed");
             self.provider.report_unreachable();
-            return Err(Failure::unavailable(&login.return_path));
+            return Err(unavailable(&login.return_path));
         }
         if !status.is_success() {
             let error = token.error.as_deref().unwrap_or("unknown");
@@ -154,22 +149,16 @@ impl SignIn {
                 error,
                 "token endpoint refused the code exchange"
             );
-            return Err(Failure {
-                reason: "code_exchange_refused",
-                status: StatusCode::BAD_GATEWAY,
-                page: Page::new(
-                    "Sign-in could not be completed",
-                    "Microsoft Entra ID refused to complete this sign-in. Sign in again; if it keeps happening, contact your help desk.",
-                )
-                .with_link("Sign in again", fresh_sign_in_link(&login.return_path)),
-                facts: Default::default(),
-            });
+            return Err(GatewayError::CodeExchangeRefused {
+                return_path: login.return_path.clone(),
+            }
+            .into());
         }
         reservation.keep(now.saturating_add(self.oidc.login_timeout.as_secs()));
         let id_token = token
             .id_token
             .as_deref()
-            .ok_or_else(|| Failure::refused(Refusal::Malformed, &login.return_path))?;
+            .ok_or_else(|| token_refused(Refusal::Malformed, &login.return_path))?;
 
         let mut verification = self.verify(id_token, &provider_state.keys, &login.nonce, now);
         if matches!(verification.result, Err(Refusal::UnknownKey)) {
@@ -180,16 +169,20 @@ impl SignIn {
         let identity = match verification.result {
             Ok(identity) => identity,
             Err(refusal) => {
-                let mut failure = Failure::refused(refusal, &login.return_path);
-                failure.facts = verification.facts;
-                return Err(failure);
+                return Err(Refused {
+                    error: GatewayError::TokenRefused {
+                        refusal,
+                        return_path: login.return_path.clone(),
+                    },
+                    facts: verification.facts,
+                });
             }
         };
 
         let session_id = self
             .seal
             .new_session_id()
-            .map_err(|_| Failure::unavailable(&login.return_path))?;
+            .map_err(|_| unavailable(&login.return_path))?;
         let mut session = Session::new(
             session_id,
             EntraId::parse(&identity.oid),
@@ -221,7 +214,7 @@ impl SignIn {
         };
         let cookie = self
             .session_cookie(&session)
-            .map_err(|_| Failure::unavailable(&login.return_path))?;
+            .map_err(|_| unavailable(&login.return_path))?;
         crate::audit::sign_in_succeeded(&identity, ctx.client, ctx.host);
         let mut response = redirect(&login.return_path);
         response.headers_mut().append(SET_COOKIE, cookie);
@@ -253,80 +246,49 @@ impl SignIn {
     }
 }
 
-/// A refusal on the callback: the page, the status and the audit reason.
-struct Failure {
-    reason: &'static str,
-    status: StatusCode,
-    page: Page,
+/// The end of a sign-in: the outcome, and the `Set-Cookie` that clears its pending-login
+/// cookie, to be sent whatever the outcome.
+pub struct CallbackAnswer {
+    pub outcome: Result<Response<ResponseBody>, GatewayError>,
+    pub clear_login: Option<HeaderValue>,
+}
+
+/// A refused sign-in with what could be read of the token, for the audit event.
+struct Refused {
+    error: GatewayError,
     facts: id_token::UnverifiedFacts,
 }
 
-impl Failure {
-    /// Unknown, expired or replayed state: never a redirect loop, a page with a fresh link.
-    fn state(reason: &'static str) -> Failure {
-        Failure {
-            reason,
-            status: StatusCode::BAD_REQUEST,
-            page: Page::new(
-                "This sign-in link has expired",
-                "The sign-in could not be matched to this browser: it may have taken too long, been used already, or been started in another browser. Start again.",
-            )
-            .with_link("Sign in again", fresh_sign_in_link(DEFAULT_RETURN)),
+impl From<GatewayError> for Refused {
+    fn from(error: GatewayError) -> Refused {
+        Refused {
+            error,
             facts: Default::default(),
         }
     }
+}
 
-    fn with_return(mut self, return_path: &str) -> Failure {
-        if let Some((_, href)) = &mut self.page.link {
-            *href = fresh_sign_in_link(return_path);
-        }
-        self
+fn state_problem(problem: StateProblem, return_path: &str) -> Refused {
+    GatewayError::SignInState {
+        problem,
+        return_path: return_path.to_owned(),
     }
+    .into()
+}
 
-    fn unavailable(return_path: &str) -> Failure {
-        Failure {
-            reason: "idp_unavailable",
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            page: Page::new(
-                "Sign-in is unavailable",
-                "Microsoft Entra ID cannot be reached right now, so new sign-ins cannot complete. Try again in a few minutes.",
-            )
-            .with_link("Try again", return_path.to_owned()),
-            facts: Default::default(),
-        }
+fn unavailable(return_path: &str) -> Refused {
+    GatewayError::IdentityProviderUnavailable {
+        return_path: Some(return_path.to_owned()),
     }
+    .into()
+}
 
-    fn refused(refusal: Refusal, return_path: &str) -> Failure {
-        let (title, message, status) = match refusal {
-            Refusal::NoMfa => (
-                "Multifactor authentication required",
-                "This sign-in did not include multifactor authentication, which is required to reach your mailbox from outside the organisation. Sign in again and complete the multifactor step (for example the Authenticator app prompt).",
-                StatusCode::FORBIDDEN,
-            ),
-            Refusal::AuthTooOld => (
-                "Sign in again",
-                "Your sign-in is too old for this page. Sign in again to continue.",
-                StatusCode::FORBIDDEN,
-            ),
-            Refusal::WrongTenant => (
-                "Account not allowed",
-                "This account belongs to an organisation that may not use this site.",
-                StatusCode::FORBIDDEN,
-            ),
-            _ => (
-                "Sign-in could not be verified",
-                "The answer from Microsoft Entra ID could not be verified, so you were not signed in. Sign in again; if it keeps happening, contact your help desk.",
-                StatusCode::UNAUTHORIZED,
-            ),
-        };
-        Failure {
-            reason: refusal.reason(),
-            status,
-            page: Page::new(title, message)
-                .with_link("Sign in again", fresh_sign_in_link(return_path)),
-            facts: Default::default(),
-        }
+fn token_refused(refusal: Refusal, return_path: &str) -> Refused {
+    GatewayError::TokenRefused {
+        refusal,
+        return_path: return_path.to_owned(),
     }
+    .into()
 }
 
 /// The callback's parameters — the query string (`response_mode=query`) or the form body

@@ -8,6 +8,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::{redirect, RequestContext, SignIn, DEFAULT_RETURN};
 use crate::body::ResponseBody;
+use crate::error::GatewayError;
 use crate::pages::Page;
 use crate::session::{clear_cookie_header, find_cookie, Session};
 
@@ -74,18 +75,16 @@ impl SignIn {
         uri: &http::Uri,
         headers: &HeaderMap,
         client: IpAddr,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, GatewayError> {
         let sid = uri.query().and_then(|q| {
             url::form_urlencoded::parse(q.as_bytes())
                 .find(|(k, _)| k == "sid")
                 .map(|(_, v)| v.into_owned())
         });
         let Some(sid) = sid.filter(|s| !s.is_empty() && s.len() <= 256) else {
-            return Page::new(
-                "Bad request",
-                "A front-channel logout names the session to end.",
-            )
-            .response(StatusCode::BAD_REQUEST);
+            return Err(GatewayError::BadRequest(
+                "front-channel logout without a sid",
+            ));
         };
         self.revocations
             .revoke_sid(&sid, self.clock.now(), self.session.lifetime.as_secs());
@@ -101,7 +100,7 @@ impl SignIn {
                 .headers_mut()
                 .append(SET_COOKIE, clear_cookie_header(self.seal.cookie_name()));
         }
-        response
+        Ok(response)
     }
 }
 

@@ -50,8 +50,7 @@ use crate::policy::{self, SessionRules, SessionState, Verdict};
 /// Pending sign-ins kept per browser; older ones are dropped (many tabs must not pile up
 /// cookies until headers are too large).
 const MAX_PENDING_LOGINS: usize = 4;
-/// Where a sign-in returns when the original address cannot be used.
-const DEFAULT_RETURN: &str = "/owa/";
+use crate::pages::DEFAULT_RETURN;
 const BACKCHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use crate::policy::{DenialReason, RoutePolicy, SignInReason, StepUp};

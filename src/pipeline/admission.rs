@@ -65,18 +65,21 @@ pub(super) fn decide(
     match sign_in.admit(request.headers(), policy) {
         Admission::Allowed { reseal, .. } => Ok(Decision::Forward(Admitted::Session { reseal })),
         Admission::SignInRequired { step_up, why } => {
-            record.set_failure(Side::Gateway, format!("sign-in required: {why}"));
-            let response = if auth::is_navigation(request.method(), request.headers()) {
-                sign_in.start(
-                    request.method(),
-                    request.uri(),
-                    request.headers(),
-                    &step_up,
-                    ctx,
-                )
-            } else {
-                sign_in.unauthenticated(policy)
-            };
+            if !auth::is_navigation(request.method(), request.headers()) {
+                // A script's request: a redirect to Entra would only break it.
+                return Err(GatewayError::SignInRequired {
+                    status: policy.unauthenticated_status,
+                    why,
+                });
+            }
+            record.set_failure(Side::Downstream, format!("sign-in required: {why}"));
+            let response = sign_in.start(
+                request.method(),
+                request.uri(),
+                request.headers(),
+                &step_up,
+                ctx,
+            )?;
             Ok(Decision::Answer(Box::new(response)))
         }
         Admission::Denied { session, why } => {

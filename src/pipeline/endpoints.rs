@@ -2,10 +2,11 @@
 //! sign-in, the sign-outs. Bodies these endpoints read are small and must arrive in time.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderValue, CONTENT_LENGTH, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::access::AccessRecord;
 use crate::auth::{self, RequestContext, SignIn};
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
@@ -61,6 +62,7 @@ impl GatewayEndpoint {
 
 /// Answers a gateway endpoint on a published host (`/_gateway/health` is answered before the
 /// host is known).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn serve(
     endpoint: GatewayEndpoint,
     request: Request<Incoming>,
@@ -69,29 +71,41 @@ pub(super) async fn serve(
     connection: &Connection,
     shared: &Shared,
     server: &crate::config::ServerConfig,
+    record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     match endpoint {
         GatewayEndpoint::Callback => {
             let (parts, body) = request.into_parts();
             let body = read_gateway_body(&parts, body, connection, server).await?;
-            Ok(sign_in.callback(parts, body, ctx).await)
+            let answer = sign_in.callback(parts, body, ctx).await;
+            let mut response = match answer.outcome {
+                Ok(response) => response,
+                Err(error) => {
+                    record.set_failure(error.side(), error.to_string());
+                    error.response()
+                }
+            };
+            if let Some(clear) = answer.clear_login {
+                response.headers_mut().append(SET_COOKIE, clear);
+            }
+            Ok(response)
         }
-        GatewayEndpoint::Logout => Ok(logout(&request, sign_in, ctx)),
+        GatewayEndpoint::Logout => logout(&request, sign_in, ctx),
         GatewayEndpoint::FrontChannelLogout => {
-            Ok(sign_in.frontchannel_logout(request.uri(), request.headers(), ctx.client))
+            sign_in.frontchannel_logout(request.uri(), request.headers(), ctx.client)
         }
         GatewayEndpoint::SignIn => {
             let step_up = auth::StepUp {
                 prompt_login: true,
                 ..Default::default()
             };
-            Ok(sign_in.start(
+            sign_in.start(
                 request.method(),
                 request.uri(),
                 request.headers(),
                 &step_up,
                 ctx,
-            ))
+            )
         }
         GatewayEndpoint::SignedOut => Ok(auth::signed_out_page()),
         GatewayEndpoint::Health => Ok(health(shared)),
@@ -107,27 +121,26 @@ fn logout(
     request: &Request<Incoming>,
     sign_in: &SignIn,
     ctx: &RequestContext<'_>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, GatewayError> {
     let method = request.method();
     if *method != Method::GET && *method != Method::HEAD && *method != Method::POST {
-        return Page::new("Bad request", "This address signs you out.")
-            .response(StatusCode::METHOD_NOT_ALLOWED);
+        return Err(GatewayError::MethodNotAllowed);
     }
     if is_same_origin(request.headers(), ctx) {
         let session = sign_in.session_of(request.headers());
-        return sign_in.end_session(session.as_ref(), ctx, "gateway_logout");
+        return Ok(sign_in.end_session(session.as_ref(), ctx, "gateway_logout"));
     }
     let status = if *method == Method::POST {
         StatusCode::FORBIDDEN
     } else {
         StatusCode::OK
     };
-    Page::new(
+    Ok(Page::new(
         "Sign out",
         "Sign out of Outlook on the web and of your Microsoft account on this browser?",
     )
     .with_form_button("Sign out", "/_gateway/logout")
-    .response(status)
+    .response(status))
 }
 
 /// Whether the browser says the request was made by this site itself or by the user directly:

@@ -76,7 +76,7 @@ pub(crate) async fn handle(
             if error.side() == Side::Upstream {
                 tracing::warn!(reason = error.reason(), error = %error, "request to Exchange failed");
             }
-            error.page().response(error.status())
+            error.response()
         }
     };
     if connection.tls {
@@ -141,8 +141,10 @@ async fn serve(
         else {
             return Err(GatewayError::NoRoute);
         };
-        return endpoints::serve(endpoint, request, sign_in, &ctx, connection, shared, server)
-            .await;
+        return endpoints::serve(
+            endpoint, request, sign_in, &ctx, connection, shared, server, record,
+        )
+        .await;
     }
 
     if !connection.tls && shared.certs.is_some() {
