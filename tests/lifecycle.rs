@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::future::Future;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use support::{
-    client, free_port, full, plain_client, FakeExchange, GatewayProcess, IssuedCert, TestPki,
+    client, full, plain_client, wait_until, FakeExchange, GatewayProcess, IssuedCert, ProcessPorts,
+    TestPki,
 };
 
 const HOST: &str = "mail.contoso.com";
@@ -32,6 +33,7 @@ async fn exchange() -> FakeExchange {
     FakeExchange::builder("ex01")
         .handler(|req| async move {
             let path = req.uri().path().to_owned();
+            // A slow answer is the behaviour under test: a request still in flight at SIGTERM.
             if path.ends_with("/slow-2s") {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             } else if path.ends_with("/slow-10s") {
@@ -46,30 +48,33 @@ async fn exchange() -> FakeExchange {
         .await
 }
 
-struct Ports {
-    https: u16,
-    admin: u16,
-}
+/// Where the gateway process listens.
+struct Ports(ProcessPorts);
 
 impl Ports {
-    fn new() -> Ports {
-        Ports {
-            https: free_port(),
-            admin: free_port(),
-        }
-    }
-
-    fn probe(&self) -> String {
-        format!("127.0.0.1:{}/healthz", self.admin)
-    }
-
     fn url(&self, path: &str) -> String {
-        format!("https://{HOST}:{}{path}", self.https)
+        format!("https://{HOST}:{}{path}", self.0.https)
     }
 
     fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin)
+        format!("http://127.0.0.1:{}{path}", self.0.admin)
     }
+}
+
+/// The binary with `gateway_toml(…, grace, exchange, paths)` on ports chosen for it.
+async fn start_gateway(
+    dir: &std::path::Path,
+    cert: &IssuedCert,
+    grace: &str,
+    exchange: &FakeExchange,
+    paths: &[&str],
+    args: &[&str],
+) -> (GatewayProcess, Ports) {
+    let (gateway, ports) = GatewayProcess::start(dir, args, |ports| {
+        gateway_toml(&Ports(ports), cert, grace, exchange, paths)
+    })
+    .await;
+    (gateway, Ports(ports))
 }
 
 fn gateway_toml(
@@ -93,8 +98,8 @@ key = {key}
 [upstreams.exchange]
 servers = [{url:?}]
 "#,
-        https = ports.https,
-        admin = ports.admin,
+        https = ports.0.https,
+        admin = ports.0.admin,
         cert = quoted(&cert.cert),
         key = quoted(&cert.key),
         url = exchange.url(),
@@ -108,24 +113,7 @@ servers = [{url:?}]
 }
 
 fn browser(pki: &TestPki, ports: &Ports) -> reqwest::Client {
-    client(pki, &[HOST], ([127, 0, 0, 1], ports.https).into(), false)
-}
-
-async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    client(pki, &[HOST], ([127, 0, 0, 1], ports.0.https).into(), false)
 }
 
 /// Starts `GET path` in the background and returns once Exchange has received it.
@@ -146,7 +134,7 @@ async fn request_in_flight(
         Ok((status, body))
     });
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             exchange
                 .user_requests()
                 .iter()
@@ -161,7 +149,7 @@ async fn request_in_flight(
 /// A TLS connection to the gateway with HTTP/1.1 on it, and the certificate the gateway
 /// presented in the handshake.
 async fn open_connection(pki: &TestPki, ports: &Ports) -> (SendRequest<Empty<Bytes>>, Vec<u8>) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.https))
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.0.https))
         .await
         .unwrap();
     let connector =
@@ -207,7 +195,7 @@ async fn metric(ports: &Ports, name: &str) -> Option<f64> {
 
 /// Waits for `needle` to appear in the gateway's log after byte `from`.
 async fn log_shows(gateway: &GatewayProcess, from: usize, needle: &str) -> bool {
-    eventually(Duration::from_secs(5), || async {
+    wait_until(Duration::from_secs(5), || async {
         gateway
             .log()
             .get(from..)
@@ -225,14 +213,9 @@ async fn sigterm_turns_readiness_off_at_once_lets_the_request_in_flight_finish_a
     let pki = TestPki::new();
     let cert = pki.issue(&[HOST]);
     let exchange = exchange().await;
-    let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut gateway = GatewayProcess::spawn(
-        dir.path(),
-        &gateway_toml(&ports, &cert, "5s", &exchange, &["/owa"]),
-        &ports.probe(),
-    )
-    .await;
+    let (mut gateway, ports) =
+        start_gateway(dir.path(), &cert, "5s", &exchange, &["/owa"], &[]).await;
     let http = browser(&pki, &ports);
     let health = http
         .get(ports.url("/_gateway/health"))
@@ -246,24 +229,21 @@ async fn sigterm_turns_readiness_off_at_once_lets_the_request_in_flight_finish_a
     let terminated = Instant::now();
 
     // The load balancer's probe fails at once: 503, or the listener no longer answers.
-    let mut seen = String::new();
-    let mut not_ready = false;
-    while !not_ready && terminated.elapsed() < Duration::from_millis(500) {
+    let seen = RefCell::new(String::new());
+    let not_ready = wait_until(Duration::from_millis(500), || async {
         let fresh = browser(&pki, &ports);
-        match fresh.get(ports.url("/_gateway/health")).send().await {
-            Ok(r) => {
-                seen = r.status().to_string();
-                not_ready = r.status() == StatusCode::SERVICE_UNAVAILABLE;
-            }
-            Err(e) => {
-                seen = format!("no answer: {e:?}");
-                not_ready = true;
-            }
-        }
-        if !not_ready {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+        let (answer, not_ready) = match fresh.get(ports.url("/_gateway/health")).send().await {
+            Ok(r) => (
+                r.status().to_string(),
+                r.status() == StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            Err(e) => (format!("no answer: {e:?}"), true),
+        };
+        *seen.borrow_mut() = answer;
+        not_ready
+    })
+    .await;
+    let seen = seen.into_inner();
     assert!(
         not_ready,
         "/_gateway/health still 200 0.5 s after SIGTERM (last: {seen})"
@@ -281,8 +261,8 @@ async fn sigterm_turns_readiness_off_at_once_lets_the_request_in_flight_finish_a
     );
 
     // New connections are refused while the request in flight is still running.
-    let refused = eventually(Duration::from_millis(500), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", ports.https))
+    let refused = wait_until(Duration::from_millis(500), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", ports.0.https))
             .await
             .is_err()
     })
@@ -325,14 +305,9 @@ async fn a_request_still_running_when_shutdown_grace_ends_is_cut_and_the_gateway
     let pki = TestPki::new();
     let cert = pki.issue(&[HOST]);
     let exchange = exchange().await;
-    let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut gateway = GatewayProcess::spawn(
-        dir.path(),
-        &gateway_toml(&ports, &cert, "1s", &exchange, &["/owa"]),
-        &ports.probe(),
-    )
-    .await;
+    let (mut gateway, ports) =
+        start_gateway(dir.path(), &cert, "1s", &exchange, &["/owa"], &[]).await;
     let http = browser(&pki, &ports);
 
     let in_flight = request_in_flight(&http, &ports, &exchange, "/owa/slow-10s").await;
@@ -381,14 +356,9 @@ async fn sighup_adds_a_route_and_a_new_certificate_while_open_connections_keep_w
     let old_cert = pki.issue(&[HOST]);
     let new_cert = pki.issue(&[HOST]);
     let exchange = exchange().await;
-    let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = GatewayProcess::spawn(
-        dir.path(),
-        &gateway_toml(&ports, &old_cert, "5s", &exchange, &["/owa"]),
-        &ports.probe(),
-    )
-    .await;
+    let (gateway, ports) =
+        start_gateway(dir.path(), &old_cert, "5s", &exchange, &["/owa"], &[]).await;
     let http = browser(&pki, &ports);
 
     let (mut held, presented) = open_connection(&pki, &ports).await;
@@ -469,10 +439,9 @@ async fn a_broken_file_on_sighup_is_refused_and_the_running_configuration_keeps_
     let pki = TestPki::new();
     let cert = pki.issue(&[HOST]);
     let exchange = exchange().await;
-    let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
+    let (gateway, ports) = start_gateway(dir.path(), &cert, "5s", &exchange, &["/owa"], &[]).await;
     let good = gateway_toml(&ports, &cert, "5s", &exchange, &["/owa"]);
-    let gateway = GatewayProcess::spawn(dir.path(), &good, &ports.probe()).await;
     let (mut held, _) = open_connection(&pki, &ports).await;
     assert_eq!(send(&mut held, "/owa/").await.0, StatusCode::OK);
 
@@ -577,12 +546,13 @@ async fn access_lines_of_the_binary_in_text_and_json() {
     let cert = pki.issue(&[HOST]);
     let exchange = exchange().await;
     for format in ["text", "json"] {
-        let ports = Ports::new();
         let dir = tempfile::tempdir().unwrap();
-        let gateway = GatewayProcess::spawn_with_args(
+        let (gateway, ports) = start_gateway(
             dir.path(),
-            &gateway_toml(&ports, &cert, "0s", &exchange, &["/owa"]),
-            &ports.probe(),
+            &cert,
+            "0s",
+            &exchange,
+            &["/owa"],
             &["--log-format", format],
         )
         .await;
@@ -594,7 +564,7 @@ async fn access_lines_of_the_binary_in_text_and_json() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.text().await.unwrap(), "/owa/service.svc");
-        let found = eventually(Duration::from_secs(5), || async {
+        let found = wait_until(Duration::from_secs(5), || async {
             gateway.log().contains("/owa/service.svc")
         })
         .await;

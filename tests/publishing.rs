@@ -38,7 +38,8 @@ const EXCHANGE_CLEARS: [&str; 3] = [
     "cadataKey=; expires=Thu, 01-Jan-1970 00:00:00 GMT; path=/; secure; HttpOnly",
     "cadataSig=; expires=Thu, 01-Jan-1970 00:00:00 GMT; path=/; secure; HttpOnly",
 ];
-/// How long OWA's notification long poll is held open by Exchange in the test.
+/// How long OWA's notification long poll is held open by Exchange in the test (in the slow
+/// suite: `cargo test` skips it, CI runs it with `--ignored`).
 const LONG_POLL: Duration = Duration::from_secs(25);
 /// A large attachment: more than OWA's default 35,000,000-byte limit.
 const UPLOAD_BYTES: usize = 40_000_000;
@@ -218,6 +219,7 @@ async fn exchange_answers(
                 response.header(SET_COOKIE, format!("X-OWA-CANARY={CANARY}; path=/; secure"));
         }
         "/owa/ev.owa2" => {
+            // Exchange holding the notification long poll open is the behaviour under test.
             tokio::time::sleep(LONG_POLL).await;
             return response
                 .header("content-type", "application/json")
@@ -1085,6 +1087,7 @@ fn navigation_headers() -> http::HeaderMap {
 // 8. Long polls and large uploads
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: run by CI with --ignored"]
 async fn owa_notification_long_poll_of_25_seconds_is_answered() {
     let w = world(Setup::default()).await;
     let (_alice, session) = signed_in_alice(&w).await;

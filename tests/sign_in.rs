@@ -2,7 +2,8 @@
 //! real RS256 tokens: what a user sees when the sign-in succeeds, what an attacker sees when a
 //! token, a state or a cookie is not what it should be, and how scripts (XHR, fetch) and form
 //! posts without a session are answered. Every refusal also proves that Exchange never saw a
-//! request and that no session cookie was handed out.
+//! request, that no session cookie was handed out, and — by the audit event the gateway
+//! emits — which check refused the sign-in.
 //!
 //! Sessions over time, several gateways, Entra outages and the pending-login cap are in
 //! `sign_in_sessions.rs`.
@@ -14,13 +15,14 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use mfa_gateway::demo::provider::{GROUP_EXCHANGE_ADMINS, GROUP_MAIL_USERS};
 use mfa_gateway::demo::{
-    ClientAuthMethod, ClientCredential, Forgery, ProviderEndpoint, Signing, TestProvider,
+    ClientAuthMethod, ClientCredential, Forgery, ProviderEndpoint, Signing, TestProvider, TestUser,
 };
 use serde_json::json;
 use support::{
-    start_provider, system_now, Browser, Callback, FakeExchange, Reply, SignInConfig, TestClock,
-    TestGateway, CLIENT_ID, SESSION_COOKIE,
+    start_provider, system_now, AuditEvent, Browser, Callback, FakeExchange, Reply, SignInConfig,
+    TestClock, TestGateway, CLIENT_ID, SESSION_COOKIE,
 };
+use tracing::Level;
 
 /// Another application of the same tenant: a token issued to it must not open the mailbox.
 const OTHER_APP: &str = "7d1e4c2b-9a8f-4e6d-b5c3-2f1a0e9d8c7b";
@@ -81,18 +83,21 @@ impl World {
             .await
     }
 
-    /// A refusal: `status`, a page saying `says` with a link to sign in again (to
-    /// `return_path`), no redirect (so no loop), no session cookie, the pending login gone,
-    /// Exchange never reached — and the browser is still signed out afterwards.
+    /// A refusal: `status`, one audit event saying the sign-in was refused for `reason` (which
+    /// check refused it), a page saying `says` with a link to sign in again (to `return_path`),
+    /// no redirect (so no loop), no session cookie, the pending login gone, Exchange never
+    /// reached — and the browser is still signed out afterwards.
     async fn assert_refused(
         &self,
         browser: &mut Browser,
         reply: &Reply,
         status: StatusCode,
+        reason: &str,
         says: &str,
         return_path: &str,
     ) {
         assert_eq!(reply.status, status, "{}", reply.describe());
+        self.assert_audited_refusal(reason);
         assert!(
             reply.body.contains(says),
             "the page should say {says:?}: {}",
@@ -144,6 +149,34 @@ impl World {
             .location()
             .is_some_and(|l| l.starts_with(&self.provider.authorization_endpoint())));
         assert!(self.exchange.user_requests().is_empty());
+    }
+
+    /// The gateway's audit log has exactly one refused sign-in, the last sign-in event, with
+    /// `reason`, from the browser's address, and no token material in any field.
+    fn assert_audited_refusal(&self, reason: &str) {
+        let sign_ins: Vec<AuditEvent> = self
+            .gateway
+            .audit_events()
+            .into_iter()
+            .filter(|event| event.event() == "sign_in")
+            .collect();
+        let refusals = sign_ins
+            .iter()
+            .filter(|event| event.outcome() == "refused")
+            .count();
+        assert_eq!(refusals, 1, "one refusal, one audit event: {sign_ins:#?}");
+        let last = sign_ins.last().expect("a sign-in audit event");
+        assert_eq!(
+            (last.outcome(), last.reason()),
+            ("refused", reason),
+            "the audit event names another check: {last:#?}"
+        );
+        assert_eq!(last.level, Level::WARN, "{last:#?}");
+        assert_eq!(last.field("client"), Some("127.0.0.1"), "{last:#?}");
+        assert!(
+            last.fields.values().all(|value| !value.contains("eyJ")),
+            "the audit event must not contain a token: {last:#?}"
+        );
     }
 }
 
@@ -262,6 +295,22 @@ async fn sign_in_with_mfa_by_form_post_lands_on_the_original_page_and_exchange_n
     assert_eq!(
         w.provider.calls_to(ProviderEndpoint::Token)[0].client_auth,
         Some(ClientAuthMethod::ClientSecretPost)
+    );
+    let audited = w.gateway.audit_events();
+    assert_eq!(
+        audited.len(),
+        1,
+        "one sign-in, one audit event: {audited:#?}"
+    );
+    assert_eq!(
+        (audited[0].event(), audited[0].outcome()),
+        ("sign_in", "success"),
+        "{audited:#?}"
+    );
+    assert_eq!(
+        audited[0].field("upn"),
+        Some(TestUser::alice().upn.as_str()),
+        "{audited:#?}"
     );
 
     // The page the user asked for, with OWA's own cookies beside the gateway's.
@@ -457,6 +506,7 @@ async fn token_signed_with_a_key_entra_does_not_publish_is_refused_and_exchange_
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "bad_signature",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -474,6 +524,7 @@ async fn token_with_alg_none_is_refused_and_exchange_is_never_reached() {
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "disallowed_algorithm",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -494,6 +545,7 @@ async fn token_hmac_signed_with_the_public_key_is_refused_and_exchange_is_never_
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "disallowed_algorithm",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -520,6 +572,7 @@ async fn token_with_a_key_id_entra_never_published_is_refused_after_one_key_refe
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "unknown_key",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -576,6 +629,7 @@ async fn token_from_another_issuer_is_refused_and_exchange_is_never_reached() {
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "wrong_issuer",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -593,6 +647,7 @@ async fn token_issued_to_another_application_is_refused_and_exchange_is_never_re
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "wrong_audience",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -613,6 +668,7 @@ async fn token_with_several_audiences_and_no_azp_is_refused_and_exchange_is_neve
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "wrong_audience",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -635,6 +691,7 @@ async fn token_with_several_audiences_authorized_for_another_party_is_refused() 
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "wrong_audience",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -660,6 +717,7 @@ async fn expired_id_token_is_refused_with_a_sign_in_link_and_exchange_is_never_r
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "expired",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -680,6 +738,7 @@ async fn id_token_not_yet_valid_is_refused_and_exchange_is_never_reached() {
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "not_yet_valid",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -700,6 +759,7 @@ async fn token_with_another_sign_ins_nonce_is_refused_and_exchange_is_never_reac
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "nonce_mismatch",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -717,6 +777,7 @@ async fn token_without_a_nonce_is_refused_and_exchange_is_never_reached() {
         &mut browser,
         &reply,
         StatusCode::UNAUTHORIZED,
+        "nonce_mismatch",
         NOT_VERIFIED,
         DEEP_LINK,
     )
@@ -738,11 +799,27 @@ async fn token_without_mfa_is_refused_with_a_page_saying_so_and_exchange_is_neve
         &mut browser,
         &reply,
         StatusCode::FORBIDDEN,
+        "no_mfa",
         NO_MFA,
         DEEP_LINK,
     )
     .await;
     assert!(reply.body.contains("Sign in again"), "{}", reply.body);
+    // The token was genuine up to the MFA check: the audit event says who was refused, and
+    // with which authentication methods.
+    let alice = TestUser::alice();
+    let refusal = w.gateway.audit_events().pop().expect("the refusal's event");
+    assert_eq!(
+        refusal.field("upn"),
+        Some(alice.upn.as_str()),
+        "{refusal:#?}"
+    );
+    assert_eq!(
+        refusal.field("oid"),
+        Some(alice.oid.as_str()),
+        "{refusal:#?}"
+    );
+    assert_eq!(refusal.field("amr"), Some("pwd"), "{refusal:#?}");
 }
 
 #[tokio::test]
@@ -756,6 +833,7 @@ async fn token_without_an_amr_claim_is_refused_as_lacking_mfa() {
         &mut browser,
         &reply,
         StatusCode::FORBIDDEN,
+        "no_mfa",
         NO_MFA,
         DEEP_LINK,
     )
@@ -773,6 +851,7 @@ async fn token_from_another_tenant_is_refused_and_exchange_is_never_reached() {
         &mut browser,
         &reply,
         StatusCode::FORBIDDEN,
+        "wrong_tenant",
         "organisation that may not use this site",
         DEEP_LINK,
     )
@@ -791,6 +870,7 @@ async fn sign_in_older_than_max_auth_age_is_refused_and_exchange_is_never_reache
         &mut browser,
         &reply,
         StatusCode::FORBIDDEN,
+        "auth_too_old",
         "too old",
         DEEP_LINK,
     )
@@ -830,6 +910,7 @@ async fn with_only_an_authentication_context_as_mfa_proof_amr_mfa_alone_is_refus
         &mut browser,
         &reply,
         StatusCode::FORBIDDEN,
+        "no_mfa",
         NO_MFA,
         DEEP_LINK,
     )
@@ -871,6 +952,7 @@ async fn token_with_an_authentication_context_policy_does_not_name_is_refused() 
         &mut browser,
         &reply,
         StatusCode::FORBIDDEN,
+        "no_mfa",
         NO_MFA,
         DEEP_LINK,
     )
@@ -984,6 +1066,7 @@ async fn entra_error_on_the_callback_is_shown_plainly_and_exchange_is_never_reac
         &mut browser,
         &reply,
         StatusCode::FORBIDDEN,
+        "idp_error",
         "did not complete the sign-in",
         DEEP_LINK,
     )
@@ -1019,6 +1102,7 @@ async fn replayed_callback_does_not_create_a_second_session() {
         &mut attacker,
         &replay,
         StatusCode::BAD_REQUEST,
+        "state_replayed",
         STATE_PAGE,
         DEEP_LINK,
     )
@@ -1049,6 +1133,7 @@ async fn callback_with_an_unknown_state_gets_a_fresh_sign_in_link_not_a_redirect
         &mut browser,
         &reply,
         StatusCode::BAD_REQUEST,
+        "state_unknown",
         STATE_PAGE,
         "/owa/",
     )
@@ -1073,6 +1158,7 @@ async fn callback_after_the_login_timeout_gets_a_fresh_sign_in_link() {
         &mut browser,
         &reply,
         StatusCode::BAD_REQUEST,
+        "state_expired",
         STATE_PAGE,
         DEEP_LINK,
     )

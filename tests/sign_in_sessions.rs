@@ -8,10 +8,11 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use mfa_gateway::demo::{ClientCredential, ProviderOptions, TestProvider};
+use mfa_gateway::demo::{ClientCredential, ProviderEndpoint, ProviderOptions, TestProvider};
 use support::{
-    random_session_key, start_provider, Browser, FakeExchange, Reply, SignInConfig, TestClock,
-    TestGateway, CLIENT_ID, CLIENT_SECRET, SESSION_COOKIE,
+    connection_refused, random_session_key, start_provider, wait_for, wait_until, Browser,
+    FakeExchange, Reply, ReservedPort, SignInConfig, TestClock, TestGateway, CLIENT_ID,
+    CLIENT_SECRET, SESSION_COOKIE,
 };
 
 const MINUTE: u64 = 60;
@@ -71,6 +72,20 @@ async fn assert_signed_out(browser: &mut Browser, provider: &TestProvider) {
             .is_some_and(|l| l.starts_with(&provider.authorization_endpoint())),
         "{}",
         page.describe()
+    );
+}
+
+/// The last sign-in audit event of `gateway` is a refusal for `reason`.
+fn assert_last_sign_in_refused(gateway: &TestGateway, reason: &str) {
+    let last = gateway
+        .audit_events()
+        .into_iter()
+        .rfind(|event| event.event() == "sign_in")
+        .expect("a sign-in audit event");
+    assert_eq!(
+        (last.outcome(), last.reason()),
+        ("refused", reason),
+        "{last:#?}"
     );
 }
 
@@ -278,6 +293,7 @@ async fn callback_while_entra_answers_with_errors_gets_a_503_page_and_new_sign_i
         "Entra answering 503 to the code exchange is Entra being down: {}",
         reply.describe()
     );
+    assert_last_sign_in_refused(&w.gateway, "idp_unavailable");
     assert!(
         reply.body.contains("Sign-in is unavailable"),
         "{}",
@@ -323,7 +339,16 @@ async fn callback_while_entra_is_unreachable_gets_a_503_page_and_sign_in_resumes
     let authorize = bob.start_sign_in("/owa/", &provider).await;
     let callback = bob.sign_in_at_provider(&authorize, "bob", true).await;
     drop(provider);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Gone: connections are refused. Its port is held for it meanwhile (still refusing).
+    let provider_port = wait_for(Duration::from_secs(5), || async {
+        if connection_refused(provider_addr).await {
+            ReservedPort::hold(provider_addr).ok()
+        } else {
+            None
+        }
+    })
+    .await
+    .expect("the provider still accepts connections after it was stopped");
 
     let reply = bob.deliver(&callback).await;
     assert_eq!(
@@ -334,6 +359,7 @@ async fn callback_while_entra_is_unreachable_gets_a_503_page_and_sign_in_resumes
     );
     assert!(reply.body.contains("cannot be reached"), "{}", reply.body);
     assert!(reply.new_session_cookie().is_none());
+    assert_last_sign_in_refused(&gateway, "idp_unavailable");
     let page = bob.navigate("/owa/").await;
     assert_eq!(
         page.status,
@@ -347,32 +373,19 @@ async fn callback_while_entra_is_unreachable_gets_a_503_page_and_sign_in_resumes
     assert_reached_exchange(&alice.navigate("/owa/").await, "ex01", "/owa/");
 
     // Entra is back on the same address (with new signing keys).
-    let mut provider = None;
-    for _ in 0..50 {
-        match TestProvider::start(ProviderOptions {
-            addr: Some(provider_addr),
-            ..ProviderOptions::default()
-        })
-        .await
-        {
-            Ok(p) => {
-                provider = Some(p);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let provider = provider.expect("provider restarts on its address");
+    let provider = TestProvider::start(ProviderOptions {
+        addr: Some(provider_addr),
+        ..ProviderOptions::default()
+    })
+    .await
+    .expect("provider restarts on its address");
+    drop(provider_port);
     provider.register_client(CLIENT_ID, ClientCredential::Secret(CLIENT_SECRET.into()));
-    let mut resumed = false;
-    for _ in 0..300 {
+    let resumed = wait_until(Duration::from_secs(30), || async {
         let mut probe = Browser::new(gateway.http.unwrap());
-        if probe.navigate("/owa/").await.status == StatusCode::FOUND {
-            resumed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        probe.navigate("/owa/").await.status == StatusCode::FOUND
+    })
+    .await;
     assert!(
         resumed,
         "new sign-ins resume within 30 s of Entra answering again"
@@ -390,7 +403,17 @@ async fn gateway_started_while_entra_is_down_is_not_ready_until_entra_answers() 
     let config = SignInConfig::new(&provider, &exchange);
     let gateway = TestGateway::start(&config.toml()).await;
     let mut browser = Browser::new(gateway.http.unwrap());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The gateway has asked Entra for its metadata and been turned away.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            provider
+                .calls_to(ProviderEndpoint::Discovery)
+                .iter()
+                .any(|call| call.status == StatusCode::SERVICE_UNAVAILABLE)
+        })
+        .await,
+        "the gateway never asked Entra for its metadata"
+    );
 
     let health = browser.navigate("/_gateway/health").await;
     assert_eq!(
@@ -418,14 +441,11 @@ async fn gateway_started_while_entra_is_down_is_not_ready_until_entra_answers() 
     assert!(exchange.user_requests().is_empty());
 
     provider.set_available(true);
-    let mut ready = false;
-    for _ in 0..300 {
-        if browser.navigate("/_gateway/health").await.status == StatusCode::OK {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = wait_until(Duration::from_secs(30), || async {
+        let mut probe = Browser::new(gateway.http.unwrap());
+        probe.navigate("/_gateway/health").await.status == StatusCode::OK
+    })
+    .await;
     assert!(ready, "ready within 30 s of Entra answering");
     browser.sign_in_ok("/owa/", &provider, "alice").await;
     assert_reached_exchange(&browser.navigate("/owa/").await, "ex01", "/owa/");
@@ -492,6 +512,8 @@ async fn ten_sign_ins_started_in_one_browser_leave_at_most_four_pending_login_co
         "{}",
         reply.describe()
     );
+    // Its pending-login cookie was dropped for the newer ones: the state is unknown.
+    assert_last_sign_in_refused(&w.gateway, "state_unknown");
     assert!(reply.location().is_none());
     assert!(reply.new_session_cookie().is_none());
 
