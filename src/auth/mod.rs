@@ -53,7 +53,7 @@ pub struct RoutePolicy {
     pub name: String,
     pub max_auth_age: Duration,
     pub acrs_any_of: Vec<String>,
-    pub groups_any_of: Vec<String>,
+    pub groups_any_of: Vec<Guid>,
     pub unauthenticated_status: StatusCode,
 }
 
@@ -162,8 +162,7 @@ impl SignIn {
         let mut named_groups: Vec<Guid> = config
             .routes
             .iter()
-            .flat_map(|r| r.groups_any_of.iter())
-            .filter_map(|g| Guid::parse(g))
+            .flat_map(|r| r.groups_any_of.iter().copied())
             .collect();
         named_groups.sort_by_key(|g| g.0);
         named_groups.dedup();
@@ -189,11 +188,7 @@ impl SignIn {
             used_states: Mutex::new(HashMap::new()),
             revocations,
             opened: OpenedSessions::default(),
-            allowed_tenants: oidc
-                .allowed_tenants
-                .iter()
-                .map(|t| EntraId::parse(t))
-                .collect(),
+            allowed_tenants: oidc.allowed_tenants.clone(),
             rng: SystemRandom::new(),
         })))
     }
@@ -264,7 +259,10 @@ impl SignIn {
             };
         }
         if !route.groups_any_of.is_empty()
-            && !route.groups_any_of.iter().any(|g| session.in_group(g))
+            && !route
+                .groups_any_of
+                .iter()
+                .any(|g| session.groups.contains(g))
         {
             // With the overage marker Entra did not list the groups: refuse and say why
             // rather than guess.
