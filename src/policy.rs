@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::session::{EntraId, Session, SessionExpired};
+use crate::session::{EntraId, Guid, Session, SessionExpired};
 
 /// What a route requires of a session, beyond the global `[mfa]` rules.
 #[derive(Debug, Clone)]
@@ -23,7 +23,8 @@ pub struct RoutePolicy {
     pub name: String,
     pub max_auth_age: Duration,
     pub acrs_any_of: Vec<String>,
-    pub groups_any_of: Vec<String>,
+    /// Entra group object ids; the session must carry one of them.
+    pub groups_any_of: Vec<Guid>,
     /// The answer to a script (not a page load) without a usable session: 401, or 440 on OWA.
     pub unauthenticated_status: StatusCode,
 }
@@ -177,7 +178,12 @@ pub fn decide(
             why: SignInReason::AuthContextMissing,
         };
     }
-    if !route.groups_any_of.is_empty() && !route.groups_any_of.iter().any(|g| session.in_group(g)) {
+    if !route.groups_any_of.is_empty()
+        && !route
+            .groups_any_of
+            .iter()
+            .any(|g| session.groups.contains(g))
+    {
         // With the overage marker Entra did not list the groups: refuse and say why rather
         // than guess.
         return Verdict::Deny(if session.groups_overage {
@@ -201,7 +207,7 @@ fn sign_in(why: SignInReason) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{Guid, MfaEvidence, SessionId, TOUCH_INTERVAL};
+    use crate::session::{MfaEvidence, SessionId, TOUCH_INTERVAL};
 
     const T0: u64 = 1_800_000_000;
     const HOUR: u64 = 3600;
@@ -379,7 +385,7 @@ mod tests {
     #[test]
     fn group_rules_refuse_non_members_and_say_when_entra_did_not_list_the_groups() {
         let mut route = route();
-        route.groups_any_of = vec![ADMINS.to_uppercase()];
+        route.groups_any_of = vec![Guid::parse(&ADMINS.to_uppercase()).expect("a GUID")];
         assert_eq!(
             judge(&route, &session(), false, T0 + 10),
             Verdict::Deny(DenialReason::NotInGroup)
@@ -404,7 +410,7 @@ mod tests {
         // sign-in Entra may list new groups.
         let mut route = route();
         route.max_auth_age = Duration::from_secs(60);
-        route.groups_any_of = vec![ADMINS.into()];
+        route.groups_any_of = vec![Guid::parse(ADMINS).expect("a GUID")];
         assert_eq!(
             reason(&judge(&route, &session(), false, T0 + 120)),
             "auth_too_old_for_route"

@@ -16,6 +16,8 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::session::{EntraId, Guid};
+
 /// Entra's claims beyond the OpenID Connect core set.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct EntraClaims {
@@ -106,7 +108,7 @@ pub struct Expectations<'a> {
     pub issuer: &'a str,
     pub client_id: &'a str,
     pub nonce: &'a str,
-    pub allowed_tenants: &'a [String],
+    pub allowed_tenants: &'a [EntraId],
     pub clock_skew: Duration,
     pub amr_any_of: &'a [String],
     pub acrs_any_of: &'a [String],
@@ -219,10 +221,16 @@ fn verify_inner(
         }
     }
     let tid = extra.tid.clone().ok_or(Refusal::MissingIdentity)?;
+    // A GUID in any letter case is one tenant; another provider's tenant ids are compared
+    // without regard to case.
+    let tid_guid = Guid::parse(&tid);
     if !expected
         .allowed_tenants
         .iter()
-        .any(|t| t.eq_ignore_ascii_case(&tid))
+        .any(|allowed| match allowed {
+            EntraId::Guid(guid) => tid_guid == Some(*guid),
+            EntraId::Text(text) => text.eq_ignore_ascii_case(&tid),
+        })
     {
         return Err(Refusal::WrongTenant);
     }

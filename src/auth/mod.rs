@@ -150,8 +150,7 @@ impl SignIn {
         let mut named_groups: Vec<Guid> = config
             .routes
             .iter()
-            .flat_map(|r| r.groups_any_of.iter())
-            .filter_map(|g| Guid::parse(g))
+            .flat_map(|r| r.groups_any_of.iter().copied())
             .collect();
         named_groups.sort_by_key(|g| g.0);
         named_groups.dedup();
@@ -177,11 +176,7 @@ impl SignIn {
             used_states,
             revocations,
             opened: OpenedSessions::default(),
-            allowed_tenants: oidc
-                .allowed_tenants
-                .iter()
-                .map(|t| EntraId::parse(t))
-                .collect(),
+            allowed_tenants: oidc.allowed_tenants.clone(),
             rng: SystemRandom::new(),
         })))
     }

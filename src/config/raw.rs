@@ -12,31 +12,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use super::error::{line_at, ConfigError, ConfigErrors};
 use super::secret::SecretSource;
-use super::validate::{line_at, ConfigError, ConfigErrors};
-
-pub(crate) const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
-pub(crate) const DEFAULT_MAX_CONNECTIONS: i64 = 20_000;
-pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
-pub(crate) const DEFAULT_MAX_HEADER_BYTES: i64 = 65_536;
-pub(crate) const DEFAULT_REQUEST_BODY_TIMEOUT: &str = "60s";
-pub(crate) const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
-pub(crate) const DEFAULT_IDLE_TIMEOUT: &str = "5m";
-/// 128 MiB: above OWA's 35,000,000-byte attachment limit and EWS's 64 MiB.
-pub(crate) const DEFAULT_MAX_REQUEST_BODY: u64 = 128 * 1024 * 1024;
-pub(crate) const DEFAULT_HEALTH_INTERVAL: &str = "10s";
-pub(crate) const DEFAULT_HEALTH_TIMEOUT: &str = "3s";
-pub(crate) const DEFAULT_UNHEALTHY_THRESHOLD: i64 = 2;
-pub(crate) const DEFAULT_HEALTHY_THRESHOLD: i64 = 1;
-pub(crate) const DEFAULT_SCOPES: [&str; 3] = ["openid", "profile", "email"];
-pub(crate) const DEFAULT_CLOCK_SKEW: &str = "2m";
-pub(crate) const DEFAULT_LOGIN_TIMEOUT: &str = "10m";
-pub(crate) const DEFAULT_AMR_ANY_OF: [&str; 2] = ["mfa", "ngcmfa"];
-pub(crate) const DEFAULT_MAX_AUTH_AGE: &str = "12h";
-pub(crate) const DEFAULT_COOKIE_NAME: &str = "__Host-mfagw";
-pub(crate) const DEFAULT_SESSION_LIFETIME: &str = "10h";
-pub(crate) const DEFAULT_SESSION_IDLE_TIMEOUT: &str = "1h";
-pub(crate) const DEFAULT_UNAUTHENTICATED_STATUS: u16 = 401;
 
 pub(crate) type Text = Spanned<String>;
 

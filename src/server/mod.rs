@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::StatusCode;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -56,6 +55,7 @@ pub struct RouteEntry {
 pub struct Snapshot {
     pub config: Config,
     pub router: Router<RouteEntry>,
+    /// One per entry of `config.upstreams`, in the same order.
     pub pools: Vec<Arc<UpstreamPool>>,
     /// Connection settings for new browser connections.
     pub(crate) http: Arc<HttpBuilders>,
@@ -95,16 +95,9 @@ impl Snapshot {
         }
         let mut router = Router::new();
         for (i, route) in config.routes.iter().enumerate() {
-            let pool = pools
-                .iter()
-                .find(|p| p.name() == route.upstream)
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "routes[{i}].upstream: no upstream named {:?}",
-                        route.upstream
-                    )
-                })?;
+            // One pool per entry of `config.upstreams`, in its order: validation made
+            // `route.upstream` an index into both.
+            let pool = pools[route.upstream.index()].clone();
             let name = format!("{}{}", route.host, route.path);
             let policy = match (&sign_in, route.access) {
                 (Some(sign_in), Access::Mfa) => Some(RoutePolicy {
@@ -113,8 +106,7 @@ impl Snapshot {
                         .unwrap_or_else(|| sign_in.default_max_auth_age()),
                     acrs_any_of: route.acrs_any_of.clone(),
                     groups_any_of: route.groups_any_of.clone(),
-                    unauthenticated_status: StatusCode::from_u16(route.unauthenticated_status)
-                        .unwrap_or(StatusCode::UNAUTHORIZED),
+                    unauthenticated_status: route.unauthenticated_status,
                     name: name.clone(),
                 }),
                 // Validation refuses mfa routes without [oidc]; closed is the only safe answer.
@@ -156,12 +148,12 @@ impl Snapshot {
     }
 
     pub fn upstreams_ready(&self) -> bool {
-        self.pools.iter().all(|p| {
+        self.pools.iter().enumerate().all(|(i, p)| {
             let used = self
                 .config
                 .routes
                 .iter()
-                .any(|r| r.upstream == p.name() && r.access != Access::Deny);
+                .any(|r| r.upstream.index() == i && r.access != Access::Deny);
             !used || p.healthy_count() > 0
         })
     }
