@@ -1,5 +1,5 @@
 //! Wall-clock time in unix seconds, behind a seam tests can replace: session lifetimes, idle
-//! timeouts and token expiry are tested with tokio's paused time instead of sleeps.
+//! timeouts and token expiry are tested by moving a test clock forward instead of sleeping.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,17 +17,7 @@ impl Clock {
         }))
     }
 
-    /// The system time at creation, advanced by tokio's clock: `tokio::time::pause()` and
-    /// `advance()` move it, so tests can jump hours ahead.
-    pub fn tokio() -> Clock {
-        let base = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let start = tokio::time::Instant::now();
-        Clock(Arc::new(move || base + start.elapsed().as_secs()))
-    }
-
-    /// A clock that returns what `f` says.
+    /// A clock that returns what `f` says (tests move it forward).
     pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
         Clock(Arc::new(f))
     }

@@ -290,7 +290,7 @@ impl Gateway {
     }
 
     /// [`Gateway::start`] with a clock of the caller's choosing (tests use
-    /// [`Clock::tokio`] to move time with `tokio::time::advance`).
+    /// [`Clock::from_fn`] to move time forward).
     pub async fn start_with_clock(
         config: Config,
         listeners: Listeners,
