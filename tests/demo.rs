@@ -10,13 +10,13 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{LOCATION, SET_COOKIE};
 use http::StatusCode;
 use mfa_gateway::demo::{parse_form_post, sign_in_form};
 
-/// The first start generates an RSA key unoptimised in a debug build: seconds, not minutes.
+/// Starting generates an RSA key and health-checks the sample Exchange: seconds, not minutes.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A page load in a browser's address bar.
@@ -45,6 +45,7 @@ struct Demo {
 }
 
 impl Demo {
+    /// Starts the demo and waits until it says where to open it.
     fn start() -> Demo {
         let binary = std::env::var_os("MFA_GATEWAY_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_mfa-gateway").into());
@@ -68,9 +69,9 @@ impl Demo {
             port: 0,
             banner: String::new(),
         };
-        let deadline = std::time::Instant::now() + START_DEADLINE;
+        let deadline = Instant::now() + START_DEADLINE;
         while demo.port == 0 {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             let line = banner.recv_timeout(left).unwrap_or_else(|_| {
                 panic!(
                     "the demo printed no URL to open within {START_DEADLINE:?}; it printed:\n{}",
@@ -89,6 +90,31 @@ impl Demo {
 
     fn url(&self, path: &str) -> String {
         format!("http://localhost:{}{path}", self.port)
+    }
+
+    /// Waits until the gateway's health endpoint says it is ready, as a load balancer would
+    /// before sending users: its first health check of the sample Exchange has passed.
+    async fn wait_until_ready(&self, browser: &mut Browser) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let health = browser.navigate(&self.url("/_gateway/health")).await;
+            if health.status == StatusCode::OK {
+                assert_eq!(health.body, "ready\n");
+                return;
+            }
+            assert_eq!(
+                health.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "health is ready or not yet: {}",
+                health.body
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the demo was not ready within {START_DEADLINE:?}; it printed:\n{}",
+                self.banner
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -228,9 +254,7 @@ impl Browser {
 async fn demo_signs_alice_in_with_mfa_and_opens_her_mailbox() {
     let demo = Demo::start();
     let mut browser = Browser::new(&demo);
-
-    let health = browser.navigate(&demo.url("/_gateway/health")).await;
-    assert_eq!(health.status, StatusCode::OK, "{}", demo.banner);
+    demo.wait_until_ready(&mut browser).await;
 
     let signed_in = browser.sign_in(&demo, "alice", true).await;
     assert_eq!(signed_in.status, StatusCode::FOUND, "{}", signed_in.body);
@@ -269,6 +293,7 @@ async fn demo_signs_alice_in_with_mfa_and_opens_her_mailbox() {
 async fn demo_refuses_a_password_only_sign_in_and_exchange_stays_closed() {
     let demo = Demo::start();
     let mut browser = Browser::new(&demo);
+    demo.wait_until_ready(&mut browser).await;
 
     let refused = browser.sign_in(&demo, "alice", false).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
