@@ -1,7 +1,8 @@
 //! `test-provider`: the test OpenID provider of `mfa-gateway demo` and the tests
 //! ([`mfa_gateway::demo::TestProvider`]) as a standalone process, for the benchmark in
 //! `bench/` (Apache mod_auth_openidc and scripted sign-ins with curl). **Never for
-//! production**: it signs in whoever asks, with or without MFA as they choose.
+//! production**: it signs in whoever asks, with or without MFA as they choose. It uses none
+//! of the provider's test kit, so `cargo build` leaves the kit out: it issues honest tokens.
 //!
 //! ```text
 //! test-provider --listen 127.0.0.1:9400 --client-id ID --client-secret SECRET

@@ -7,9 +7,10 @@ mod upstream;
 
 use std::net::SocketAddr;
 
+#[cfg(feature = "test-kit")]
+pub use provider::{parse_form_post, sign_in_form, Forgery, ProviderCall, Signing};
 pub use provider::{
-    parse_form_post, sign_in_form, ClientAuthMethod, ClientCredential, Forgery, ProviderCall,
-    ProviderEndpoint, ProviderOptions, Signing, TestProvider, TestUser,
+    ClientAuthMethod, ClientCredential, ProviderEndpoint, ProviderOptions, TestProvider, TestUser,
 };
 pub use upstream::SampleExchange;
 

@@ -1,7 +1,7 @@
 //! A test OpenID provider shaped like Microsoft Entra ID (v1.0 endpoints and tokens), served
 //! over plain HTTP on loopback, for `mfa-gateway demo` and the tests. **Never for production**:
-//! it signs in whoever presses "Sign in", lets that person claim multifactor authentication,
-//! and can be told to forge tokens.
+//! it signs in whoever presses "Sign in" and lets that person claim multifactor
+//! authentication.
 //!
 //! What it imitates, because the gateway must cope with each of these Entra facts:
 //! - a tenant-specific issuer, `http://127.0.0.1:PORT/<tid>/`, with the trailing slash of
@@ -15,32 +15,35 @@
 //!   certificate (`private_key_jwt`), checked as Entra checks it;
 //! - the end-session endpoint with `post_logout_redirect_uri`.
 //!
-//! Tests steer it through [`TestProvider`]: register clients, rotate signing keys, take the
-//! provider down (every endpoint 503), forge the next ID token ([`Forgery`]), backdate
-//! `auth_time`, and read back the calls it received ([`ProviderCall`]) to prove, for example,
-//! that the token endpoint was never reached.
+//! The tests steer it and read it back through its test kit (cargo feature `test-kit`, which
+//! only the tests turn on): forged ID tokens, an outage, key rotation, backdated sign-ins and
+//! the record of every call. The shipped gateway has none of that.
 
 mod endpoints;
 mod form;
 mod jwt;
 mod pages;
+#[cfg(feature = "test-kit")]
+mod test_kit;
 #[cfg(test)]
 mod tests;
 mod token;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+#[cfg(feature = "test-kit")]
+pub use self::test_kit::{parse_form_post, sign_in_form, Forgery, ProviderCall, Signing};
+
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{Method, StatusCode};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use self::endpoints::CodeGrant;
-use self::jwt::{PreparedForgery, SigningKey};
+use self::jwt::SigningKey;
 
 /// The tenant id the provider uses unless told otherwise (a made-up GUID).
 pub const DEFAULT_TENANT_ID: &str = "3f6a8e2c-5b1d-4c7e-9a0f-2d4b6c8e1a35";
@@ -158,59 +161,6 @@ pub enum ClientCredential {
     },
 }
 
-/// How the next ID token is signed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Signing {
-    /// RS256 with the current published key.
-    #[default]
-    Normal,
-    /// Header `alg: "none"` and an empty signature.
-    AlgNone,
-    /// Header `alg: "HS256"`, HMAC-SHA256 keyed with the current public key's SPKI PEM
-    /// (`-----BEGIN PUBLIC KEY-----`, LF line endings): the algorithm-confusion attack.
-    HmacWithPublicKey,
-    /// RS256 with a fresh key that is not in the JWKS, under the current key's `kid`.
-    ForeignKey,
-    /// RS256 with a key whose `kid` is not (yet) in the JWKS. The key stays pending:
-    /// [`TestProvider::publish_pending_key`] or [`TestProvider::rotate_signing_key`] publishes
-    /// it, and normal tokens are then signed with it.
-    UnpublishedKid,
-}
-
-/// Changes to the next ID token the provider issues.
-#[derive(Clone, Debug, Default)]
-pub struct Forgery {
-    /// Merged into the claims; a JSON `null` removes the claim.
-    pub claims: serde_json::Map<String, serde_json::Value>,
-    /// Merged into the JOSE header after the signing mode set `alg`/`kid`; `null` removes.
-    pub header: serde_json::Map<String, serde_json::Value>,
-    pub signing: Signing,
-}
-
-impl Forgery {
-    /// Sets (or, with `Value::Null`, removes) one claim.
-    pub fn claim(mut self, name: &str, value: impl Into<serde_json::Value>) -> Forgery {
-        self.claims.insert(name.to_owned(), value.into());
-        self
-    }
-
-    /// Removes one claim.
-    pub fn without(self, name: &str) -> Forgery {
-        self.claim(name, serde_json::Value::Null)
-    }
-
-    /// Sets (or, with `Value::Null`, removes) one header member.
-    pub fn header(mut self, name: &str, value: impl Into<serde_json::Value>) -> Forgery {
-        self.header.insert(name.to_owned(), value.into());
-        self
-    }
-
-    pub fn signing(mut self, signing: Signing) -> Forgery {
-        self.signing = signing;
-        self
-    }
-}
-
 /// Which endpoint a call reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProviderEndpoint {
@@ -231,29 +181,6 @@ pub enum ClientAuthMethod {
     PrivateKeyJwt,
 }
 
-/// One request the provider received.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProviderCall {
-    pub endpoint: ProviderEndpoint,
-    pub method: Method,
-    /// Query parameters (GET) or form fields (POST), in the order sent.
-    pub params: Vec<(String, String)>,
-    /// Token endpoint only: the client authentication method presented.
-    pub client_auth: Option<ClientAuthMethod>,
-    /// The status the provider answered with.
-    pub status: StatusCode,
-}
-
-impl ProviderCall {
-    /// The first value of parameter `name`.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
 /// The running provider. Dropping it closes the listener and every connection.
 pub struct TestProvider {
     shared: Arc<Shared>,
@@ -270,18 +197,13 @@ struct Shared {
 }
 
 struct State {
-    available: bool,
     /// Published keys; the first signs.
     keys: Vec<Arc<SigningKey>>,
-    /// A key used by an `UnpublishedKid` forgery, waiting to be published.
-    pending_key: Option<Arc<SigningKey>>,
     clients: HashMap<String, ClientCredential>,
     codes: HashMap<String, CodeGrant>,
     seen_jtis: HashSet<String>,
-    forgeries: VecDeque<PreparedForgery>,
-    calls: Vec<ProviderCall>,
-    last_sid: HashMap<String, String>,
-    auth_time_offset: Duration,
+    #[cfg(feature = "test-kit")]
+    test_kit: test_kit::Controls,
 }
 
 impl Shared {
@@ -330,16 +252,12 @@ impl TestProvider {
             users: options.users,
             token_lifetime: options.token_lifetime,
             state: Mutex::new(State {
-                available: true,
                 keys: vec![key],
-                pending_key: None,
                 clients: HashMap::new(),
                 codes: HashMap::new(),
                 seen_jtis: HashSet::new(),
-                forgeries: VecDeque::new(),
-                calls: Vec::new(),
-                last_sid: HashMap::new(),
-                auth_time_offset: Duration::ZERO,
+                #[cfg(feature = "test-kit")]
+                test_kit: test_kit::Controls::default(),
             }),
         });
         let serving = shared.clone();
@@ -414,105 +332,6 @@ impl TestProvider {
             .clients
             .insert(client_id.into(), credential);
     }
-
-    /// The `kid` that signs normal tokens now.
-    pub fn current_kid(&self) -> String {
-        self.shared
-            .lock()
-            .keys
-            .first()
-            .map(|key| key.kid.clone())
-            .unwrap_or_default()
-    }
-
-    /// Switches to a new signing key and returns its `kid`: the pending key of an
-    /// `UnpublishedKid` forgery if there is one, else a fresh key. The JWKS then serves the new
-    /// key, and the previous ones too when `keep_old`.
-    pub fn rotate_signing_key(&self, keep_old: bool) -> std::io::Result<String> {
-        let pending = self.shared.lock().pending_key.take();
-        let key = match pending {
-            Some(key) => key,
-            None => generate_key()?,
-        };
-        let kid = key.kid.clone();
-        let mut state = self.shared.lock();
-        if !keep_old {
-            state.keys.clear();
-        }
-        state.keys.retain(|old| old.kid != kid);
-        state.keys.insert(0, key);
-        Ok(kid)
-    }
-
-    /// Publishes the pending key of an `UnpublishedKid` forgery as the signing key, keeping
-    /// the others in the JWKS; returns its `kid`, or `None` when no key is pending.
-    pub fn publish_pending_key(&self) -> Option<String> {
-        let mut state = self.shared.lock();
-        let key = state.pending_key.take()?;
-        let kid = key.kid.clone();
-        state.keys.insert(0, key);
-        Some(kid)
-    }
-
-    /// `false`: every endpoint answers 503, as when Entra cannot be reached.
-    pub fn set_available(&self, available: bool) {
-        self.shared.lock().available = available;
-    }
-
-    /// Queues a forgery: each ID token issued takes the next one queued. Keys the forgery
-    /// needs are generated now.
-    pub fn forge_next(&self, forgery: Forgery) -> std::io::Result<()> {
-        let key = match forgery.signing {
-            Signing::ForeignKey => Some(generate_key()?),
-            Signing::UnpublishedKid => {
-                let pending = self.shared.lock().pending_key.clone();
-                let key = match pending {
-                    Some(key) => key,
-                    None => generate_key()?,
-                };
-                self.shared.lock().pending_key = Some(key.clone());
-                Some(key)
-            }
-            Signing::Normal | Signing::AlgNone | Signing::HmacWithPublicKey => None,
-        };
-        self.shared.lock().forgeries.push_back(PreparedForgery {
-            claims: forgery.claims,
-            header: forgery.header,
-            signing: forgery.signing,
-            key,
-        });
-        Ok(())
-    }
-
-    /// Every request received so far, oldest first.
-    pub fn calls(&self) -> Vec<ProviderCall> {
-        self.shared.lock().calls.clone()
-    }
-
-    /// The calls that reached `endpoint`.
-    pub fn calls_to(&self, endpoint: ProviderEndpoint) -> Vec<ProviderCall> {
-        self.shared
-            .lock()
-            .calls
-            .iter()
-            .filter(|call| call.endpoint == endpoint)
-            .cloned()
-            .collect()
-    }
-
-    pub fn clear_calls(&self) {
-        self.shared.lock().calls.clear();
-    }
-
-    /// Sign-ins from now on report `auth_time` this far in the past (tokens are still fresh).
-    pub fn set_auth_time_offset(&self, offset: Duration) {
-        self.shared.lock().auth_time_offset = offset;
-    }
-
-    /// The `sid` of `username`'s latest sign-in (what front-channel logout would send).
-    pub fn last_sid(&self, username: &str) -> Option<String> {
-        self.shared.lock().last_sid.get(username).cloned()
-    }
 }
 
 impl Drop for TestProvider {
@@ -525,28 +344,6 @@ fn generate_key() -> std::io::Result<Arc<SigningKey>> {
     SigningKey::generate()
         .map(Arc::new)
         .map_err(|e| std::io::Error::other(format!("cannot generate an RSA key: {e}")))
-}
-
-/// Turns the gateway's redirect to the authorization endpoint into the POST the sign-in page
-/// would send: the URL to post to, and the form (every original parameter, `user`, `mfa` and
-/// `decision=approve`). Change `decision` to `cancel` to press Cancel.
-pub fn sign_in_form(authorize_url: &str, user: &str, mfa: bool) -> (String, Vec<(String, String)>) {
-    let without_fragment = authorize_url.split('#').next().unwrap_or(authorize_url);
-    let (url, query) = without_fragment
-        .split_once('?')
-        .unwrap_or((without_fragment, ""));
-    let mut fields = form::decode(query);
-    fields.retain(|(name, _)| !matches!(name.as_str(), "user" | "mfa" | "decision"));
-    fields.push(("user".into(), user.into()));
-    fields.push(("mfa".into(), if mfa { "yes" } else { "no" }.into()));
-    fields.push(("decision".into(), "approve".into()));
-    (url.to_owned(), fields)
-}
-
-/// Reads a `form_post` page from the provider: the redirect URI it posts to and its fields
-/// (`code`, `state`, `session_state`, or `error`, `error_description`, `state`).
-pub fn parse_form_post(html: &str) -> Option<(String, Vec<(String, String)>)> {
-    pages::parse_form_post(html)
 }
 
 fn unix_now() -> u64 {

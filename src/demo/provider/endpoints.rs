@@ -1,10 +1,10 @@
 //! The provider's endpoints under `/<tid>/` other than the token endpoint ([`super::token`]):
 //! discovery, keys, authorize (the sign-in page and its decision), logout; the replies they
-//! share; and the dispatch of a request to its endpoint, recorded as a [`ProviderCall`].
+//! share; and the dispatch of a request to its endpoint.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rand::RngCore;
@@ -14,7 +14,7 @@ use super::form::{self, Params};
 use super::jwt::{self, b64};
 use super::pages;
 use super::{
-    unix_now, ProviderCall, ProviderEndpoint, Reply, Shared, AUTHORIZE_PATH, DISCOVERY_PATH,
+    unix_now, ClientAuthMethod, ProviderEndpoint, Reply, Shared, AUTHORIZE_PATH, DISCOVERY_PATH,
     KEYS_PATH, LOGOUT_PATH, MAX_BODY, TOKEN_PATH,
 };
 
@@ -361,7 +361,10 @@ fn decide(shared: &Shared, params: &Params) -> Result<Reply, String> {
     let session_state = guid();
     {
         let mut state = shared.lock();
-        let auth_time = now.saturating_sub(state.auth_time_offset.as_secs());
+        #[cfg(feature = "test-kit")]
+        let auth_time = state.test_kit.auth_time(now);
+        #[cfg(not(feature = "test-kit"))]
+        let auth_time = now;
         state
             .codes
             .retain(|_, grant| grant.issued_at + CODE_LIFETIME >= now);
@@ -386,7 +389,8 @@ fn decide(shared: &Shared, params: &Params) -> Result<Reply, String> {
                 issued_at: now,
             },
         );
-        state.last_sid.insert(user.username.clone(), sid);
+        #[cfg(feature = "test-kit")]
+        state.test_kit.signed_in(&user.username, &sid);
     }
     Ok(request.respond(&[
         ("code", &code),
@@ -462,43 +466,58 @@ pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Reply
             Err(_) => body_error = Some("the body is too large or was cut short"),
         }
     }
-    let mut client_auth = None;
-    let available = shared.lock().available;
-    let reply = if !available {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The service is unavailable.",
-        )
-    } else if let Some(message) = body_error {
-        match endpoint {
+    let params = Params(params);
+    #[cfg(feature = "test-kit")]
+    let reply = super::test_kit::answer_recorded(
+        shared,
+        endpoint,
+        parts.method,
+        &parts.headers,
+        params,
+        body_error,
+    );
+    #[cfg(not(feature = "test-kit"))]
+    let (reply, _) = answer(
+        shared,
+        &endpoint,
+        &parts.method,
+        &parts.headers,
+        &params,
+        body_error,
+    );
+    reply
+}
+
+/// The reply of `endpoint` to a request, and the client authentication method it presented
+/// (token endpoint only).
+pub(super) fn answer(
+    shared: &Shared,
+    endpoint: &ProviderEndpoint,
+    method: &Method,
+    headers: &HeaderMap,
+    params: &Params,
+    body_error: Option<&'static str>,
+) -> (Reply, Option<ClientAuthMethod>) {
+    if let Some(message) = body_error {
+        let reply = match endpoint {
             ProviderEndpoint::Token => {
                 oauth_error(StatusCode::BAD_REQUEST, "invalid_request", message, false)
             }
             _ => text(StatusCode::BAD_REQUEST, message),
+        };
+        return (reply, None);
+    }
+    let reply = match (endpoint, method) {
+        (ProviderEndpoint::Discovery, &Method::GET) => discovery(shared),
+        (ProviderEndpoint::Keys, &Method::GET) => keys(shared),
+        (ProviderEndpoint::Authorize, &Method::GET) => authorize_page(shared, params),
+        (ProviderEndpoint::Authorize, &Method::POST) => authorize_decision(shared, params),
+        (ProviderEndpoint::Token, &Method::POST) => {
+            return super::token::token(shared, headers, params)
         }
-    } else {
-        let params = Params(params.clone());
-        match (&endpoint, &parts.method) {
-            (ProviderEndpoint::Discovery, &Method::GET) => discovery(shared),
-            (ProviderEndpoint::Keys, &Method::GET) => keys(shared),
-            (ProviderEndpoint::Authorize, &Method::GET) => authorize_page(shared, &params),
-            (ProviderEndpoint::Authorize, &Method::POST) => authorize_decision(shared, &params),
-            (ProviderEndpoint::Token, &Method::POST) => {
-                let (reply, method) = super::token::token(shared, &parts.headers, &params);
-                client_auth = method;
-                reply
-            }
-            (ProviderEndpoint::Logout, &Method::GET) => logout(&params),
-            (ProviderEndpoint::Other(_), _) => text(StatusCode::NOT_FOUND, "Not found."),
-            _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
-        }
+        (ProviderEndpoint::Logout, &Method::GET) => logout(params),
+        (ProviderEndpoint::Other(_), _) => text(StatusCode::NOT_FOUND, "Not found."),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
     };
-    shared.lock().calls.push(ProviderCall {
-        endpoint,
-        method: parts.method,
-        params,
-        client_auth,
-        status: reply.status(),
-    });
-    reply
+    (reply, None)
 }

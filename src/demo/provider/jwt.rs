@@ -1,18 +1,13 @@
-//! Compact JWS as Entra uses it: RS256 ID tokens signed with a key published in the JWKS, the
-//! forgeries the tests ask for, and the check of a client's `private_key_jwt` assertion.
-
-use std::sync::Arc;
+//! Compact JWS as Entra uses it: RS256 ID tokens signed with a key published in the JWKS, and
+//! the check of a client's `private_key_jwt` assertion.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::rngs::OsRng;
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, Pss, RsaPrivateKey, RsaPublicKey};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-
-use super::Signing;
 
 pub(super) fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -27,7 +22,7 @@ pub(super) fn unb64(text: &str) -> Result<Vec<u8>, String> {
 /// One RSA-2048 signing key and the `kid` it is published under.
 pub(super) struct SigningKey {
     pub(super) kid: String,
-    private: RsaPrivateKey,
+    pub(super) private: RsaPrivateKey,
 }
 
 impl SigningKey {
@@ -37,10 +32,6 @@ impl SigningKey {
         let digest = Sha256::digest(private.n().to_bytes_be());
         let kid = b64(&digest[..20]);
         Ok(SigningKey { kid, private })
-    }
-
-    pub(super) fn public_key(&self) -> RsaPublicKey {
-        self.private.to_public_key()
     }
 
     /// The JWKS entry, as Entra publishes it (`x5t` equals `kid` there too).
@@ -56,15 +47,7 @@ impl SigningKey {
         })
     }
 
-    /// The SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`, LF line endings): the bytes
-    /// an attacker would use as an HMAC secret in the classic algorithm-confusion attack.
-    pub(super) fn public_pem(&self) -> Result<String, String> {
-        self.public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| format!("cannot encode the public key: {e}"))
-    }
-
-    fn sign_rs256(&self, input: &[u8]) -> Result<Vec<u8>, String> {
+    pub(super) fn sign_rs256(&self, input: &[u8]) -> Result<Vec<u8>, String> {
         self.private
             .sign_with_rng(
                 &mut OsRng,
@@ -75,78 +58,30 @@ impl SigningKey {
     }
 }
 
-/// A forgery with the key it needs already made, so issuing never generates keys.
-pub(super) struct PreparedForgery {
-    pub(super) claims: Map<String, Value>,
-    pub(super) header: Map<String, Value>,
-    pub(super) signing: Signing,
-    /// The foreign key (`ForeignKey`) or the not-yet-published key (`UnpublishedKid`).
-    pub(super) key: Option<Arc<SigningKey>>,
-}
-
-/// Merges `changes` into `target`; a JSON `null` removes the member.
-pub(super) fn merge(target: &mut Map<String, Value>, changes: &Map<String, Value>) {
-    for (name, value) in changes {
-        if value.is_null() {
-            target.remove(name);
-        } else {
-            target.insert(name.clone(), value.clone());
-        }
-    }
-}
-
-/// Signs `claims` with `current`, or forges the token as `forgery` says.
-pub(super) fn issue(
-    mut claims: Map<String, Value>,
-    forgery: Option<PreparedForgery>,
-    current: &SigningKey,
-) -> Result<String, String> {
+/// The JOSE header of an Entra ID token signed with `key` (`x5t` equals `kid` there).
+pub(super) fn id_token_header(key: &SigningKey) -> Map<String, Value> {
     let mut header = Map::new();
     header.insert("typ".into(), "JWT".into());
     header.insert("alg".into(), "RS256".into());
-    header.insert("kid".into(), current.kid.clone().into());
-    header.insert("x5t".into(), current.kid.clone().into());
-    let (signing, key) = match forgery {
-        None => (Signing::Normal, None),
-        Some(forgery) => {
-            merge(&mut claims, &forgery.claims);
-            match forgery.signing {
-                Signing::AlgNone => {
-                    header.insert("alg".into(), "none".into());
-                }
-                Signing::HmacWithPublicKey => {
-                    header.insert("alg".into(), "HS256".into());
-                }
-                Signing::UnpublishedKid => {
-                    if let Some(key) = &forgery.key {
-                        header.insert("kid".into(), key.kid.clone().into());
-                        header.insert("x5t".into(), key.kid.clone().into());
-                    }
-                }
-                Signing::Normal | Signing::ForeignKey => {}
-            }
-            merge(&mut header, &forgery.header);
-            (forgery.signing, forgery.key)
-        }
-    };
-    let header = serde_json::to_vec(&Value::Object(header)).map_err(|e| e.to_string())?;
-    let claims = serde_json::to_vec(&Value::Object(claims)).map_err(|e| e.to_string())?;
-    let input = format!("{}.{}", b64(header), b64(claims));
-    let signature = match (signing, key) {
-        (Signing::Normal, _) => current.sign_rs256(input.as_bytes())?,
-        (Signing::AlgNone, _) => Vec::new(),
-        (Signing::HmacWithPublicKey, _) => {
-            let pem = current.public_pem()?;
-            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pem.as_bytes());
-            ring::hmac::sign(&key, input.as_bytes()).as_ref().to_vec()
-        }
-        (Signing::ForeignKey | Signing::UnpublishedKid, Some(key)) => {
-            key.sign_rs256(input.as_bytes())?
-        }
-        (Signing::ForeignKey | Signing::UnpublishedKid, None) => {
-            return Err("the forgery's key was not prepared".into())
-        }
-    };
+    header.insert("kid".into(), key.kid.clone().into());
+    header.insert("x5t".into(), key.kid.clone().into());
+    header
+}
+
+/// The JWS signing input: `header.claims`, each base64url-encoded JSON.
+pub(super) fn signing_input(
+    header: &Map<String, Value>,
+    claims: &Map<String, Value>,
+) -> Result<String, String> {
+    let header = serde_json::to_vec(header).map_err(|e| e.to_string())?;
+    let claims = serde_json::to_vec(claims).map_err(|e| e.to_string())?;
+    Ok(format!("{}.{}", b64(header), b64(claims)))
+}
+
+/// An ID token carrying `claims`, signed RS256 with `key`.
+pub(super) fn issue(claims: &Map<String, Value>, key: &SigningKey) -> Result<String, String> {
+    let input = signing_input(&id_token_header(key), claims)?;
+    let signature = key.sign_rs256(input.as_bytes())?;
     Ok(format!("{input}.{}", b64(signature)))
 }
 

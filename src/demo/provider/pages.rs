@@ -12,14 +12,6 @@ pub(super) fn escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-pub(super) fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-}
-
 const STYLE: &str = "\
 *{box-sizing:border-box}\
 body{margin:0;min-height:100vh;background:#f2f2f2;color:#1b1b1b;\
@@ -167,26 +159,4 @@ pub(super) fn signed_out() -> String {
 <h1>You have signed out</h1><p>You have signed out of your account. \
 It's a good idea to close all browser windows.</p></main></body></html>\n"
     )
-}
-
-/// Reads back the action and fields of a page made by [`form_post`].
-pub(super) fn parse_form_post(html: &str) -> Option<(String, Vec<(String, String)>)> {
-    let action = attribute(html.split_once("<form ")?.1, "action")?;
-    let mut fields = Vec::new();
-    for input in html.split("<input ").skip(1) {
-        if attribute(input, "type").as_deref() != Some("hidden") {
-            continue;
-        }
-        fields.push((attribute(input, "name")?, attribute(input, "value")?));
-    }
-    Some((action, fields))
-}
-
-/// The value of `name="…"` within one tag starting at `tag`.
-fn attribute(tag: &str, name: &str) -> Option<String> {
-    let tag = &tag[..tag.find('>')?];
-    let needle = format!(" {name}=\"");
-    let start = format!(" {tag}").find(&needle)? + needle.len() - 1;
-    let rest = &tag[start..];
-    Some(unescape(&rest[..rest.find('"')?]))
 }

@@ -1,5 +1,6 @@
 use std::sync::OnceLock;
 
+use http::StatusCode;
 use rand::RngCore;
 use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPrivateKey, RsaPublicKey};
 use serde_json::{json, Value};

@@ -125,21 +125,21 @@ fn exchange(
         .user(&grant.username)
         .ok_or_else(|| invalid_grant("the user no longer exists"))?;
     let claims = id_token_claims(shared, &grant, user, now);
-    let id_token = {
-        let mut state = shared.lock();
-        let forgery = state.forgeries.pop_front();
-        let current = state
-            .keys
-            .first()
-            .cloned()
-            .ok_or_else(|| invalid_grant("no signing key"))?;
-        drop(state);
-        jwt::issue(claims, forgery, &current).map_err(|e| TokenError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: "server_error",
-            description: e,
-        })?
-    };
+    let current = shared
+        .lock()
+        .keys
+        .first()
+        .cloned()
+        .ok_or_else(|| invalid_grant("no signing key"))?;
+    #[cfg(feature = "test-kit")]
+    let id_token = super::test_kit::issue_id_token(shared, claims, &current);
+    #[cfg(not(feature = "test-kit"))]
+    let id_token = jwt::issue(&claims, &current);
+    let id_token = id_token.map_err(|e| TokenError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        error: "server_error",
+        description: e,
+    })?;
     let lifetime = shared.token_lifetime.as_secs();
     Ok(json!({
         "token_type": "Bearer",
