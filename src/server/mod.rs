@@ -193,6 +193,10 @@ macro_rules! http2_settings {
                 u32::try_from($server.max_header_bytes.saturating_mul(6)).unwrap_or(u32::MAX),
             )
             .max_concurrent_streams(250)
+            // Rapid reset (CVE-2023-44487): a client that opens and cancels streams faster
+            // than they are served gets GOAWAY after this many; h2's default, stated here so a
+            // dependency upgrade cannot silently loosen it (tests/protocol_abuse.rs guards it).
+            .max_pending_accept_reset_streams(Some(20))
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
