@@ -41,7 +41,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 
-pub use server::{Gateway, Listeners};
+pub use server::{Gateway, Listeners, StartError};
 
 /// Makes ring the process-wide rustls provider. Every TLS configuration of the gateway names
 /// ring explicitly; this covers libraries that ask for the default.

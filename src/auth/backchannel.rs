@@ -18,16 +18,35 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// Largest answer accepted from the identity provider.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug)]
-pub struct BackChannelError(pub String);
-
-impl std::fmt::Display for BackChannelError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A call to the identity provider that failed, or the client for it that could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BackChannelError {
+    /// rustls refused the protocol versions (the ring provider has both: not expected).
+    #[error("{0}")]
+    Tls(rustls::Error),
+    /// The URL (from the configuration or the discovery document) does not make a request.
+    #[error("bad URL {url}: {error}")]
+    BadUrl { url: String, error: http::Error },
+    /// No answer: connection refused, DNS, TLS handshake, or the connection broke.
+    #[error("{url}: {error}")]
+    Unreachable {
+        url: String,
+        error: hyper_util::client::legacy::Error,
+    },
+    #[error("{url} answered a redirect, which is never followed")]
+    Redirected { url: String },
+    /// The answer's body broke off or was larger than accepted.
+    #[error("{url}: {error}")]
+    Body {
+        url: String,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    /// A GET answered with something other than success.
+    #[error("{url} answered {status}")]
+    Status { url: String, status: StatusCode },
 }
-
-impl std::error::Error for BackChannelError {}
 
 #[derive(Clone)]
 pub struct BackChannel {
@@ -36,7 +55,7 @@ pub struct BackChannel {
 }
 
 impl BackChannel {
-    pub fn new(timeout: Duration) -> Result<BackChannel, String> {
+    pub fn new(timeout: Duration) -> Result<BackChannel, BackChannelError> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
@@ -45,7 +64,7 @@ impl BackChannel {
             rustls::crypto::ring::default_provider(),
         ))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(BackChannelError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
         let mut http = HttpConnector::new();
@@ -69,10 +88,16 @@ impl BackChannel {
             .uri(url)
             .header(ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
-            .map_err(|e| BackChannelError(format!("bad URL {url}: {e}")))?;
+            .map_err(|error| BackChannelError::BadUrl {
+                url: url.to_owned(),
+                error,
+            })?;
         let (status, body) = self.send(request).await?;
         if !status.is_success() {
-            return Err(BackChannelError(format!("{url} answered {status}")));
+            return Err(BackChannelError::Status {
+                url: url.to_owned(),
+                status,
+            });
         }
         Ok(body)
     }
@@ -98,7 +123,10 @@ impl BackChannel {
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| BackChannelError(format!("bad URL {url}: {e}")))?;
+            .map_err(|error| BackChannelError::BadUrl {
+                url: url.to_owned(),
+                error,
+            })?;
         self.send(request).await
     }
 
@@ -108,28 +136,33 @@ impl BackChannel {
     ) -> Result<(StatusCode, Bytes), BackChannelError> {
         let uri = request.uri().clone();
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| BackChannelError(format!("{uri}: {e}")))?;
+            let response = self.client.request(request).await.map_err(|error| {
+                BackChannelError::Unreachable {
+                    url: uri.to_string(),
+                    error,
+                }
+            })?;
             let status = response.status();
             if status.is_redirection() {
-                return Err(BackChannelError(format!(
-                    "{uri} answered a redirect, which is never followed"
-                )));
+                return Err(BackChannelError::Redirected {
+                    url: uri.to_string(),
+                });
             }
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|e| BackChannelError(format!("{uri}: {e}")))?
+                .map_err(|error| BackChannelError::Body {
+                    url: uri.to_string(),
+                    error,
+                })?
                 .to_bytes();
             Ok((status, body))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| {
-                BackChannelError(format!("{uri} did not answer within {:?}", self.timeout))
+            .map_err(|_| BackChannelError::Timeout {
+                url: uri.to_string(),
+                timeout: self.timeout,
             })?
     }
 }

@@ -3,6 +3,7 @@
 //! certificate's private key, carrying the certificate's thumbprints (`x5t#S256`, `x5t`) so
 //! Entra finds the registered certificate.
 
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -32,6 +33,44 @@ pub enum ClientAuthenticator {
     },
 }
 
+/// Why the client certificate cannot be loaded, or a token request's credentials built. Loading
+/// errors name the configuration key and the file; none carries the secret or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientAuthError {
+    #[error("oidc.client_certificate.cert: cannot read {}: {error}", .path.display())]
+    CertUnreadable {
+        path: PathBuf,
+        error: rustls_pki_types::pem::Error,
+    },
+    #[error("oidc.client_certificate.key: cannot read {}: {error}", .path.display())]
+    KeyUnreadable {
+        path: PathBuf,
+        error: rustls_pki_types::pem::Error,
+    },
+    /// An EC or other key: Entra's `private_key_jwt` certificates are RSA.
+    #[error(
+        "oidc.client_certificate.key: {} is not an RSA key; Entra client certificates for private_key_jwt are RSA",
+        .path.display()
+    )]
+    KeyNotRsa { path: PathBuf },
+    /// ring refused the RSA key (malformed, too small, …).
+    #[error("oidc.client_certificate.key: {}: {error}", .path.display())]
+    KeyRejected {
+        path: PathBuf,
+        error: ring::error::KeyRejected,
+    },
+    /// The client id or secret does not make an `Authorization` header value.
+    #[error("{0}")]
+    BasicHeader(http::header::InvalidHeaderValue),
+    #[error("no randomness")]
+    NoRandomness,
+    /// The system clock is before 1970.
+    #[error("{0}")]
+    Clock(std::time::SystemTimeError),
+    #[error("signing the client assertion failed")]
+    Signing,
+}
+
 /// The parameters (and header) to add to a token request.
 pub struct ClientCredentials {
     pub form: Vec<(&'static str, String)>,
@@ -40,7 +79,10 @@ pub struct ClientCredentials {
 
 impl ClientAuthenticator {
     /// Loads the secret or reads and checks the certificate and key files.
-    pub fn load(client_id: &str, auth: &ClientAuth) -> Result<ClientAuthenticator, String> {
+    pub fn load(
+        client_id: &str,
+        auth: &ClientAuth,
+    ) -> Result<ClientAuthenticator, ClientAuthError> {
         match auth {
             ClientAuth::Secret { secret, basic } => Ok(ClientAuthenticator::Secret {
                 client_id: client_id.to_owned(),
@@ -48,29 +90,27 @@ impl ClientAuthenticator {
                 basic: *basic,
             }),
             ClientAuth::Certificate { cert, key } => {
-                let cert_der = CertificateDer::from_pem_file(cert).map_err(|e| {
-                    format!(
-                        "oidc.client_certificate.cert: cannot read {}: {e}",
-                        cert.display()
-                    )
+                let cert_der = CertificateDer::from_pem_file(cert).map_err(|error| {
+                    ClientAuthError::CertUnreadable {
+                        path: cert.clone(),
+                        error,
+                    }
                 })?;
-                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    format!(
-                        "oidc.client_certificate.key: cannot read {}: {e}",
-                        key.display()
-                    )
+                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|error| {
+                    ClientAuthError::KeyUnreadable {
+                        path: key.clone(),
+                        error,
+                    }
                 })?;
                 let key_pair = match &key_der {
                     PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
                     PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
-                    _ => {
-                        return Err(format!(
-                            "oidc.client_certificate.key: {} is not an RSA key; Entra client certificates for private_key_jwt are RSA",
-                            key.display()
-                        ))
-                    }
+                    _ => return Err(ClientAuthError::KeyNotRsa { path: key.clone() }),
                 }
-                .map_err(|e| format!("oidc.client_certificate.key: {}: {e}", key.display()))?;
+                .map_err(|error| ClientAuthError::KeyRejected {
+                    path: key.clone(),
+                    error,
+                })?;
                 let s256 = ring::digest::digest(&ring::digest::SHA256, cert_der.as_ref());
                 let s1 = ring::digest::digest(
                     &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
@@ -87,7 +127,7 @@ impl ClientAuthenticator {
     }
 
     /// Credentials for one token request to `token_endpoint`.
-    pub fn credentials(&self, token_endpoint: &str) -> Result<ClientCredentials, String> {
+    pub fn credentials(&self, token_endpoint: &str) -> Result<ClientCredentials, ClientAuthError> {
         match self {
             ClientAuthenticator::Secret {
                 client_id,
@@ -111,7 +151,7 @@ impl ClientAuthenticator {
                 let pass: String =
                     url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
                 let value = format!("Basic {}", STANDARD.encode(format!("{user}:{pass}")));
-                let header = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+                let header = HeaderValue::from_str(&value).map_err(ClientAuthError::BasicHeader)?;
                 Ok(ClientCredentials {
                     form: vec![("client_id", client_id.clone())],
                     authorization: Some(header),
@@ -146,13 +186,14 @@ fn client_assertion(
     x5t_s256: &str,
     x5t: &str,
     token_endpoint: &str,
-) -> Result<String, String> {
+) -> Result<String, ClientAuthError> {
     let rng = SystemRandom::new();
     let mut jti = [0u8; 16];
-    rng.fill(&mut jti).map_err(|_| "no randomness".to_owned())?;
+    rng.fill(&mut jti)
+        .map_err(|_| ClientAuthError::NoRandomness)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
+        .map_err(ClientAuthError::Clock)?
         .as_secs();
     let header = serde_json::json!({
         "alg": "RS256",
@@ -181,7 +222,7 @@ fn client_assertion(
         signing_input.as_bytes(),
         &mut signature,
     )
-    .map_err(|_| "signing the client assertion failed".to_owned())?;
+    .map_err(|_| ClientAuthError::Signing)?;
     Ok(format!(
         "{signing_input}.{}",
         URL_SAFE_NO_PAD.encode(signature)

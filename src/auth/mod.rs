@@ -38,11 +38,11 @@ use crate::body::ResponseBody;
 use crate::clock::Clock;
 use crate::config::{Config, MfaConfig, OidcConfig, SessionConfig};
 use crate::session::{
-    find_cookie, set_cookie_header, EntraId, Guid, OpenedSessions, RevocationCounts, Revocations,
-    SameSite, Session, SessionKey, SessionSeal, UsedStates,
+    find_cookie, set_cookie_header, EntraId, Guid, KeyError, OpenedSessions, RevocationCounts,
+    Revocations, SameSite, Session, SessionKey, SessionSeal, UsedStates,
 };
-use backchannel::BackChannel;
-use client_auth::ClientAuthenticator;
+use backchannel::{BackChannel, BackChannelError};
+use client_auth::{ClientAuthError, ClientAuthenticator};
 use provider::IdentityProvider;
 
 use crate::policy::{self, SessionRules, SessionState, Verdict};
@@ -86,6 +86,20 @@ impl RequestContext<'_> {
     }
 }
 
+/// Why sign-in cannot be set up from a configuration: the client certificate, a session key,
+/// or the back channel to Entra.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error(transparent)]
+    ClientAuth(#[from] ClientAuthError),
+    #[error("session.keys[{index}]: {problem}")]
+    SessionKey { index: usize, problem: KeyError },
+    #[error("session: {0}")]
+    KeyRing(KeyError),
+    #[error(transparent)]
+    BackChannel(#[from] BackChannelError),
+}
+
 pub struct SignIn {
     provider: Arc<IdentityProvider>,
     client: ClientAuthenticator,
@@ -117,7 +131,7 @@ impl SignIn {
         config: &Config,
         previous: Option<&SignIn>,
         clock: Clock,
-    ) -> Result<Option<Arc<SignIn>>, String> {
+    ) -> Result<Option<Arc<SignIn>>, SignInError> {
         let (Some(oidc), Some(session)) = (&config.oidc, &config.session) else {
             return Ok(None);
         };
@@ -126,12 +140,12 @@ impl SignIn {
             .keys
             .iter()
             .enumerate()
-            .map(|(i, key)| {
-                SessionKey::from_bytes(key).map_err(|e| format!("session.keys[{i}]: {e}"))
+            .map(|(index, key)| {
+                SessionKey::from_bytes(key)
+                    .map_err(|problem| SignInError::SessionKey { index, problem })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let seal =
-            SessionSeal::new(&session.cookie_name, keys).map_err(|e| format!("session: {e}"))?;
+        let seal = SessionSeal::new(&session.cookie_name, keys).map_err(SignInError::KeyRing)?;
         let provider = match previous {
             Some(previous)
                 if previous.oidc.issuer == oidc.issuer

@@ -13,7 +13,7 @@ use openidconnect::core::CoreJsonWebKeySet;
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify};
 
-use super::backchannel::BackChannel;
+use super::backchannel::{BackChannel, BackChannelError};
 use crate::clock::Clock;
 use crate::config::OidcConfig;
 
@@ -22,6 +22,48 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 const UNKNOWN_KID_MIN_INTERVAL: Duration = Duration::from_secs(300);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// Why the provider's metadata or keys could not be read. Until they are, the gateway is not
+/// ready; once read, a failure keeps the cached ones and only pauses new sign-ins.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// No usable answer from the discovery or keys URL (refused, timed out, an error status).
+    #[error(transparent)]
+    Unreachable(#[from] BackChannelError),
+    /// The discovery document is not the OpenID metadata the gateway needs.
+    #[error("discovery document at {url}: {error}")]
+    BadMetadata {
+        url: String,
+        error: serde_json::Error,
+    },
+    /// The discovery document is for another issuer (another tenant, or `common`).
+    #[error(
+        "discovery document at {url} names issuer {found:?}, but oidc.issuer is {configured:?}"
+    )]
+    IssuerMismatch {
+        url: String,
+        found: String,
+        configured: String,
+    },
+    /// The key set at `jwks_uri` is not a JSON Web Key Set.
+    #[error("signing keys at {url}: {error}")]
+    BadKeys {
+        url: String,
+        error: serde_json::Error,
+    },
+}
+
+impl ProviderError {
+    /// A stable label for logs: what an operator should look at.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::Unreachable(_) => "unreachable",
+            ProviderError::BadMetadata { .. } => "bad_metadata",
+            ProviderError::IssuerMismatch { .. } => "issuer_mismatch",
+            ProviderError::BadKeys { .. } => "bad_keys",
+        }
+    }
+}
 
 /// The endpoints the gateway uses, from the discovery document.
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +171,7 @@ impl IdentityProvider {
                         current.reachable.store(false, Ordering::Relaxed);
                         tracing::warn!(
                             issuer = %current.config.issuer,
+                            reason = e.reason(),
                             error = %e,
                             retry_in = ?retry,
                             "cannot reach the identity provider; new sign-ins wait until it answers"
@@ -159,30 +202,27 @@ impl IdentityProvider {
 
     /// Whether the provider answers at all (its discovery document), without replacing what
     /// is cached.
-    pub async fn probe(&self) -> Result<(), String> {
-        self.channel
-            .get(&self.config.discovery_url)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    pub async fn probe(&self) -> Result<(), ProviderError> {
+        self.channel.get(&self.config.discovery_url).await?;
+        Ok(())
     }
 
     /// Reads discovery and keys now.
-    pub async fn refresh(&self) -> Result<(), String> {
-        let body = self
-            .channel
-            .get(&self.config.discovery_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let endpoints: Endpoints = serde_json::from_slice(&body)
-            .map_err(|e| format!("discovery document at {}: {e}", self.config.discovery_url))?;
+    pub async fn refresh(&self) -> Result<(), ProviderError> {
+        let body = self.channel.get(&self.config.discovery_url).await?;
+        let endpoints: Endpoints =
+            serde_json::from_slice(&body).map_err(|error| ProviderError::BadMetadata {
+                url: self.config.discovery_url.clone(),
+                error,
+            })?;
         // The issuer in the metadata must be exactly the configured one: a document for another
         // tenant (or `common`) would otherwise swap the rules under the gateway.
         if endpoints.issuer != self.config.issuer {
-            return Err(format!(
-                "discovery document at {} names issuer {:?}, but oidc.issuer is {:?}",
-                self.config.discovery_url, endpoints.issuer, self.config.issuer
-            ));
+            return Err(ProviderError::IssuerMismatch {
+                url: self.config.discovery_url.clone(),
+                found: endpoints.issuer,
+                configured: self.config.issuer.clone(),
+            });
         }
         let keys = self.fetch_keys(&endpoints.jwks_uri).await?;
         let first = self.state.load().is_none();
@@ -198,13 +238,12 @@ impl IdentityProvider {
         Ok(())
     }
 
-    async fn fetch_keys(&self, jwks_uri: &str) -> Result<CoreJsonWebKeySet, String> {
-        let body = self
-            .channel
-            .get(jwks_uri)
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&body).map_err(|e| format!("signing keys at {jwks_uri}: {e}"))
+    async fn fetch_keys(&self, jwks_uri: &str) -> Result<CoreJsonWebKeySet, ProviderError> {
+        let body = self.channel.get(jwks_uri).await?;
+        serde_json::from_slice(&body).map_err(|error| ProviderError::BadKeys {
+            url: jwks_uri.to_owned(),
+            error,
+        })
     }
 
     /// A token named a key id not in the cached set: refetch the keys, unless that was done
@@ -228,7 +267,7 @@ impl IdentityProvider {
                 Some(state)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "refetching signing keys failed");
+                tracing::warn!(reason = e.reason(), error = %e, "refetching signing keys failed");
                 None
             }
         }

@@ -37,7 +37,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use mfa::MfaConfig;
 pub use oidc::{ClientAuth, OidcConfig, ResponseMode, TokenVersion};
 pub use routes::{Access, RouteConfig};
-pub use secret::{MapSecrets, SecretSource, Secrets, SystemSecrets};
+pub use secret::{MapSecrets, SecretError, SecretSource, Secrets, SystemSecrets};
 pub use server::ServerConfig;
 pub use session::SessionConfig;
 pub use tls::{CertificateConfig, TlsConfig};

@@ -23,6 +23,24 @@ pub enum SecretSource {
     Value(String),
 }
 
+/// Why a secret could not be read. Says where it was looked for, never what it contains.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read secret file {}: {error}", .path.display())]
+    FileUnreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("environment variable {name} is not set")]
+    EnvUnset { name: String },
+    /// Nothing is left once surrounding whitespace is removed.
+    #[error("{source_name} is empty")]
+    Empty {
+        /// [`SecretSource::describe`]: `secret file /path`, `environment variable NAME`, …
+        source_name: String,
+    },
+}
+
 /// Reads secret material. [`SystemSecrets`] is the real filesystem and process environment.
 pub trait Secrets {
     fn file(&self, path: &Path) -> std::io::Result<String>;
@@ -108,21 +126,28 @@ impl SecretSource {
     /// Reads the secret. Surrounding whitespace is removed (the trailing newline of
     /// `openssl rand -base64 32 > file`); an empty secret is refused. The error says where the
     /// secret was looked for, never what it contains.
-    pub fn resolve(&self, secrets: &dyn Secrets) -> Result<String, String> {
+    pub fn resolve(&self, secrets: &dyn Secrets) -> Result<String, SecretError> {
         let raw = match self {
             SecretSource::File(path) => match secrets.file(path) {
                 Ok(text) => text,
-                Err(e) => return Err(format!("cannot read secret file {}: {e}", path.display())),
+                Err(error) => {
+                    return Err(SecretError::FileUnreadable {
+                        path: path.clone(),
+                        error,
+                    })
+                }
             },
             SecretSource::Env(name) => match secrets.env(name) {
                 Some(text) => text,
-                None => return Err(format!("environment variable {name} is not set")),
+                None => return Err(SecretError::EnvUnset { name: name.clone() }),
             },
             SecretSource::Value(text) => text.clone(),
         };
         let trimmed = raw.trim();
         if trimmed.is_empty() {
-            return Err(format!("{} is empty", self.describe()));
+            return Err(SecretError::Empty {
+                source_name: self.describe(),
+            });
         }
         Ok(trimmed.to_owned())
     }
@@ -255,7 +280,8 @@ mod tests {
     fn missing_secret_file_is_reported_with_its_path() {
         let err = SecretSource::File("/etc/mfa-gateway/absent".into())
             .resolve(&MapSecrets::new())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("cannot read secret file /etc/mfa-gateway/absent"),
             "{err}"
@@ -266,7 +292,8 @@ mod tests {
     fn unset_environment_variable_is_reported_by_name() {
         let err = SecretSource::Env("MFA_GATEWAY_NOPE".into())
             .resolve(&MapSecrets::new())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "environment variable MFA_GATEWAY_NOPE is not set");
     }
 
@@ -275,16 +302,17 @@ mod tests {
         let secrets = MapSecrets::new()
             .with_file("/empty", "\n")
             .with_env("EMPTY", "   ");
+        let refusal = |source: SecretSource| source.resolve(&secrets).map_err(|e| e.to_string());
         assert_eq!(
-            SecretSource::File("/empty".into()).resolve(&secrets),
+            refusal(SecretSource::File("/empty".into())),
             Err("secret file /empty is empty".to_owned())
         );
         assert_eq!(
-            SecretSource::Env("EMPTY".into()).resolve(&secrets),
+            refusal(SecretSource::Env("EMPTY".into())),
             Err("environment variable EMPTY is empty".to_owned())
         );
         assert_eq!(
-            SecretSource::Value(String::new()).resolve(&secrets),
+            refusal(SecretSource::Value(String::new())),
             Err("inline secret value is empty".to_owned())
         );
     }

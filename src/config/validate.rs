@@ -170,8 +170,8 @@ impl Checker<'_> {
         }
         match source.get_ref().resolve(secrets) {
             Ok(secret) => Some(secret),
-            Err(message) => {
-                self.error(path, source, message);
+            Err(refusal) => {
+                self.error(path, source, refusal.to_string());
                 None
             }
         }

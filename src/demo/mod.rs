@@ -47,7 +47,9 @@ pub async fn run(
     let listeners = Listeners::bind(&config.server)
         .await
         .map_err(|e| e.to_string())?;
-    let gateway = Gateway::start(config, listeners, shutdown).await?;
+    let gateway = Gateway::start(config, listeners, shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
     let port = gateway.http_addr.ok_or("no listener")?.port();
     println!();
     println!("  mfa-gateway demo is running: a test identity provider shaped like Entra ID,");

@@ -3,6 +3,7 @@
 //! marking when a server refuses connections, so the next request skips it at once instead of
 //! waiting for the next probe.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilde
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, ServerName};
 
 use crate::body::RequestBody;
@@ -51,16 +52,74 @@ pub struct UpstreamPool {
     epoch: Instant,
 }
 
-#[derive(Debug)]
-pub struct PoolError(pub String);
-
-impl std::fmt::Display for PoolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why an upstream's TLS client cannot be built, naming the configuration key and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("upstreams.{upstream}.ca_file: cannot read {}: {error}", .path.display())]
+    CaFileUnreadable {
+        upstream: String,
+        path: PathBuf,
+        error: pem::Error,
+    },
+    /// A PEM block that does not decode.
+    #[error("upstreams.{upstream}.ca_file: {}: {error}", .path.display())]
+    CaFileNotPem {
+        upstream: String,
+        path: PathBuf,
+        error: pem::Error,
+    },
+    /// rustls refused a certificate of the bundle as a trust anchor.
+    #[error("upstreams.{upstream}.ca_file: {}: {error}", .path.display())]
+    CaRejected {
+        upstream: String,
+        path: PathBuf,
+        error: rustls::Error,
+    },
+    #[error("upstreams.{upstream}.ca_file: {} holds no certificate", .path.display())]
+    CaFileEmpty { upstream: String, path: PathBuf },
+    #[error("upstreams.{upstream}.tls_server_name: {error}")]
+    BadServerName {
+        upstream: String,
+        error: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// rustls refused TLS 1.2 and 1.3 (the ring provider has both: not expected).
+    #[error("{0}")]
+    Protocols(rustls::Error),
 }
 
-impl std::error::Error for PoolError {}
+/// Why one health probe of an Exchange server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// `health_check.path` does not make a URI with the server's address.
+    #[error("bad probe URI: {0}")]
+    BadUri(http::Error),
+    /// The probe request cannot be built (a `tls_server_name` that is no Host value).
+    #[error("{0}")]
+    BadRequest(http::Error),
+    /// No answer within `health_check.timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// Connection refused, TLS handshake failed, or the connection broke.
+    #[error("{0}")]
+    Unreachable(hyper_util::client::legacy::Error),
+    /// Exchange answered, but not with success (`healthcheck.htm` answers 200 when the
+    /// virtual directory's application pool works).
+    #[error("status {}", .0.as_u16())]
+    Status(http::StatusCode),
+}
+
+impl ProbeError {
+    /// A stable label for logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProbeError::BadUri(_) => "bad_uri",
+            ProbeError::BadRequest(_) => "bad_request",
+            ProbeError::Timeout => "timeout",
+            ProbeError::Unreachable(_) => "unreachable",
+            ProbeError::Status(_) => "status",
+        }
+    }
+}
 
 impl UpstreamPool {
     /// Builds the pool and its TLS client. Reads `ca_file`, so it fails on a missing or
@@ -200,28 +259,34 @@ impl UpstreamPool {
         tokio::spawn(health_loop(weak, check, stop));
     }
 
-    fn record_probe(&self, index: usize, ok: bool, check: &HealthCheckConfig, detail: &str) {
-        let Some(server) = self.servers.get(index) else {
-            return;
-        };
-        if ok {
-            server.failures.store(0, Ordering::Relaxed);
-            let successes = server.successes.fetch_add(1, Ordering::Relaxed) + 1;
-            if successes >= check.healthy_threshold && !server.healthy.swap(true, Ordering::Relaxed)
-            {
-                server.skip_until_ms.store(0, Ordering::Relaxed);
-                tracing::info!(upstream = %self.config.name, server = %server.server.url, "Exchange server passed its health check; back in rotation");
+    fn record_probe(
+        &self,
+        server: &ServerState,
+        outcome: Result<(), ProbeError>,
+        check: &HealthCheckConfig,
+    ) {
+        match outcome {
+            Ok(()) => {
+                server.failures.store(0, Ordering::Relaxed);
+                let successes = server.successes.fetch_add(1, Ordering::Relaxed) + 1;
+                if successes >= check.healthy_threshold
+                    && !server.healthy.swap(true, Ordering::Relaxed)
+                {
+                    server.skip_until_ms.store(0, Ordering::Relaxed);
+                    tracing::info!(upstream = %self.config.name, server = %server.server.url, "Exchange server passed its health check; back in rotation");
+                }
+                if server.healthy.load(Ordering::Relaxed) {
+                    server.skip_until_ms.store(0, Ordering::Relaxed);
+                }
             }
-            if server.healthy.load(Ordering::Relaxed) {
-                server.skip_until_ms.store(0, Ordering::Relaxed);
-            }
-        } else {
-            server.successes.store(0, Ordering::Relaxed);
-            let failures = server.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if failures >= check.unhealthy_threshold
-                && server.healthy.swap(false, Ordering::Relaxed)
-            {
-                tracing::warn!(upstream = %self.config.name, server = %server.server.url, reason = detail, "Exchange server failed its health check; taken out of rotation");
+            Err(failure) => {
+                server.successes.store(0, Ordering::Relaxed);
+                let failures = server.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= check.unhealthy_threshold
+                    && server.healthy.swap(false, Ordering::Relaxed)
+                {
+                    tracing::warn!(upstream = %self.config.name, server = %server.server.url, reason = failure.reason(), error = %failure, "Exchange server failed its health check; taken out of rotation");
+                }
             }
         }
     }
@@ -250,25 +315,28 @@ async fn health_loop(
             let pool = pool.clone();
             let check = check.clone();
             async move {
-                let outcome = probe(&pool, i, &check).await;
-                match outcome {
-                    Ok(()) => pool.record_probe(i, true, &check, ""),
-                    Err(why) => pool.record_probe(i, false, &check, &why),
-                }
+                let Some(server) = pool.servers.get(i) else {
+                    return;
+                };
+                let outcome = probe(&pool, server, &check).await;
+                pool.record_probe(server, outcome, &check);
             }
         });
         futures_util::future::join_all(probes).await;
     }
 }
 
-async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheckConfig) -> Result<(), String> {
-    let server = pool.servers.get(index).ok_or("no such server")?;
+async fn probe(
+    pool: &UpstreamPool,
+    server: &ServerState,
+    check: &HealthCheckConfig,
+) -> Result<(), ProbeError> {
     let uri = Uri::builder()
         .scheme(server.scheme.clone())
         .authority(server.server.authority.clone())
         .path_and_query(check.path.as_str())
         .build()
-        .map_err(|e| format!("bad probe URI: {e}"))?;
+        .map_err(ProbeError::BadUri)?;
     let host = pool
         .config
         .tls_server_name
@@ -278,11 +346,11 @@ async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheckConfig) -> 
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "mfa-gateway-health-check")
         .body(RequestBody::empty())
-        .map_err(|e| e.to_string())?;
+        .map_err(ProbeError::BadRequest)?;
     let response = tokio::time::timeout(check.timeout, pool.client.request(request))
         .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|_| ProbeError::Timeout)?
+        .map_err(ProbeError::Unreachable)?;
     let status = response.status();
     // Drain the small probe page so the connection goes back to the pool.
     let _ = tokio::time::timeout(
@@ -296,7 +364,7 @@ async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheckConfig) -> 
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("status {}", status.as_u16()))
+        Err(ProbeError::Status(status))
     }
 }
 
@@ -310,35 +378,30 @@ fn build_client(config: &UpstreamConfig) -> Result<UpstreamClient, PoolError> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-                PoolError(format!(
-                    "upstreams.{}.ca_file: cannot read {}: {e}",
-                    config.name,
-                    path.display()
-                ))
+            let certs = CertificateDer::pem_file_iter(path).map_err(|error| {
+                PoolError::CaFileUnreadable {
+                    upstream: config.name.clone(),
+                    path: path.clone(),
+                    error,
+                }
             })?;
             for cert in certs {
-                let cert = cert.map_err(|e| {
-                    PoolError(format!(
-                        "upstreams.{}.ca_file: {}: {e}",
-                        config.name,
-                        path.display()
-                    ))
+                let cert = cert.map_err(|error| PoolError::CaFileNotPem {
+                    upstream: config.name.clone(),
+                    path: path.clone(),
+                    error,
                 })?;
-                roots.add(cert).map_err(|e| {
-                    PoolError(format!(
-                        "upstreams.{}.ca_file: {}: {e}",
-                        config.name,
-                        path.display()
-                    ))
+                roots.add(cert).map_err(|error| PoolError::CaRejected {
+                    upstream: config.name.clone(),
+                    path: path.clone(),
+                    error,
                 })?;
             }
             if roots.is_empty() {
-                return Err(PoolError(format!(
-                    "upstreams.{}.ca_file: {} holds no certificate",
-                    config.name,
-                    path.display()
-                )));
+                return Err(PoolError::CaFileEmpty {
+                    upstream: config.name.clone(),
+                    path: path.clone(),
+                });
             }
         }
         None => {
@@ -352,7 +415,7 @@ fn build_client(config: &UpstreamConfig) -> Result<UpstreamClient, PoolError> {
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map_err(|e| PoolError(e.to_string()))?
+    .map_err(PoolError::Protocols)?
     .with_root_certificates(roots)
     .with_no_client_auth();
 
@@ -361,9 +424,11 @@ fn build_client(config: &UpstreamConfig) -> Result<UpstreamClient, PoolError> {
         .https_or_http();
     let builder = match &config.tls_server_name {
         Some(name) => {
-            let name = ServerName::try_from(name.clone()).map_err(|e| {
-                PoolError(format!("upstreams.{}.tls_server_name: {e}", config.name))
-            })?;
+            let name =
+                ServerName::try_from(name.clone()).map_err(|error| PoolError::BadServerName {
+                    upstream: config.name.clone(),
+                    error,
+                })?;
             builder.with_server_name_resolver(FixedServerNameResolver::new(name))
         }
         None => builder,

@@ -22,13 +22,70 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{RoutePolicy, SignIn};
+use crate::auth::{RoutePolicy, SignIn, SignInError};
 use crate::clock::Clock;
 use crate::config::{Access, Config, ServerConfig};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::UpstreamPool;
+use crate::proxy::{PoolError, UpstreamPool};
 use crate::routing::Router;
-use tls::{CertSet, CertStore};
+use tls::{CertError, CertSet, CertStore};
+
+/// Why a configuration could not be put into service (at start or on reload): every problem
+/// found, displayed one per line, so an administrator fixes them all in one pass.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", one_per_line(.0))]
+pub struct StartError(pub Vec<StartProblem>);
+
+impl StartError {
+    pub fn iter(&self) -> std::slice::Iter<'_, StartProblem> {
+        self.0.iter()
+    }
+}
+
+impl From<StartProblem> for StartError {
+    fn from(problem: StartProblem) -> StartError {
+        StartError(vec![problem])
+    }
+}
+
+fn one_per_line(problems: &[StartProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One reason a configuration cannot be served, found while building what it describes
+/// (files it names, clients it needs) rather than while validating the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StartProblem {
+    #[error(transparent)]
+    Certificate(#[from] CertError),
+    #[error(transparent)]
+    Upstream(#[from] PoolError),
+    #[error(transparent)]
+    SignIn(#[from] SignInError),
+    /// Two routes for the same host and path (validation normally refuses this first).
+    #[error("routes[{index}]: {host}{path} is published twice")]
+    PublishedTwice {
+        index: usize,
+        host: String,
+        path: String,
+    },
+    #[error("server.https_listen needs at least one [[tls.certificates]]")]
+    HttpsWithoutCertificates,
+    /// The HTTPS listener is bound at start only.
+    #[error(
+        "TLS certificates were added but the gateway started without HTTPS; restart to enable it"
+    )]
+    HttpsAddedOnReload,
+    /// Serving HTTPS without any certificate would fail every handshake.
+    #[error(
+        "tls.certificates: the HTTPS listener needs at least one certificate; keeping the running ones"
+    )]
+    CertificatesRemovedOnReload,
+}
 
 /// What a request knows of the browser connection it came on.
 pub struct Connection {
@@ -71,27 +128,27 @@ impl Snapshot {
         metrics: &Metrics,
         previous: Option<&Snapshot>,
         clock: Clock,
-    ) -> Result<(Snapshot, CertSet), String> {
-        // Every unreadable file is reported, one per line, not just the first.
-        let mut errors = Vec::new();
-        let certs = CertSet::load(&config.tls.certificates).unwrap_or_else(|mut problems| {
-            errors.append(&mut problems);
+    ) -> Result<(Snapshot, CertSet), StartError> {
+        // Every unreadable file is reported, not just the first.
+        let mut problems = Vec::new();
+        let certs = CertSet::load(&config.tls.certificates).unwrap_or_else(|errors| {
+            problems.extend(errors.into_iter().map(StartProblem::Certificate));
             CertSet::empty()
         });
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
             match UpstreamPool::new(upstream.clone()) {
                 Ok(pool) => pools.push(pool),
-                Err(e) => errors.push(e.to_string()),
+                Err(e) => problems.push(StartProblem::Upstream(e)),
             }
         }
         let previous_sign_in = previous.and_then(|p| p.sign_in.as_deref());
         let sign_in = SignIn::build(&config, previous_sign_in, clock).unwrap_or_else(|e| {
-            errors.push(e);
+            problems.push(StartProblem::SignIn(e));
             None
         });
-        if !errors.is_empty() {
-            return Err(errors.join("\n"));
+        if !problems.is_empty() {
+            return Err(StartError(problems));
         }
         let mut router = Router::new();
         for (i, route) in config.routes.iter().enumerate() {
@@ -121,11 +178,10 @@ impl Snapshot {
             };
             router
                 .insert(&route.host, &route.path, entry)
-                .map_err(|_| {
-                    format!(
-                        "routes[{i}]: {}{} is published twice",
-                        route.host, route.path
-                    )
+                .map_err(|_| StartProblem::PublishedTwice {
+                    index: i,
+                    host: route.host.clone(),
+                    path: route.path.clone(),
                 })?;
         }
         let http = Arc::new(HttpBuilders::new(&config.server));
@@ -289,7 +345,7 @@ impl Gateway {
         config: Config,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<Gateway, String> {
+    ) -> Result<Gateway, StartError> {
         Gateway::start_with_clock(config, listeners, shutdown, Clock::system()).await
     }
 
@@ -300,11 +356,11 @@ impl Gateway {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
         clock: Clock,
-    ) -> Result<Gateway, String> {
+    ) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::default());
         let (snapshot, certs) = Snapshot::build(config, &metrics, None, clock.clone())?;
         if listeners.https.is_some() && certs.is_empty() {
-            return Err("server.https_listen needs at least one [[tls.certificates]]".into());
+            return Err(StartProblem::HttpsWithoutCertificates.into());
         }
         let cert_store = (!certs.is_empty()).then(|| CertStore::new(certs));
         let (health_stop, _) = watch::channel(false);
@@ -339,12 +395,8 @@ impl Gateway {
         let mut admin_task = None;
         if let Some(listener) = listeners.https {
             let tls = match &cert_store {
-                Some(store) => tls::server_config(store.clone())?,
-                None => {
-                    return Err(
-                        "server.https_listen needs at least one [[tls.certificates]]".into(),
-                    )
-                }
+                Some(store) => tls::server_config(store.clone()).map_err(StartProblem::from)?,
+                None => return Err(StartProblem::HttpsWithoutCertificates.into()),
             };
             tracing::info!(address = %https_addr.map_or_else(String::new, |a| a.to_string()), "listening for HTTPS");
             accept_loops.push(tokio::spawn(listener::accept_loop(
@@ -421,13 +473,13 @@ impl Gateway {
     /// Applies a new configuration to new requests and new TLS handshakes. On error the running
     /// configuration stays in force. Listen addresses are bound at start: changing them needs a
     /// restart, and a reload that changes them says so.
-    pub fn reload(&self, config: Config) -> Result<(), String> {
+    pub fn reload(&self, config: Config) -> Result<(), StartError> {
         let result = self.try_reload(config);
         self.shared.metrics.reloaded(result.is_ok());
         result
     }
 
-    fn try_reload(&self, config: Config) -> Result<(), String> {
+    fn try_reload(&self, config: Config) -> Result<(), StartError> {
         let current = self.shared.snapshot.load();
         let old = &current.config.server;
         let new = &config.server;
@@ -440,7 +492,7 @@ impl Gateway {
             );
         }
         if self.shared.certs.is_none() && !config.tls.certificates.is_empty() {
-            return Err("TLS certificates were added but the gateway started without HTTPS; restart to enable it".into());
+            return Err(StartProblem::HttpsAddedOnReload.into());
         }
         let (snapshot, certs) = Snapshot::build(
             config,
@@ -450,7 +502,7 @@ impl Gateway {
         )?;
         if let Some(store) = &self.shared.certs {
             if certs.is_empty() {
-                return Err("tls.certificates: the HTTPS listener needs at least one certificate; keeping the running ones".into());
+                return Err(StartProblem::CertificatesRemovedOnReload.into());
             }
             store.replace(certs);
         }
@@ -484,5 +536,88 @@ impl Gateway {
     /// Completes once the gateway has drained after its shutdown future fired.
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MapSecrets;
+    use crate::proxy::PoolError;
+
+    #[test]
+    fn every_unreadable_file_is_reported_with_its_key_path_not_only_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let toml = format!(
+            r#"
+[server]
+https_listen = "127.0.0.1:0"
+
+[[tls.certificates]]
+cert = "{a_cert}"
+key = "{a_key}"
+
+[[tls.certificates]]
+cert = "{b_cert}"
+key = "{b_key}"
+
+[upstreams.exchange]
+servers = ["https://ex01.corp.contoso.com"]
+ca_file = "{ca}"
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "public"
+"#,
+            a_cert = file("a.pem"),
+            a_key = file("a.key"),
+            b_cert = file("b.pem"),
+            b_key = file("b.key"),
+            ca = file("corp-root.pem"),
+        );
+        let config = Config::from_toml(&toml, &MapSecrets::new()).unwrap();
+        let Err(error) = Snapshot::build(config, &Metrics::default(), None, Clock::system()) else {
+            panic!("a configuration naming absent files was put into service");
+        };
+
+        let problems: Vec<_> = error.iter().collect();
+        assert!(
+            matches!(
+                problems[..],
+                [
+                    StartProblem::Certificate(CertError::CertUnreadable { index: 0, .. }),
+                    StartProblem::Certificate(CertError::KeyUnreadable { index: 0, .. }),
+                    StartProblem::Certificate(CertError::CertUnreadable { index: 1, .. }),
+                    StartProblem::Certificate(CertError::KeyUnreadable { index: 1, .. }),
+                    StartProblem::Upstream(PoolError::CaFileUnreadable { .. }),
+                ]
+            ),
+            "{error:?}"
+        );
+        let printed = error.to_string();
+        let lines: Vec<&str> = printed.lines().collect();
+        let expected_starts = [
+            format!("tls.certificates[0].cert: cannot read {}: ", file("a.pem")),
+            format!(
+                "tls.certificates[0].key: cannot read a private key from {}: ",
+                file("a.key")
+            ),
+            format!("tls.certificates[1].cert: cannot read {}: ", file("b.pem")),
+            format!(
+                "tls.certificates[1].key: cannot read a private key from {}: ",
+                file("b.key")
+            ),
+            format!(
+                "upstreams.exchange.ca_file: cannot read {}: ",
+                file("corp-root.pem")
+            ),
+        ];
+        assert_eq!(lines.len(), expected_starts.len(), "{printed}");
+        for (line, start) in lines.iter().zip(&expected_starts) {
+            assert!(line.starts_with(start.as_str()), "{line:?} vs {start:?}");
+        }
     }
 }

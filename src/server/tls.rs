@@ -3,14 +3,14 @@
 //! swapped set, so a SIGHUP reload replaces them for new handshakes while established
 //! connections keep theirs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::CertificateConfig;
@@ -19,15 +19,81 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why a configured certificate cannot serve, naming the entry of `[[tls.certificates]]` and
+/// the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("tls.certificates[{index}].cert: cannot read {}: {error}", .path.display())]
+    CertUnreadable {
+        index: usize,
+        path: PathBuf,
+        error: pem::Error,
+    },
+    /// A PEM block that does not decode.
+    #[error("tls.certificates[{index}].cert: {}: {error}", .path.display())]
+    CertNotPem {
+        index: usize,
+        path: PathBuf,
+        error: pem::Error,
+    },
+    #[error("tls.certificates[{index}].cert: {} holds no PEM certificate", .path.display())]
+    NoCertificate { index: usize, path: PathBuf },
+    #[error(
+        "tls.certificates[{index}].key: cannot read a private key from {}: {error}",
+        .path.display()
+    )]
+    KeyUnreadable {
+        index: usize,
+        path: PathBuf,
+        error: pem::Error,
+    },
+    /// The key is not the certificate's, or rustls cannot use it.
+    #[error(
+        "tls.certificates[{index}]: {} and {} do not form a usable pair: {error}",
+        .cert.display(),
+        .key.display()
+    )]
+    NotAPair {
+        index: usize,
+        cert: PathBuf,
+        key: PathBuf,
+        error: rustls::Error,
+    },
+    #[error("tls.certificates[{index}].cert: {}: {error}", .path.display())]
+    NoEndEntity {
+        index: usize,
+        path: PathBuf,
+        error: rustls::Error,
+    },
+    #[error(
+        "tls.certificates[{index}].cert: {}: not a usable certificate: {error:?}",
+        .path.display()
+    )]
+    Unusable {
+        index: usize,
+        path: PathBuf,
+        error: webpki::Error,
+    },
+    /// Without a DNS name in subjectAltName no SNI name can select the certificate.
+    #[error(
+        "tls.certificates[{index}].cert: {} carries no DNS name (subjectAltName) to match SNI against",
+        .path.display()
+    )]
+    NoDnsName { index: usize, path: PathBuf },
+    /// rustls refused TLS 1.2 and 1.3 (the ring provider has both: not expected).
+    #[error("{0}")]
+    Protocols(rustls::Error),
+}
+
 /// The loaded certificates and the names each one serves.
 pub struct CertSet {
     entries: Vec<(Vec<String>, Arc<CertifiedKey>)>,
 }
 
 impl CertSet {
-    /// Loads every configured certificate and key. Fails with one line per unusable file, each
-    /// naming its key path, so `check-config` shows every problem in one run.
-    pub fn load(configs: &[CertificateConfig]) -> Result<CertSet, Vec<String>> {
+    /// Loads every configured certificate and key. Fails with one error per unusable file,
+    /// each naming its key path, so `check-config` shows every problem in one run.
+    pub fn load(configs: &[CertificateConfig]) -> Result<CertSet, Vec<CertError>> {
         let provider = provider();
         let mut entries = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
@@ -83,17 +149,15 @@ impl CertSet {
 }
 
 fn load_one(
-    i: usize,
+    index: usize,
     config: &CertificateConfig,
     provider: &CryptoProvider,
-) -> Result<(Vec<String>, Arc<CertifiedKey>), Vec<String>> {
-    let key_path = format!("tls.certificates[{i}]");
-    let chain = load_chain(&config.cert).map_err(|e| format!("{key_path}.cert: {e}"));
-    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
-        format!(
-            "{key_path}.key: cannot read a private key from {}: {e}",
-            config.key.display()
-        )
+) -> Result<(Vec<String>, Arc<CertifiedKey>), Vec<CertError>> {
+    let chain = load_chain(index, &config.cert);
+    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|error| CertError::KeyUnreadable {
+        index,
+        path: config.key.clone(),
+        error,
     });
     let (chain, key) = match (chain, key) {
         (Ok(chain), Ok(key)) => (chain, key),
@@ -101,39 +165,59 @@ fn load_one(
             return Err([chain.err(), key.err()].into_iter().flatten().collect());
         }
     };
-    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        vec![format!(
-            "{key_path}: {} and {} do not form a usable pair: {e}",
-            config.cert.display(),
-            config.key.display()
-        )]
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|error| {
+        vec![CertError::NotAPair {
+            index,
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            error,
+        }]
     })?;
-    let names = dns_names(&certified)
-        .map_err(|e| vec![format!("{key_path}.cert: {}: {e}", config.cert.display())])?;
+    let names = dns_names(index, &config.cert, &certified).map_err(|e| vec![e])?;
     if names.is_empty() {
-        return Err(vec![format!(
-            "{key_path}.cert: {} carries no DNS name (subjectAltName) to match SNI against",
-            config.cert.display()
-        )]);
+        return Err(vec![CertError::NoDnsName {
+            index,
+            path: config.cert.clone(),
+        }]);
     }
     Ok((names, Arc::new(certified)))
 }
 
-fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn load_chain(index: usize, path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .map_err(|error| CertError::CertUnreadable {
+            index,
+            path: path.to_owned(),
+            error,
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|error| CertError::CertNotPem {
+            index,
+            path: path.to_owned(),
+            error,
+        })?;
     if chain.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err(CertError::NoCertificate {
+            index,
+            path: path.to_owned(),
+        });
     }
     Ok(chain)
 }
 
-fn dns_names(key: &CertifiedKey) -> Result<Vec<String>, String> {
-    let der = key.end_entity_cert().map_err(|e| e.to_string())?;
-    let cert = webpki::EndEntityCert::try_from(der)
-        .map_err(|e| format!("not a usable certificate: {e:?}"))?;
+fn dns_names(index: usize, path: &Path, key: &CertifiedKey) -> Result<Vec<String>, CertError> {
+    let der = key
+        .end_entity_cert()
+        .map_err(|error| CertError::NoEndEntity {
+            index,
+            path: path.to_owned(),
+            error,
+        })?;
+    let cert = webpki::EndEntityCert::try_from(der).map_err(|error| CertError::Unusable {
+        index,
+        path: path.to_owned(),
+        error,
+    })?;
     Ok(cert.valid_dns_names().map(str::to_owned).collect())
 }
 
@@ -170,10 +254,10 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// The rustls server configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(CertError::Protocols)?
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

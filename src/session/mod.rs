@@ -44,7 +44,7 @@ pub use login::LoginTransaction;
 pub use model::{EntraId, Guid, MfaEvidence, Session, SessionExpired, SessionId, TOUCH_INTERVAL};
 pub use opened::OpenedSessions;
 pub use revocation::{RevocationCounts, Revocations, MAX_SEEN_SIDS, MAX_UNSEEN_SID_REVOCATIONS};
-pub use seal::{SealError, SessionKey, SessionSeal, FORMAT_VERSION, MIN_KEY_BYTES};
+pub use seal::{KeyError, SealError, SessionKey, SessionSeal, FORMAT_VERSION, MIN_KEY_BYTES};
 pub use used_states::{StateReservation, UsedStates, MAX_USED_STATES};
 
 #[cfg(test)]

@@ -73,6 +73,30 @@ impl fmt::Display for SealError {
 
 impl std::error::Error for SealError {}
 
+/// Why a session key or the key ring cannot be built from the configuration. The messages
+/// name what is wrong with a key, never its bytes: they end up in logs and terminals.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is not base64; generate a key with `openssl rand -base64 32`")]
+    NotBase64,
+    #[error(
+        "holds {bytes} bytes; a session key needs at least {min} random bytes \
+         (`openssl rand -base64 32`)",
+        min = MIN_KEY_BYTES
+    )]
+    TooShort { bytes: usize },
+    /// HKDF refused the requested output length (a constant): not caused by the key's bytes.
+    #[error("could not derive the session key")]
+    Derivation,
+    #[error(
+        "`{}` is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)",
+        .0.escape_debug()
+    )]
+    InvalidCookieName(String),
+    #[error("at least one session key is needed")]
+    NoKeys,
+}
+
 /// One key of the ring, derived from the configured secret.
 ///
 /// The secret (at least [`MIN_KEY_BYTES`] random bytes) is not used directly: the AES-256-GCM
@@ -96,7 +120,7 @@ impl hkdf::KeyType for KeyIdLen {
 impl SessionKey {
     /// Reads a key as the configuration gives it: base64 (standard or URL-safe alphabet,
     /// padded or not, surrounding whitespace ignored) of at least 32 random bytes.
-    pub fn from_base64(text: &str) -> Result<SessionKey, String> {
+    pub fn from_base64(text: &str) -> Result<SessionKey, KeyError> {
         let text = text.trim();
         let lenient = GeneralPurposeConfig::new()
             .with_decode_padding_mode(DecodePaddingMode::Indifferent)
@@ -104,22 +128,18 @@ impl SessionKey {
         let bytes = GeneralPurpose::new(&alphabet::STANDARD, lenient)
             .decode(text)
             .or_else(|_| GeneralPurpose::new(&alphabet::URL_SAFE, lenient).decode(text))
-            .map_err(|_| {
-                "is not base64; generate a key with `openssl rand -base64 32`".to_owned()
-            })?;
+            .map_err(|_| KeyError::NotBase64)?;
         SessionKey::from_bytes(&bytes)
     }
 
     /// Derives a key from raw secret bytes, refusing fewer than [`MIN_KEY_BYTES`].
-    pub fn from_bytes(secret: &[u8]) -> Result<SessionKey, String> {
+    pub fn from_bytes(secret: &[u8]) -> Result<SessionKey, KeyError> {
         if secret.len() < MIN_KEY_BYTES {
-            return Err(format!(
-                "holds {} bytes; a session key needs at least {MIN_KEY_BYTES} random bytes \
-                 (`openssl rand -base64 32`)",
-                secret.len()
-            ));
+            return Err(KeyError::TooShort {
+                bytes: secret.len(),
+            });
         }
-        let failed = |_| "could not derive the session key".to_owned();
+        let failed = |_| KeyError::Derivation;
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(secret);
         let key = UnboundKey::from(
             prk.expand(&[b"aes-256-gcm"], &AES_256_GCM)
@@ -172,15 +192,12 @@ impl SessionSeal {
     /// A ring sealing with `keys[0]`, for the session cookie `cookie_name` (e.g.
     /// `__Host-mfagw`). Pending logins use cookies named after it (see
     /// [`SessionSeal::login_cookie_name`]).
-    pub fn new(cookie_name: &str, keys: Vec<SessionKey>) -> Result<SessionSeal, String> {
+    pub fn new(cookie_name: &str, keys: Vec<SessionKey>) -> Result<SessionSeal, KeyError> {
         if !is_valid_cookie_name(cookie_name) {
-            return Err(format!(
-                "`{}` is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)",
-                cookie_name.escape_debug()
-            ));
+            return Err(KeyError::InvalidCookieName(cookie_name.to_owned()));
         }
         if keys.is_empty() {
-            return Err("at least one session key is needed".to_owned());
+            return Err(KeyError::NoKeys);
         }
         Ok(SessionSeal {
             cookie_name: cookie_name.to_owned(),
