@@ -141,9 +141,6 @@ pub enum GatewayError {
     /// Signed in, but the route's policy (group membership) refuses the user.
     #[error("signed-in user refused by the route's policy: {0}")]
     PolicyDenied(DenialReason),
-    /// The gateway is not ready or is shutting down.
-    #[error("gateway not ready")]
-    NotReady,
     /// Something the gateway needs failed (random numbers, sealing).
     #[error("internal failure: {0}")]
     Internal(&'static str),
@@ -181,10 +178,9 @@ impl GatewayError {
             | GatewayError::CodeExchangeRefused { .. }
             | GatewayError::TokenRefused { .. }
             | GatewayError::IdentityProviderUnavailable { .. } => Side::IdentityProvider,
-            GatewayError::Denied
-            | GatewayError::PolicyDenied(_)
-            | GatewayError::NotReady
-            | GatewayError::Internal(_) => Side::Gateway,
+            GatewayError::Denied | GatewayError::PolicyDenied(_) | GatewayError::Internal(_) => {
+                Side::Gateway
+            }
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamTimeout
@@ -213,9 +209,7 @@ impl GatewayError {
                 }
                 _ => StatusCode::UNAUTHORIZED,
             },
-            GatewayError::IdentityProviderUnavailable { .. } | GatewayError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::IdentityProviderUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Denied | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::NoHealthyServer
@@ -245,7 +239,6 @@ impl GatewayError {
             GatewayError::IdentityProviderUnavailable { .. } => "idp_unavailable",
             GatewayError::Denied => "denied",
             GatewayError::PolicyDenied(why) => why.as_str(),
-            GatewayError::NotReady => "not_ready",
             GatewayError::Internal(_) => "internal",
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -335,10 +328,6 @@ impl GatewayError {
             GatewayError::PolicyDenied(DenialReason::NotInGroup) => Page::new(
                 "You do not have access to this page",
                 "You are signed in, but your account is not allowed to use this part of the site. If you need it, ask your administrator.",
-            ),
-            GatewayError::NotReady => Page::new(
-                "Service unavailable",
-                "The mail service is starting up or being restarted. Try again in a minute.",
             ),
             GatewayError::Internal(_) => Page::new(
                 "Something went wrong",

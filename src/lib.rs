@@ -21,6 +21,9 @@
 //! `mfa-gateway demo` command).
 
 #![forbid(unsafe_code)]
+// `pub` means part of the library's interface (the binary, the tests, the fuzz targets use it);
+// anything else says how far it reaches.
+#![warn(unreachable_pub)]
 // Input from the network, the browser and the identity provider is hostile: no panics on it.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 

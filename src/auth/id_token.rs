@@ -79,7 +79,6 @@ pub enum Refusal {
     MissingIdentity,
     NoMfa,
     AuthTooOld,
-    GroupsOverage,
 }
 
 impl Refusal {
@@ -98,7 +97,6 @@ impl Refusal {
             Refusal::MissingIdentity => "missing_identity",
             Refusal::NoMfa => "no_mfa",
             Refusal::AuthTooOld => "auth_too_old",
-            Refusal::GroupsOverage => "groups_overage",
         }
     }
 }

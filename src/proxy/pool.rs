@@ -19,13 +19,13 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use crate::body::RequestBody;
 use crate::config::{HealthCheckConfig, UpstreamConfig, UpstreamScheme, UpstreamServer};
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// How long a server that refused a connection is skipped when no active health check is
 /// configured to bring it back.
 const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 
-pub struct ServerState {
+pub(crate) struct ServerState {
     pub server: UpstreamServer,
     pub(crate) scheme: http::uri::Scheme,
     pub(crate) label: Arc<str>,
@@ -89,7 +89,7 @@ pub enum PoolError {
 
 /// Why one health probe of an Exchange server failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(super) enum ProbeError {
     /// `health_check.path` does not make a URI with the server's address.
     #[error("bad probe URI: {0}")]
     BadUri(http::Error),
@@ -110,7 +110,7 @@ pub enum ProbeError {
 
 impl ProbeError {
     /// A stable label for logs.
-    pub fn reason(&self) -> &'static str {
+    pub(super) fn reason(&self) -> &'static str {
         match self {
             ProbeError::BadUri(_) => "bad_uri",
             ProbeError::BadRequest(_) => "bad_request",
