@@ -915,14 +915,15 @@ async fn callback_params(
 }
 
 /// Only a same-host relative path may be returned to: anything else (`//evil`, `/\evil`,
-/// absolute URLs, control characters) becomes `/owa/`.
+/// absolute URLs, control characters) becomes `/owa/`. The C1 controls (U+0080–U+009F) count
+/// too: a request target can carry them as raw UTF-8, and they would reach the `Location` header.
 pub fn safe_return_path(path_and_query: Option<&str>) -> String {
     match path_and_query {
         Some(p)
             if p.starts_with('/')
                 && !p.starts_with("//")
                 && !p.starts_with("/\\")
-                && !p.bytes().any(|b| b.is_ascii_control() || b == b'\\')
+                && !p.chars().any(|c| c.is_control() || c == '\\')
                 && p.len() <= 2048 =>
         {
             p.to_owned()
@@ -1009,5 +1010,47 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
             .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|accept| accept.contains("text/html")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_path_to_another_host_becomes_owa() {
+        for hostile in [
+            "//evil.example/owa/",
+            "/\\evil.example/owa/",
+            "https://evil.example/",
+            "owa/",
+            "",
+        ] {
+            assert_eq!(safe_return_path(Some(hostile)), "/owa/", "{hostile:?}");
+        }
+        assert_eq!(safe_return_path(None), "/owa/");
+        assert_eq!(
+            safe_return_path(Some("/owa/#path=/mail/inbox")),
+            "/owa/#path=/mail/inbox"
+        );
+        assert_eq!(safe_return_path(Some("/owa/ééé/日本")), "/owa/ééé/日本");
+    }
+
+    #[test]
+    fn return_path_with_a_control_character_becomes_owa() {
+        // C1 controls arrive as raw UTF-8 in a request target (`?\u{8b}`) or decoded from
+        // `/_gateway/sign-in?return=%C2%85`: they would end up in the Location header.
+        for hostile in [
+            "/owa/\r\nSet-Cookie: x=1",
+            "/owa/\t",
+            "/owa/\u{7f}",
+            "/owa/\u{85}",
+            "/_gateway/sign-in??\u{8b}",
+            "/owa/\u{9f}x",
+        ] {
+            assert_eq!(safe_return_path(Some(hostile)), "/owa/", "{hostile:?}");
+        }
+        let uri: http::Uri = "/_gateway/sign-in?return=/owa/%C2%85".parse().unwrap();
+        assert_eq!(sign_in_return_path(&uri), "/owa/");
     }
 }
