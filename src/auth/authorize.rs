@@ -152,14 +152,15 @@ impl SignIn {
 }
 
 /// Only a same-host relative path may be returned to: anything else (`//evil`, `/\evil`,
-/// absolute URLs, control characters) becomes `/owa/`.
+/// absolute URLs, control characters) becomes `/owa/`. The C1 controls (U+0080–U+009F) count
+/// too: a request target can carry them as raw UTF-8, and they would reach the `Location` header.
 pub fn safe_return_path(path_and_query: Option<&str>) -> String {
     match path_and_query {
         Some(p)
             if p.starts_with('/')
                 && !p.starts_with("//")
                 && !p.starts_with("/\\")
-                && !p.bytes().any(|b| b.is_ascii_control() || b == b'\\')
+                && !p.chars().any(|c| c.is_control() || c == '\\')
                 && p.len() <= 2048 =>
         {
             p.to_owned()
@@ -232,6 +233,29 @@ mod tests {
         assert_eq!(safe_return_path(None), DEFAULT_RETURN);
         let long = format!("/owa/{}", "a".repeat(2100));
         assert_eq!(safe_return_path(Some(&long)), DEFAULT_RETURN);
+    }
+
+    #[test]
+    fn return_path_with_a_control_character_becomes_owa() {
+        // C1 controls arrive as raw UTF-8 in a request target (`?\u{8b}`) or decoded from
+        // `/_gateway/sign-in?return=%C2%85`: they would end up in the Location header.
+        for hostile in [
+            "/owa/\r\nSet-Cookie: x=1",
+            "/owa/\t",
+            "/owa/\u{7f}",
+            "/owa/\u{85}",
+            "/_gateway/sign-in??\u{8b}",
+            "/owa/\u{9f}x",
+        ] {
+            assert_eq!(
+                safe_return_path(Some(hostile)),
+                DEFAULT_RETURN,
+                "{hostile:?}"
+            );
+        }
+        assert_eq!(safe_return_path(Some("/owa/ééé/日本")), "/owa/ééé/日本");
+        let uri: http::Uri = "/_gateway/sign-in?return=/owa/%C2%85".parse().unwrap();
+        assert_eq!(sign_in_return_path(&uri), DEFAULT_RETURN);
     }
 
     #[test]
