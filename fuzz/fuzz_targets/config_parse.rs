@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
     let mut router = Router::new();
     for (i, route) in config.routes.iter().enumerate() {
         assert!(
-            config.upstream(&route.upstream).is_some(),
+            config.upstreams.get(route.upstream.index()).is_some(),
             "routes[{i}] names an undefined upstream: {route:?}"
         );
         let path = route.path.as_str();
