@@ -1,6 +1,7 @@
 //! The per-request work in front of Exchange besides the session cookie (benches/session.rs):
-//! judging the route, and the header rules toward Exchange and back. Every OWA request pays for
-//! all of it before and after Exchange answers.
+//! judging the route, the header rules toward Exchange and back, and the response body with the
+//! request's access record. Every OWA request pays for all of it before and after Exchange
+//! answers.
 //!
 //! Inputs are what a browser on Outlook on the web sends, judged by the shipped example
 //! configuration. Each benchmark first checks once that the operation did its job (the route is
@@ -9,12 +10,21 @@
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, Method, Uri, Version};
+use http_body::Body;
 use ipnet::IpNet;
+use mfa_gateway::body::{ObservedBody, ResponseBody};
 use mfa_gateway::config::{Access, Config, MapSecrets, RouteConfig};
+use mfa_gateway::observe::access::AccessRecord;
+use mfa_gateway::observe::metrics::{Metrics, Scrape};
 use mfa_gateway::proxy::headers;
 use mfa_gateway::routing::{normalize_path, RouteMatch, Router};
 use mfa_gateway::session::{strip_cookies, SessionKey, SessionSeal};
@@ -375,5 +385,55 @@ fn response_headers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route_lookup, request_headers, response_headers);
+/// An answer of a few KiB, as OWA's service calls return.
+static OWA_ANSWER: [u8; 4096] = [b' '; 4096];
+
+/// Every answer, Exchange's or the gateway's own, goes out as an `ObservedBody` carrying the
+/// request's access record: polled to its end and dropped, which counts the request and times it. No log
+/// subscriber is installed, so the line itself is not formatted.
+fn response_body(c: &mut Criterion) {
+    let metrics = Arc::new(Metrics::default());
+    let route = metrics.route("mail.contoso.com/owa");
+    let uri: Uri = "/owa/service.svc?action=GetItem".parse().unwrap();
+    let client = headers::address_text(BROWSER);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut answer = || {
+        let mut record = AccessRecord::new(
+            Instant::now(),
+            metrics.clone(),
+            route.clone(),
+            Method::POST,
+            uri.clone(),
+            Version::HTTP_11,
+            client.clone(),
+        );
+        record.set_status(200);
+        let body = ObservedBody::new(ResponseBody::full(Bytes::from_static(&OWA_ANSWER)), record);
+        let mut body = pin!(black_box(body));
+        let mut sent = 0;
+        while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
+            sent += frame.data_ref().map_or(0, Bytes::len);
+        }
+        sent
+    };
+
+    assert_eq!(answer(), OWA_ANSWER.len());
+    let page = metrics.render(Scrape::default());
+    assert!(
+        page.contains("mfagw_requests_total{route=\"mail.contoso.com/owa\",status=\"200\"} 1\n"),
+        "{page}"
+    );
+
+    let mut group = c.benchmark_group("response body");
+    group.bench_function("owa answer with its access record", |b| b.iter(&mut answer));
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    route_lookup,
+    request_headers,
+    response_headers,
+    response_body
+);
 criterion_main!(benches);

@@ -15,8 +15,6 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::access::AccessRecord;
-
 /// Error of a body stream, with the side that failed.
 #[derive(Debug)]
 pub enum BodyError {
@@ -47,17 +45,89 @@ impl std::fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
+/// Told what becomes of a response body on its way to the browser: the request's record (the
+/// access log line and the request metrics), carried by an [`ObservedBody`].
+pub trait BodyObserver: Send {
+    /// `bytes` more of the body were handed to the browser's connection.
+    fn sent(&mut self, bytes: u64);
+
+    /// The body failed (Exchange went away or fell silent, or the browser's side failed);
+    /// nothing more will be sent.
+    fn failed(&mut self, error: &BodyError);
+
+    /// The body is finished, or abandoned because the browser went away: the request is over,
+    /// and its real duration and byte count are known. Called once, when the body is dropped.
+    fn done(&mut self);
+}
+
 pin_project! {
     /// The body of every response the gateway sends: either a page of its own or Exchange's
-    /// response streamed through. Carries the request's access record, which is written to the
-    /// log when the body is finished or abandoned, so the logged duration and byte count are the
-    /// real ones.
+    /// response streamed through.
     pub struct ResponseBody {
         #[pin]
         kind: ResponseKind,
-        record: Option<AccessRecord>,
         // Kept until the body is finished or dropped: marks the request as in flight.
         held: Option<Box<dyn Send>>,
+    }
+}
+
+pin_project! {
+    /// A response body on its way to the browser with the request's record, which is told of
+    /// every frame and is done when the body is dropped, so the logged duration and byte count
+    /// are the real ones. Generic over the record, so that bodies depend on no particular log
+    /// or metric; the record is kept inline, which costs a request no allocation.
+    pub struct ObservedBody<O: BodyObserver> {
+        #[pin]
+        body: ResponseBody,
+        observer: O,
+    }
+
+    impl<O: BodyObserver> PinnedDrop for ObservedBody<O> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().observer.done();
+        }
+    }
+}
+
+impl<O: BodyObserver> ObservedBody<O> {
+    pub fn new(body: ResponseBody, observer: O) -> ObservedBody<O> {
+        ObservedBody { body, observer }
+    }
+
+    /// Keeps `guard` alive until this body is finished or dropped.
+    pub fn hold(&mut self, guard: impl Send + 'static) {
+        self.body.hold(guard);
+    }
+}
+
+impl<O: BodyObserver> Body for ObservedBody<O> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.observer.sent(data.len() as u64);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => this.observer.failed(e),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -79,7 +149,6 @@ impl ResponseBody {
     pub fn full(data: Bytes) -> ResponseBody {
         ResponseBody {
             kind: ResponseKind::Full { data: Some(data) },
-            record: None,
             held: None,
         }
     }
@@ -87,7 +156,6 @@ impl ResponseBody {
     pub fn empty() -> ResponseBody {
         ResponseBody {
             kind: ResponseKind::Full { data: None },
-            record: None,
             held: None,
         }
     }
@@ -101,13 +169,8 @@ impl ResponseBody {
                 idle: tokio::time::sleep(idle_timeout),
                 idle_timeout,
             },
-            record: None,
             held: None,
         }
-    }
-
-    pub fn set_record(&mut self, record: AccessRecord) {
-        self.record = Some(record);
     }
 
     /// Keeps `guard` alive until this body is finished or dropped.
@@ -124,8 +187,7 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        let polled = match this.kind.project() {
+        match self.project().kind.project() {
             ResponseKindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseKindProj::Upstream {
                 body,
@@ -147,19 +209,7 @@ impl Body for ResponseBody {
                     ))))
                 }
             },
-        };
-        if let Some(record) = this.record.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        record.add_bytes(data.len() as u64);
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => record.set_body_error(e),
-                _ => {}
-            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -275,5 +325,80 @@ impl Body for RequestBody {
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::task::Waker;
+
+    use super::*;
+
+    /// What a record was told.
+    #[derive(Default)]
+    struct Told {
+        bytes: u64,
+        failures: usize,
+        done: usize,
+    }
+
+    struct Probe(Arc<Mutex<Told>>);
+
+    impl BodyObserver for Probe {
+        fn sent(&mut self, bytes: u64) {
+            self.0.lock().unwrap().bytes += bytes;
+        }
+
+        fn failed(&mut self, _error: &BodyError) {
+            self.0.lock().unwrap().failures += 1;
+        }
+
+        fn done(&mut self) {
+            self.0.lock().unwrap().done += 1;
+        }
+    }
+
+    const PAGE: &[u8] = b"<!doctype html><title>Signed out</title>";
+
+    fn observed_page() -> (Pin<Box<ObservedBody<Probe>>>, Arc<Mutex<Told>>) {
+        let told = Arc::new(Mutex::new(Told::default()));
+        let body = ObservedBody::new(
+            ResponseBody::full(Bytes::from_static(PAGE)),
+            Probe(told.clone()),
+        );
+        (Box::pin(body), told)
+    }
+
+    #[test]
+    fn the_record_hears_every_byte_and_ends_with_the_body() {
+        let (mut body, told) = observed_page();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut frames = 0;
+        while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+            assert!(frame.is_ok());
+            frames += 1;
+        }
+        assert_eq!(frames, 1);
+        assert_eq!(told.lock().unwrap().bytes, PAGE.len() as u64);
+        assert_eq!(
+            told.lock().unwrap().done,
+            0,
+            "the request is over only when the body is"
+        );
+        drop(body);
+        let told = told.lock().unwrap();
+        assert_eq!(told.done, 1);
+        assert_eq!(told.failures, 0);
+    }
+
+    #[test]
+    fn an_abandoned_body_still_ends_the_record_with_nothing_sent() {
+        // The browser went away before the first frame: the access line must still be written.
+        let (body, told) = observed_page();
+        drop(body);
+        let told = told.lock().unwrap();
+        assert_eq!(told.done, 1);
+        assert_eq!(told.bytes, 0);
     }
 }

@@ -17,8 +17,8 @@
 //!
 //! Around it: [`config`] (the TOML contract and its validation), [`error`] (one error type,
 //! labelled by the side that failed, mapped to status, page and log in one place), [`pages`],
-//! [`access`] (the access log), [`audit`] (events for the SIEM), [`metrics`], [`demo`] (the
-//! `mfa-gateway demo` command).
+//! [`observe`] ([`observe::access`], the access log; [`observe::audit`], events for the SIEM;
+//! [`observe::metrics`], Prometheus), [`demo`] (the `mfa-gateway demo` command).
 
 #![forbid(unsafe_code)]
 // `pub` means part of the library's interface (the binary, the tests, the fuzz targets use it);
@@ -27,15 +27,13 @@
 // Input from the network, the browser and the identity provider is hostile: no panics on it.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod access;
-pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod metrics;
+pub mod observe;
 pub mod pages;
 pub(crate) mod pipeline;
 pub mod policy;

@@ -117,10 +117,10 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             std::io::stderr(),
         ));
     let access_writer = writer.clone();
-    mfa_gateway::access::install(
+    mfa_gateway::observe::access::install(
         match format {
-            LogFormat::Text => mfa_gateway::access::Format::Text,
-            LogFormat::Json => mfa_gateway::access::Format::Json,
+            LogFormat::Text => mfa_gateway::observe::access::Format::Text,
+            LogFormat::Json => mfa_gateway::observe::access::Format::Json,
         },
         move |line| {
             let _ = std::io::Write::write_all(&mut access_writer.clone(), line);
@@ -156,7 +156,7 @@ fn check_config(path: &Path) -> ExitCode {
     }
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
-    let metrics = mfa_gateway::metrics::Metrics::default();
+    let metrics = mfa_gateway::observe::metrics::Metrics::default();
     if let Err(e) = mfa_gateway::server::Snapshot::build(
         config,
         &metrics,

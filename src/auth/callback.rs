@@ -45,7 +45,12 @@ impl SignIn {
         let outcome = match self.finish(&params, &login_cookies, ctx).await {
             Ok(response) => Ok(response),
             Err(Refused { error, facts }) => {
-                crate::audit::sign_in_refused(error.reason(), &facts, ctx.client, ctx.host);
+                crate::observe::audit::sign_in_refused(
+                    error.reason(),
+                    &facts,
+                    ctx.client,
+                    ctx.host,
+                );
                 Err(error)
             }
         };
@@ -215,7 +220,7 @@ impl SignIn {
         let cookie = self
             .session_cookie(&session)
             .map_err(|_| unavailable(&login.return_path))?;
-        crate::audit::sign_in_succeeded(&identity, ctx.client, ctx.host);
+        crate::observe::audit::sign_in_succeeded(&identity, ctx.client, ctx.host);
         let mut response = redirect(&login.return_path);
         response.headers_mut().append(SET_COOKIE, cookie);
         Ok(response)

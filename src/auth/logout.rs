@@ -40,7 +40,7 @@ impl SignIn {
     ) -> Response<ResponseBody> {
         if let Some(session) = session {
             self.revocations.revoke_session(session, self.clock.now());
-            crate::audit::signed_out(
+            crate::observe::audit::signed_out(
                 how,
                 &session.oid.to_string(),
                 session.upn.as_deref(),
@@ -89,7 +89,7 @@ impl SignIn {
         self.revocations
             .revoke_sid(&sid, self.clock.now(), self.session.lifetime.as_secs());
         let session = self.session_of(headers);
-        crate::audit::front_channel_logout(
+        crate::observe::audit::front_channel_logout(
             session.as_ref().map(|s| s.oid.to_string()).as_deref(),
             client,
         );

@@ -8,11 +8,11 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::access::AccessRecord;
 use crate::auth::{self, Admission, RequestContext, SignIn};
 use crate::body::ResponseBody;
 use crate::config::Access;
 use crate::error::{GatewayError, Side};
+use crate::observe::access::AccessRecord;
 use crate::server::{RouteEntry, Snapshot};
 use crate::session::{strip_cookies, Session};
 
@@ -83,7 +83,7 @@ pub(super) fn decide(
             Ok(Decision::Answer(Box::new(response)))
         }
         Admission::Denied { session, why } => {
-            crate::audit::policy_denied(
+            crate::observe::audit::policy_denied(
                 why.as_str(),
                 &session.oid.to_string(),
                 session.upn.as_deref(),

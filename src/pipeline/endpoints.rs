@@ -6,10 +6,10 @@ use http::header::{HeaderValue, CONTENT_LENGTH, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::access::AccessRecord;
 use crate::auth::{self, RequestContext, SignIn};
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
+use crate::observe::access::AccessRecord;
 use crate::pages::Page;
 use crate::server::{Connection, Shared};
 

@@ -22,10 +22,10 @@ use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::access::AccessRecord;
 use crate::auth::RequestContext;
-use crate::body::ResponseBody;
+use crate::body::{ObservedBody, ResponseBody};
 use crate::error::{GatewayError, Side};
+use crate::observe::access::AccessRecord;
 use crate::proxy::{self, headers, Downstream};
 use crate::routing::{host_without_port, RouteMatch};
 use crate::server::{Connection, Shared, Snapshot};
@@ -41,7 +41,7 @@ pub(crate) async fn handle(
     request: Request<Incoming>,
     connection: &Connection,
     shared: &Arc<Shared>,
-) -> Response<ResponseBody> {
+) -> Response<ObservedBody<AccessRecord>> {
     let start = Instant::now();
     let snapshot = shared.snapshot.load();
     let trusted = &snapshot.config.server.trusted_proxies;
@@ -85,8 +85,7 @@ pub(crate) async fn handle(
             .insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
     }
     record.set_status(response.status().as_u16());
-    response.body_mut().set_record(record);
-    response
+    response.map(|body| ObservedBody::new(body, record))
 }
 
 /// A request with what its connection says about the browser.

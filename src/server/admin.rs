@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::observe::metrics::{self, Scrape, ServerHealth, SignInMemory};
 
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: CancellationToken) {
     loop {
@@ -53,17 +54,11 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             "alive\n".to_owned(),
         ),
         "/readyz" => readiness(shared),
-        "/metrics" => {
-            let snapshot = shared.snapshot.load();
-            let draining = shared.draining.load(Ordering::Relaxed);
-            (
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                shared
-                    .metrics
-                    .render(&snapshot.pools, snapshot.sign_in.as_deref(), draining),
-            )
-        }
+        "/metrics" => (
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            shared.metrics.render(scrape(shared)),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
@@ -79,6 +74,37 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// What the metrics show of the current configuration: its Exchange servers, what its sign-in
+/// keeps in memory, and whether the gateway is draining.
+fn scrape(shared: &Shared) -> Scrape {
+    let snapshot = shared.snapshot.load();
+    let servers = snapshot
+        .pools
+        .iter()
+        .flat_map(|pool| {
+            pool.servers().into_iter().map(|server| ServerHealth {
+                upstream: pool.name().to_owned(),
+                url: server.url,
+                up: server.healthy,
+            })
+        })
+        .collect();
+    let sign_in = snapshot.sign_in.as_deref().map(|sign_in| {
+        let revocations = sign_in.revocation_counts();
+        SignInMemory {
+            used_login_states: sign_in.remembered_states(),
+            protected_revocations: revocations.protected,
+            unseen_sid_revocations: revocations.unseen_sids,
+            seen_sids: revocations.seen_sids,
+        }
+    });
+    Scrape {
+        servers,
+        sign_in,
+        draining: shared.draining.load(Ordering::Relaxed),
+    }
 }
 
 fn readiness(shared: &Shared) -> (StatusCode, &'static str, String) {

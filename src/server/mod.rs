@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{RoutePolicy, SignIn, SignInError};
 use crate::clock::Clock;
 use crate::config::{Access, Config, ServerConfig};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::proxy::{PoolError, UpstreamPool};
 use crate::routing::Router;
 use tls::{CertError, CertSet, CertStore};

@@ -1,7 +1,7 @@
 //! What the gateway logs while a test runs: its log lines, shown by the test harness for a
 //! failing test (level from `TEST_LOG`, default `warn`), and its audit events (target `audit`,
-//! see `src/audit.rs`) captured as data, so a test can tell which check refused a sign-in — the
-//! same event an operator's SIEM receives.
+//! see `src/observe/audit.rs`) captured as data, so a test can tell which check refused a
+//! sign-in — the same event an operator's SIEM receives.
 //!
 //! One capture serves the whole test process, whatever the tokio runtime flavour: an event is
 //! recorded synchronously on the thread that emits it, before the gateway sends its answer.

@@ -1,6 +1,9 @@
 //! The access log: one line per request, written when the response body is finished (or the
 //! browser went away), with route, status, Exchange server, duration and bytes. The query string
-//! is never logged: OWA puts its canary and other tokens there.
+//! is never logged: OWA puts its canary and other tokens there. The [`AccessRecord`] rides on
+//! the response body as its [`BodyObserver`] and is written when the body is done; a request
+//! given up before it had a response (the browser went away while Exchange was being asked)
+//! is written when its record is dropped.
 //!
 //! The binary installs a [`Sink`]: lines are then formatted here, straight into one buffer, and
 //! handed to the background log writer — the generic event formatter costs several times more
@@ -15,9 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Method, Uri, Version};
 use tracing::Level;
 
-use crate::body::BodyError;
+use super::metrics::{Metrics, RouteMetrics};
+use crate::body::{BodyError, BodyObserver};
 use crate::error::Side;
-use crate::metrics::{Metrics, RouteMetrics};
 
 /// How access lines look: like the rest of the log, text or one JSON object per line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +62,9 @@ pub struct AccessRecord {
     upstream: Option<Arc<str>>,
     bytes: u64,
     failure: Option<(Side, String)>,
+    /// Counted and logged: once per request, whichever of the body's end or the record's drop
+    /// comes first.
+    written: bool,
 }
 
 impl AccessRecord {
@@ -83,6 +89,7 @@ impl AccessRecord {
             upstream: None,
             bytes: 0,
             failure: None,
+            written: false,
         }
     }
 
@@ -101,22 +108,38 @@ impl AccessRecord {
     pub fn set_failure(&mut self, side: Side, detail: String) {
         self.failure = Some((side, detail));
     }
+}
 
-    pub fn add_bytes(&mut self, n: u64) {
-        self.bytes += n;
+impl BodyObserver for AccessRecord {
+    fn sent(&mut self, bytes: u64) {
+        self.bytes += bytes;
     }
 
-    pub fn set_body_error(&mut self, error: &BodyError) {
+    fn failed(&mut self, error: &BodyError) {
         let side = match error {
             BodyError::TooLarge | BodyError::Downstream(_) | BodyError::Stalled => Side::Downstream,
             BodyError::Upstream(_) => Side::Upstream,
         };
         self.failure = Some((side, error.to_string()));
     }
+
+    fn done(&mut self) {
+        self.finish();
+    }
 }
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl AccessRecord {
+    /// Counts the request and writes its access line, the first time only.
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
         let elapsed = self.start.elapsed();
         self.route.count(self.status);
         self.metrics.observe_latency(elapsed);
@@ -342,11 +365,11 @@ mod tests {
             Method::GET,
             path.parse().unwrap(),
             Version::HTTP_11,
-            crate::proxy::headers::address_text("203.0.113.7".parse().unwrap()),
+            HeaderValue::from_static("203.0.113.7"),
         );
         record.set_status(200);
         record.set_upstream(Arc::from("https://ex01.corp.contoso.com"));
-        record.add_bytes(857);
+        record.sent(857);
         record
     }
 
@@ -441,5 +464,49 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "1970-01-01T00:00:00.000005Z 1970-01-02T00:00:00.999999Z"
         );
+    }
+
+    #[test]
+    fn a_request_is_counted_once_when_its_body_is_done_and_its_record_dropped() {
+        let metrics = Arc::new(Metrics::default());
+        let mut record = AccessRecord::new(
+            Instant::now(),
+            metrics.clone(),
+            metrics.route("mail.contoso.com/owa"),
+            Method::GET,
+            "/owa/".parse().unwrap(),
+            Version::HTTP_11,
+            HeaderValue::from_static("203.0.113.7"),
+        );
+        record.set_status(200);
+        record.done();
+        drop(record);
+        let text = metrics.render(super::super::metrics::Scrape::default());
+        assert!(
+            text.contains(
+                "mfagw_requests_total{route=\"mail.contoso.com/owa\",status=\"200\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("mfagw_request_duration_seconds_count 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_body_that_exchange_cut_off_is_logged_as_failed_on_exchange_side() {
+        let mut cut_off = record("/owa/attachment.ashx");
+        cut_off.failed(&BodyError::Upstream(
+            "no data from Exchange within idle_timeout".into(),
+        ));
+        let text = line(&cut_off, Format::Text);
+        assert!(
+            text.contains(" failed=exchange error=\"exchange side: no data from Exchange"),
+            "{text}"
+        );
+        let mut gone = record("/owa/");
+        gone.failed(&BodyError::Downstream("connection reset".into()));
+        assert!(line(&gone, Format::Text).contains(" failed=browser "));
     }
 }

@@ -1,0 +1,781 @@
+//! Prometheus metrics. What a request bumps is a plain atomic — its route's counter for the
+//! status code, a latency bucket — so counting takes no lock and no lookup; the values are read
+//! when `/metrics` is scraped and written by `prometheus-client`'s text encoder. Counters live
+//! in a registry that outlives configuration reloads: a route keeps its counts when the file is
+//! reloaded, as long as its host and path stay the same.
+//!
+//! What the gateway is at the moment of a scrape (which Exchange servers are in rotation,
+//! what sign-in keeps in memory, draining) is handed in as plain data, a [`Scrape`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The `Content-Type` of what [`Metrics::render`] writes: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// Counters of one route (or of the pseudo-routes `none` for unrouted requests and `gateway`
+/// for the gateway's own endpoints), indexed by status code.
+pub struct RouteMetrics {
+    pub name: Arc<str>,
+    by_status: Box<[AtomicU64]>,
+}
+
+impl RouteMetrics {
+    fn new(name: &str) -> RouteMetrics {
+        RouteMetrics {
+            name: Arc::from(name),
+            by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn count(&self, status: u16) {
+        let index = usize::from(status.clamp(100, 599) - 100);
+        if let Some(counter) = self.by_status.get(index) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Request durations: a count per bucket (not cumulative), the count and the sum of all.
+struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+pub struct Metrics {
+    routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    latency: Arc<Latency>,
+    open_connections: Gauge,
+    connections: Counter,
+    tls_handshake_failures: Counter,
+    reloads: Counter,
+    reload_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            routes: Mutex::new(HashMap::new()),
+            latency: Arc::new(Latency {
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                count: AtomicU64::new(0),
+                sum_micros: AtomicU64::new(0),
+            }),
+            open_connections: Gauge::default(),
+            connections: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+        }
+    }
+}
+
+/// One Exchange server as a scrape sees it.
+#[derive(Clone, Debug)]
+pub struct ServerHealth {
+    /// The `[upstreams.NAME]` it belongs to.
+    pub upstream: String,
+    pub url: String,
+    /// In rotation.
+    pub up: bool,
+}
+
+/// What sign-in keeps in memory, each part capped: an operator sees a flood fill it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignInMemory {
+    /// Login states whose code was accepted, kept so a callback cannot be replayed.
+    pub used_login_states: usize,
+    /// Revoked sessions: sign-outs, and front-channel logouts of sids seen here.
+    pub protected_revocations: usize,
+    /// Front-channel logouts of sids never seen here (capped).
+    pub unseen_sid_revocations: usize,
+    /// Sids of sessions issued or served here.
+    pub seen_sids: usize,
+}
+
+/// The gateway's state at the moment of a scrape, gathered by the admin listener.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape {
+    pub servers: Vec<ServerHealth>,
+    /// `None` when no route signs users in.
+    pub sign_in: Option<SignInMemory>,
+    pub draining: bool,
+}
+
+impl Metrics {
+    /// The counters of a route by name, created on first use. Called when a configuration
+    /// snapshot is built, never per request.
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let mut routes = match self.routes.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        routes
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(RouteMetrics::new(name)))
+            .clone()
+    }
+
+    pub fn observe_latency(&self, elapsed: Duration) {
+        let latency = &*self.latency;
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&bound| secs <= bound) {
+            latency.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        latency.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        latency.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads
+        } else {
+            &self.reload_failures
+        };
+        counter.inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]).
+    pub fn render(&self, scrape: Scrape) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail, nor can encoding these values.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry(scrape))
+        {
+            tracing::warn!(error = %e, "metrics could not be encoded");
+        }
+        out
+    }
+
+    /// Every metric in the order `docs/operations.md` lists them, reading the live counters.
+    /// Built per scrape: the scrape's data is part of it. Help texts get their full stop from
+    /// the registry.
+    fn registry(&self, scrape: Scrape) -> Registry {
+        let mut routes: Vec<Arc<RouteMetrics>> = match self.routes.lock() {
+            Ok(guard) => guard.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        };
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut registry = Registry::default();
+        registry.register(
+            "mfagw_requests",
+            "Requests answered, by route and status code",
+            RequestCounts(routes),
+        );
+        registry.register_with_unit(
+            "mfagw_request_duration",
+            "Time from request head to the end of the response body",
+            Unit::Seconds,
+            LatencyHistogram(self.latency.clone()),
+        );
+        registry.register(
+            "mfagw_upstream_server_up",
+            "1 when the Exchange server is in rotation",
+            GaugeSamples(
+                scrape
+                    .servers
+                    .into_iter()
+                    .map(|s| {
+                        let labels = [("upstream", s.upstream), ("server", s.url)];
+                        (labels, i64::from(s.up))
+                    })
+                    .collect(),
+            ),
+        );
+        registry.register(
+            "mfagw_open_connections",
+            "Browser connections open now",
+            self.open_connections.clone(),
+        );
+        registry.register(
+            "mfagw_connections",
+            "Browser connections accepted",
+            self.connections.clone(),
+        );
+        registry.register(
+            "mfagw_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            self.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "mfagw_config_reloads",
+            "Configuration reloads applied",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "mfagw_config_reload_failures",
+            "Configuration reloads refused (the running configuration was kept)",
+            self.reload_failures.clone(),
+        );
+        registry.register(
+            "mfagw_draining",
+            "1 while the gateway is shutting down",
+            ConstGauge::new(i64::from(scrape.draining)),
+        );
+        if let Some(memory) = scrape.sign_in {
+            registry.register(
+                "mfagw_used_login_states",
+                "Login states remembered as used (their code was accepted), so a callback \
+                 cannot be replayed",
+                ConstGauge::new(gauge_value(memory.used_login_states)),
+            );
+            registry.register(
+                "mfagw_revocations",
+                "Revoked sessions remembered: protected (sign-outs, front-channel logouts of \
+                 sids seen here) and unseen_sid (front-channel logouts of other sids, capped)",
+                GaugeSamples(vec![
+                    (
+                        [("store", "protected")],
+                        gauge_value(memory.protected_revocations),
+                    ),
+                    (
+                        [("store", "unseen_sid")],
+                        gauge_value(memory.unseen_sid_revocations),
+                    ),
+                ]),
+            );
+            registry.register(
+                "mfagw_seen_sids",
+                "Entra sids of sessions issued or served here, remembered so their \
+                 front-channel logout is protected",
+                ConstGauge::new(gauge_value(memory.seen_sids)),
+            );
+        }
+        registry
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `mfagw_requests_total{route, status}`, routes in name order, statuses never seen left out:
+/// 500 possible codes per route would bury the real ones.
+struct RequestCounts(Vec<Arc<RouteMetrics>>);
+
+impl fmt::Debug for RequestCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestCounts")
+            .field("routes", &self.0.len())
+            .finish()
+    }
+}
+
+impl EncodeMetric for RequestCounts {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        for route in &self.0 {
+            for (status, counter) in (100u16..).zip(route.by_status.iter()) {
+                let n = counter.load(Ordering::Relaxed);
+                if n > 0 {
+                    let labels = ([("route", &*route.name)], [("status", status)]);
+                    encoder
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// `mfagw_request_duration_seconds`, read from the live buckets.
+struct LatencyHistogram(Arc<Latency>);
+
+impl fmt::Debug for LatencyHistogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LatencyHistogram").finish_non_exhaustive()
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let latency = &*self.0;
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .zip(&latency.buckets)
+            .map(|(&bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = latency.count.load(Ordering::Relaxed);
+        let sum = latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// A gauge whose samples, one per label set, are known at scrape time.
+#[derive(Debug)]
+struct GaugeSamples<L>(Vec<(L, i64)>);
+
+impl<L: EncodeLabelSet> EncodeMetric for GaugeSamples<L> {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        for (labels, value) in &self.0 {
+            encoder.encode_family(labels)?.encode_gauge(value)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use super::*;
+
+    /// A gateway after a few requests: OWA answered twice and redirected once, one request
+    /// matched no route, one Exchange server of two is down.
+    fn scraped_gateway() -> (Metrics, Scrape) {
+        let metrics = Metrics::default();
+        let owa = metrics.route("mail.contoso.com/owa");
+        owa.count(200);
+        owa.count(200);
+        owa.count(302);
+        metrics.route("none").count(404);
+        metrics.route("mail.contoso.com/ecp");
+        for micros in [400, 300_000, 70_000_000] {
+            metrics.observe_latency(Duration::from_micros(micros));
+        }
+        metrics.connection_opened();
+        metrics.connection_opened();
+        metrics.connection_closed();
+        metrics.tls_handshake_failed();
+        metrics.reloaded(true);
+        metrics.reloaded(false);
+        metrics.reloaded(false);
+        let server = |url: &str, up| ServerHealth {
+            upstream: "exchange".to_owned(),
+            url: url.to_owned(),
+            up,
+        };
+        let scrape = Scrape {
+            servers: vec![
+                server("https://ex01.corp.contoso.com", true),
+                server("https://ex02.corp.contoso.com", false),
+            ],
+            sign_in: Some(SignInMemory {
+                used_login_states: 3,
+                protected_revocations: 1,
+                unseen_sid_revocations: 10_000,
+                seen_sids: 7,
+            }),
+            draining: false,
+        };
+        (metrics, scrape)
+    }
+
+    #[test]
+    fn exposition_names_types_labels_and_help_are_the_documented_ones() {
+        let (metrics, scrape) = scraped_gateway();
+        let expected = "\
+# HELP mfagw_requests_total Requests answered, by route and status code.
+# TYPE mfagw_requests_total counter
+mfagw_requests_total{route=\"mail.contoso.com/owa\",status=\"200\"} 2
+mfagw_requests_total{route=\"mail.contoso.com/owa\",status=\"302\"} 1
+mfagw_requests_total{route=\"none\",status=\"404\"} 1
+# HELP mfagw_request_duration_seconds Time from request head to the end of the response body.
+# TYPE mfagw_request_duration_seconds histogram
+mfagw_request_duration_seconds_bucket{le=\"0.0005\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.001\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.0025\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.005\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.01\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.025\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.05\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.1\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.25\"} 1
+mfagw_request_duration_seconds_bucket{le=\"0.5\"} 2
+mfagw_request_duration_seconds_bucket{le=\"1\"} 2
+mfagw_request_duration_seconds_bucket{le=\"2.5\"} 2
+mfagw_request_duration_seconds_bucket{le=\"10\"} 2
+mfagw_request_duration_seconds_bucket{le=\"60\"} 2
+mfagw_request_duration_seconds_bucket{le=\"+Inf\"} 3
+mfagw_request_duration_seconds_sum 70.3004
+mfagw_request_duration_seconds_count 3
+# HELP mfagw_upstream_server_up 1 when the Exchange server is in rotation.
+# TYPE mfagw_upstream_server_up gauge
+mfagw_upstream_server_up{upstream=\"exchange\",server=\"https://ex01.corp.contoso.com\"} 1
+mfagw_upstream_server_up{upstream=\"exchange\",server=\"https://ex02.corp.contoso.com\"} 0
+# HELP mfagw_open_connections Browser connections open now.
+# TYPE mfagw_open_connections gauge
+mfagw_open_connections 1
+# HELP mfagw_connections_total Browser connections accepted.
+# TYPE mfagw_connections_total counter
+mfagw_connections_total 2
+# HELP mfagw_tls_handshake_failures_total TLS handshakes that failed or timed out.
+# TYPE mfagw_tls_handshake_failures_total counter
+mfagw_tls_handshake_failures_total 1
+# HELP mfagw_config_reloads_total Configuration reloads applied.
+# TYPE mfagw_config_reloads_total counter
+mfagw_config_reloads_total 1
+# HELP mfagw_config_reload_failures_total Configuration reloads refused (the running configuration was kept).
+# TYPE mfagw_config_reload_failures_total counter
+mfagw_config_reload_failures_total 2
+# HELP mfagw_draining 1 while the gateway is shutting down.
+# TYPE mfagw_draining gauge
+mfagw_draining 0
+# HELP mfagw_used_login_states Login states remembered as used (their code was accepted), so a callback cannot be replayed.
+# TYPE mfagw_used_login_states gauge
+mfagw_used_login_states 3
+# HELP mfagw_revocations Revoked sessions remembered: protected (sign-outs, front-channel logouts of sids seen here) and unseen_sid (front-channel logouts of other sids, capped).
+# TYPE mfagw_revocations gauge
+mfagw_revocations{store=\"protected\"} 1
+mfagw_revocations{store=\"unseen_sid\"} 10000
+# HELP mfagw_seen_sids Entra sids of sessions issued or served here, remembered so their front-channel logout is protected.
+# TYPE mfagw_seen_sids gauge
+mfagw_seen_sids 7
+";
+        assert_eq!(metrics.render(scrape), expected);
+    }
+
+    #[test]
+    fn without_sign_in_there_are_no_sign_in_gauges() {
+        let (metrics, mut scrape) = scraped_gateway();
+        scrape.sign_in = None;
+        scrape.draining = true;
+        let text = metrics.render(scrape);
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(samples.get("mfagw_draining"), Some(&1.0));
+        for name in [
+            "mfagw_used_login_states",
+            "mfagw_revocations",
+            "mfagw_seen_sids",
+        ] {
+            assert!(!text.contains(name), "{text}");
+        }
+    }
+
+    #[test]
+    fn exposition_parses_as_prometheus_text_with_hostile_label_values() {
+        let (metrics, mut scrape) = scraped_gateway();
+        // A route or server name with a quote, a backslash or a line break must not end the
+        // label value early or start a forged sample.
+        let hostile = "mail.contoso.com/o\"wa\\\n} 99\nmfagw_draining 1";
+        metrics.route(hostile).count(503);
+        scrape.servers.push(ServerHealth {
+            upstream: "exchange".to_owned(),
+            url: hostile.to_owned(),
+            up: true,
+        });
+        let text = metrics.render(scrape);
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+        let escaped = "mail.contoso.com/o\\\"wa\\\\\\n} 99\\nmfagw_draining 1";
+        let series = |s: &str| samples.get(s).copied();
+        assert_eq!(
+            series(&format!(
+                "mfagw_requests_total{{route=\"{escaped}\",status=\"503\"}}"
+            )),
+            Some(1.0)
+        );
+        assert_eq!(
+            series("mfagw_requests_total{route=\"mail.contoso.com/owa\",status=\"200\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            series(&format!(
+                "mfagw_upstream_server_up{{upstream=\"exchange\",server=\"{escaped}\"}}"
+            )),
+            Some(1.0)
+        );
+        assert_eq!(series("mfagw_draining"), Some(0.0));
+        assert_eq!(
+            series("mfagw_request_duration_seconds_bucket{le=\"+Inf\"}"),
+            Some(3.0)
+        );
+        assert_eq!(series("mfagw_request_duration_seconds_sum"), Some(70.3004));
+        assert_eq!(
+            series("mfagw_revocations{store=\"unseen_sid\"}"),
+            Some(10_000.0)
+        );
+    }
+
+    #[test]
+    fn a_route_that_answered_nothing_has_no_samples() {
+        let metrics = Metrics::default();
+        metrics.route("mail.contoso.com/ecp");
+        let text = metrics.render(Scrape::default());
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(
+            text.contains("# TYPE mfagw_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            !samples
+                .keys()
+                .any(|s| s.starts_with("mfagw_requests_total")),
+            "{text}"
+        );
+        assert_eq!(
+            samples.get("mfagw_request_duration_seconds_count"),
+            Some(&0.0)
+        );
+    }
+
+    #[test]
+    fn the_validator_refuses_what_prometheus_would_refuse() {
+        for (bad, why) in [
+            ("m 1\n", "a sample before its TYPE"),
+            ("# TYPE m gauge\nm{a=\"x\"} 1\nm{a=\"x\"} 2\n", "a series twice"),
+            ("# TYPE m gauge\nm{a=\"x\nm 1\"} 1\n", "a raw line break in a value"),
+            ("# TYPE m gauge\nm{a=\"\\x\"} 1\n", "an unknown escape"),
+            ("# TYPE m gauge\nm{1a=\"x\"} 1\n", "a bad label name"),
+            ("# TYPE m gauge\nm one\n", "a value that is no number"),
+            ("# TYPE m gauge\n# TYPE n gauge\nm 1\n", "a sample of another family"),
+            (
+                "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+                "buckets that are not cumulative",
+            ),
+            (
+                "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
+                "a histogram without +Inf",
+            ),
+            ("# TYPE m gauge\nm 1", "no final line break"),
+        ] {
+            assert!(parse_exposition(bad).is_err(), "accepted {why}: {bad:?}");
+        }
+        let good = "# HELP m A gauge.\n# TYPE m gauge\nm{a=\"x\\\"\\\\\\n\"} -1.5\n";
+        assert_eq!(
+            parse_exposition(good).map(|s| s.len()),
+            Ok(1),
+            "refused a valid gauge"
+        );
+    }
+
+    /// Reads `text` as Prometheus reads the text format 0.0.4, and more strictly: every line a
+    /// `# HELP`/`# TYPE` (each once per family, before its samples) or a sample of the family
+    /// last typed; names and label names from the allowed alphabet; label values with only
+    /// the `\\`, `\"` and `\n` escapes; values floats. A histogram's buckets rise in `le` and in
+    /// count up to `+Inf`, which equals its `_count`. Returns each series (as written) and
+    /// its value.
+    fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
+        let body = text
+            .strip_suffix('\n')
+            .ok_or("the text does not end with a line break")?;
+        let mut samples = BTreeMap::new();
+        let mut helped = HashSet::new();
+        let mut typed = HashSet::new();
+        let mut family: Option<(String, String)> = None;
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in body.split('\n') {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, _help) = rest.split_once(' ').unwrap_or((rest, ""));
+                check_name(name, false)?;
+                if !helped.insert(name.to_owned()) {
+                    return Err(format!("second HELP for {name}"));
+                }
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').ok_or("TYPE without a type")?;
+                check_name(name, false)?;
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    return Err(format!("unknown type {kind}"));
+                }
+                if !typed.insert(name.to_owned()) {
+                    return Err(format!("second TYPE for {name}"));
+                }
+                if let Some((name, kind)) = family.take() {
+                    check_family_end(&name, &kind, &buckets, &samples)?;
+                }
+                buckets.clear();
+                family = Some((name.to_owned(), kind.to_owned()));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let Sample {
+                series,
+                name,
+                labels,
+                value,
+            } = parse_sample(line)?;
+            let (family_name, kind) = family
+                .as_ref()
+                .ok_or_else(|| format!("sample before any TYPE: {line}"))?;
+            let suffix = name
+                .strip_prefix(family_name.as_str())
+                .ok_or_else(|| format!("{name} is not of the family {family_name}"))?;
+            match (kind.as_str(), suffix) {
+                ("histogram", "_bucket") => {
+                    let le = labels
+                        .iter()
+                        .find(|(k, _)| k == "le")
+                        .ok_or_else(|| format!("bucket without le: {line}"))?;
+                    buckets.push((parse_value(&le.1)?, value));
+                }
+                ("histogram", "_sum" | "_count") => {}
+                (_, "") if kind != "histogram" => {
+                    if kind == "counter" && (value < 0.0 || value.is_nan()) {
+                        return Err(format!("negative counter: {line}"));
+                    }
+                }
+                _ => return Err(format!("{name} is not a {kind} sample of {family_name}")),
+            }
+            if samples.insert(series, value).is_some() {
+                return Err(format!("series written twice: {line}"));
+            }
+        }
+        if let Some((name, kind)) = family {
+            check_family_end(&name, &kind, &buckets, &samples)?;
+        }
+        Ok(samples)
+    }
+
+    fn check_family_end(
+        name: &str,
+        kind: &str,
+        buckets: &[(f64, f64)],
+        samples: &BTreeMap<String, f64>,
+    ) -> Result<(), String> {
+        if kind != "histogram" {
+            return Ok(());
+        }
+        let rising = buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1);
+        if !rising {
+            return Err(format!("{name}: buckets do not rise: {buckets:?}"));
+        }
+        let inf = match buckets.last() {
+            Some(&(le, n)) if le == f64::INFINITY => n,
+            _ => return Err(format!("{name}: no +Inf bucket")),
+        };
+        let count = samples.get(&format!("{name}_count"));
+        if count != Some(&inf) || !samples.contains_key(&format!("{name}_sum")) {
+            return Err(format!(
+                "{name}: _count {count:?} is not +Inf {inf}, or no _sum"
+            ));
+        }
+        Ok(())
+    }
+
+    /// One sample line.
+    struct Sample {
+        /// The name and labels as written.
+        series: String,
+        name: String,
+        /// Unescaped.
+        labels: Vec<(String, String)>,
+        value: f64,
+    }
+
+    fn parse_sample(line: &str) -> Result<Sample, String> {
+        let name_end = line
+            .find(['{', ' '])
+            .ok_or_else(|| format!("no value: {line}"))?;
+        let name = &line[..name_end];
+        check_name(name, false)?;
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            rest = inner;
+            loop {
+                if let Some(after) = rest.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let (label, after) = rest
+                    .split_once("=\"")
+                    .ok_or_else(|| format!("bad label: {line}"))?;
+                check_name(label, true)?;
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((i, '"')) => break i,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\')) => value.push('\\'),
+                            Some((_, '"')) => value.push('"'),
+                            Some((_, 'n')) => value.push('\n'),
+                            _ => return Err(format!("bad escape: {line}")),
+                        },
+                        Some((_, c)) => value.push(c),
+                        None => return Err(format!("unterminated label value: {line}")),
+                    }
+                };
+                labels.push((label.to_owned(), value));
+                rest = &after[end + 1..];
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+            }
+        }
+        let series = line[..line.len() - rest.len()].to_owned();
+        let value = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| format!("no space before the value: {line}"))?;
+        // No timestamps: the gateway writes none.
+        Ok(Sample {
+            series,
+            name: name.to_owned(),
+            labels,
+            value: parse_value(value)?,
+        })
+    }
+
+    fn parse_value(text: &str) -> Result<f64, String> {
+        match text {
+            "+Inf" => Ok(f64::INFINITY),
+            "-Inf" => Ok(f64::NEG_INFINITY),
+            "NaN" => Ok(f64::NAN),
+            _ if text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) =>
+            {
+                text.parse().map_err(|_| format!("not a number: {text:?}"))
+            }
+            _ => Err(format!("not a number: {text:?}")),
+        }
+    }
+
+    /// Metric names `[a-zA-Z_:][a-zA-Z0-9_:]*`; label names the same without `:`.
+    fn check_name(name: &str, label: bool) -> Result<(), String> {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || (!label && b == b':');
+        let valid =
+            name.bytes().next().is_some_and(|b| !b.is_ascii_digit()) && name.bytes().all(allowed);
+        if valid {
+            Ok(())
+        } else {
+            Err(format!("bad name {name:?}"))
+        }
+    }
+}
