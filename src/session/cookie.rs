@@ -1,13 +1,15 @@
-//! Cookie headers: setting and clearing the gateway's cookies, finding one in a request, and
-//! removing them from what goes to Exchange.
+//! Cookie headers: setting and clearing the gateway's cookies (`Set-Cookie`, written by the
+//! `cookie` crate), finding one in a request, and removing them from what goes to Exchange.
 //!
 //! Browsers send `Cookie: a=1; b=2`, over HTTP/2 often as several `Cookie` fields (RFC 9113
 //! section 8.2.3), which must be read together. Exchange's own cookies (`X-OWA-CANARY`, which
 //! OWA's script reads and echoes, `cadata`, `ClientId`, …) are passed through exactly as the
 //! browser sent them: the gateway only takes its own out.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
+use cookie::{Cookie, CookieBuilder};
 use http::header::{HeaderValue, COOKIE};
 use http::HeaderMap;
 
@@ -20,15 +22,6 @@ pub enum SameSite {
     /// The pending login with `response_mode=form_post`: Entra's callback is a cross-site
     /// POST, which a `Lax` cookie would not accompany.
     None,
-}
-
-impl SameSite {
-    fn as_str(self) -> &'static str {
-        match self {
-            SameSite::Lax => "Lax",
-            SameSite::None => "None",
-        }
-    }
 }
 
 /// Whether `name` is a cookie name as RFC 6265 allows (an HTTP token). The configured
@@ -58,20 +51,36 @@ fn is_token_byte(b: u8) -> bool {
         )
 }
 
-fn sanitized_name(name: &str) -> String {
-    name.bytes()
-        .filter(|b| is_token_byte(*b))
-        .map(char::from)
-        .collect()
+/// `text` with only the bytes `keep` allows; borrowed when nothing had to go.
+fn only(text: &str, keep: impl Fn(u8) -> bool) -> Cow<'_, str> {
+    if text.bytes().all(&keep) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.bytes().filter(|&b| keep(b)).map(char::from).collect())
+    }
 }
 
 fn is_cookie_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
-/// `Set-Cookie` for one of the gateway's cookies: `HttpOnly` (no script reads it), `Secure`,
-/// `Path=/` and no `Domain`, which is also exactly what a `__Host-` prefixed name requires
-/// (the prefix stops a sibling subdomain from planting a cookie of the same name).
+/// One of the gateway's cookies: `HttpOnly` (no script reads it), `Secure`, `Path=/` and no
+/// `Domain`, which is also exactly what a `__Host-` prefixed name requires (the prefix stops a
+/// sibling subdomain from planting a cookie of the same name). The name keeps only token bytes
+/// and the value only cookie octets, so neither can split the header or add an attribute.
+fn gateway_cookie<'c>(name: &'c str, value: &'c str, same_site: SameSite) -> CookieBuilder<'c> {
+    Cookie::build((only(name, is_token_byte), only(value, is_cookie_octet)))
+        .http_only(true)
+        .secure(true)
+        .path("/")
+        .same_site(match same_site {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::None => cookie::SameSite::None,
+        })
+}
+
+/// `Set-Cookie` for one of the gateway's cookies (see [`gateway_cookie`]) that the browser
+/// keeps for `max_age`.
 ///
 /// `name` must satisfy [`is_valid_cookie_name`] and `value` be cookie octets, as sealed values
 /// (base64url) are; any other character is dropped rather than let split the header.
@@ -81,31 +90,28 @@ pub fn set_cookie_header(
     max_age: Duration,
     same_site: SameSite,
 ) -> HeaderValue {
-    let mut text = Vec::with_capacity(name.len() + value.len() + 64);
-    text.extend(name.bytes().filter(|b| is_token_byte(*b)));
-    text.push(b'=');
-    text.extend(value.bytes().filter(|b| is_cookie_octet(*b)));
-    text.extend_from_slice(b"; Max-Age=");
-    text.extend_from_slice(max_age.as_secs().to_string().as_bytes());
-    text.extend_from_slice(b"; HttpOnly; Secure; Path=/; SameSite=");
-    text.extend_from_slice(same_site.as_str().as_bytes());
-    // Only token bytes, cookie octets and the fixed attributes: always a valid value.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    header(
+        gateway_cookie(name, value, same_site)
+            .max_age(cookie::time::Duration::seconds(max_age))
+            .to_string(),
+    )
 }
 
 /// `Set-Cookie` that makes the browser drop one of the gateway's cookies. It repeats `Secure`
-/// and `Path=/`: a browser ignores a `__Host-` cookie update without them.
+/// and `Path=/`: a browser ignores a `__Host-` cookie update without them. `Expires` in the
+/// past as well as `Max-Age=0`, for clients that know only the older attribute.
 pub fn clear_cookie_header(name: &str) -> HeaderValue {
-    let name = sanitized_name(name);
-    header(format!(
-        "{name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; Secure; Path=/; \
-         SameSite=Lax"
-    ))
+    header(
+        gateway_cookie(name, "", SameSite::Lax)
+            .max_age(cookie::time::Duration::ZERO)
+            .expires(cookie::time::OffsetDateTime::UNIX_EPOCH)
+            .to_string(),
+    )
 }
 
 fn header(text: String) -> HeaderValue {
-    // Only visible ASCII and spaces remain after filtering, which is always a valid value.
+    // Token bytes, cookie octets and the fixed attributes: always a valid value.
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -242,6 +248,8 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn request(cookie_fields: &[&str]) -> HeaderMap {
@@ -260,6 +268,23 @@ mod tests {
             .collect()
     }
 
+    /// A `Set-Cookie` value as its `name=value` pair and its attributes. Browsers read the
+    /// attributes by name (RFC 6265 section 5.2), so their order carries nothing; each must be
+    /// there once.
+    fn set_cookie(value: &HeaderValue) -> (&str, BTreeSet<&str>) {
+        let text = value.to_str().unwrap();
+        let mut parts = text.split("; ");
+        let pair = parts.next().unwrap();
+        let attributes: Vec<&str> = parts.collect();
+        let unique: BTreeSet<&str> = attributes.iter().copied().collect();
+        assert_eq!(unique.len(), attributes.len(), "an attribute twice: {text}");
+        (pair, unique)
+    }
+
+    fn attributes<const N: usize>(list: [&str; N]) -> BTreeSet<&str> {
+        list.into_iter().collect()
+    }
+
     #[test]
     fn session_cookie_is_http_only_secure_and_lax() {
         let value = set_cookie_header(
@@ -269,8 +294,17 @@ mod tests {
             SameSite::Lax,
         );
         assert_eq!(
-            value,
-            "__Host-mfagw=AbC-_9; Max-Age=36000; HttpOnly; Secure; Path=/; SameSite=Lax"
+            set_cookie(&value),
+            (
+                "__Host-mfagw=AbC-_9",
+                attributes([
+                    "Max-Age=36000",
+                    "HttpOnly",
+                    "Secure",
+                    "Path=/",
+                    "SameSite=Lax"
+                ])
+            )
         );
     }
 
@@ -278,23 +312,31 @@ mod tests {
     fn host_prefixed_cookie_has_root_path_and_no_domain() {
         for same_site in [SameSite::Lax, SameSite::None] {
             let value = set_cookie_header("__Host-x", "v", Duration::from_secs(60), same_site);
-            let text = value.to_str().unwrap();
+            let (_, attributes) = set_cookie(&value);
+            assert!(attributes.contains("Path=/"), "{value:?}");
+            assert!(attributes.contains("Secure"), "{value:?}");
             assert!(
-                text.contains("; Path=/;") || text.ends_with("; Path=/"),
-                "{text}"
+                !attributes
+                    .iter()
+                    .any(|a| a.to_ascii_lowercase().starts_with("domain")),
+                "{value:?}"
             );
-            assert!(text.contains("; Secure"), "{text}");
-            assert!(!text.to_ascii_lowercase().contains("domain"), "{text}");
         }
         let cleared = clear_cookie_header("__Host-x");
-        let text = cleared.to_str().unwrap();
-        assert!(text.starts_with("__Host-x=;"), "{text}");
-        assert!(
-            text.contains("; Max-Age=0;")
-                && text.contains("; Secure;")
-                && text.contains("; Path=/;")
+        assert_eq!(
+            set_cookie(&cleared),
+            (
+                "__Host-x=",
+                attributes([
+                    "Max-Age=0",
+                    "Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+                    "HttpOnly",
+                    "Secure",
+                    "Path=/",
+                    "SameSite=Lax"
+                ])
+            )
         );
-        assert!(!text.to_ascii_lowercase().contains("domain"), "{text}");
     }
 
     #[test]
@@ -305,17 +347,33 @@ mod tests {
             Duration::from_secs(600),
             SameSite::None,
         );
-        assert!(value
-            .to_str()
-            .unwrap()
-            .ends_with("; Secure; Path=/; SameSite=None"));
+        assert_eq!(
+            set_cookie(&value),
+            (
+                "__Host-mfagw-login-ab=v",
+                attributes([
+                    "Max-Age=600",
+                    "HttpOnly",
+                    "Secure",
+                    "Path=/",
+                    "SameSite=None"
+                ])
+            )
+        );
     }
 
     #[test]
     fn characters_that_would_split_the_header_are_dropped() {
         let value = set_cookie_header("a;b c", "x; Domain=evil\r\n", Duration::ZERO, SameSite::Lax);
-        let text = value.to_str().unwrap();
-        assert!(text.starts_with("abc=xDomain=evil; Max-Age=0;"), "{text}");
+        assert_eq!(
+            set_cookie(&value),
+            (
+                "abc=xDomain=evil",
+                attributes(["Max-Age=0", "HttpOnly", "Secure", "Path=/", "SameSite=Lax"])
+            )
+        );
+        let cleared = clear_cookie_header("a;b c\r\nDomain=evil");
+        assert_eq!(set_cookie(&cleared).0, "abcDomainevil=");
     }
 
     #[test]
