@@ -68,14 +68,20 @@ fn one_per_line(errors: &[ConfigError]) -> String {
         .join("\n")
 }
 
-/// 1-based line of byte `offset` in `text`.
-pub(crate) fn line_at(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+/// The 1-based line of any byte offset in a text, after one pass over it: a file with an error
+/// on every line (a binary, or the wrong file given to `check-config`) is reported in linear
+/// time, not by counting newlines from the start once per error.
+pub(crate) struct Lines(Vec<usize>);
+
+impl Lines {
+    pub(crate) fn new(text: &str) -> Lines {
+        Lines(memchr::memchr_iter(b'\n', text.as_bytes()).collect())
+    }
+
+    /// The line of byte `offset`: one more than the newlines before it.
+    pub(crate) fn at(&self, offset: usize) -> usize {
+        self.0.partition_point(|&newline| newline < offset) + 1
+    }
 }
 
 #[cfg(test)]
@@ -104,5 +110,22 @@ mod tests {
     fn error_about_the_whole_file_names_only_its_line() {
         let error = ConfigError::new("", "expected `=`").with_line(Some(2));
         assert_eq!(error.to_string(), "line 2: expected `=`");
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::Lines;
+
+    #[test]
+    fn lines_are_counted_from_one_and_a_newline_belongs_to_its_line() {
+        let lines = Lines::new("a = 1\nb = 2\n\nc");
+        assert_eq!(lines.at(0), 1);
+        assert_eq!(lines.at(5), 1, "the newline ending line 1");
+        assert_eq!(lines.at(6), 2);
+        assert_eq!(lines.at(12), 3);
+        assert_eq!(lines.at(13), 4);
+        assert_eq!(lines.at(10_000), 4, "past the end: the last line");
+        assert_eq!(Lines::new("").at(3), 1);
     }
 }

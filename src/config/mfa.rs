@@ -35,7 +35,7 @@ impl Default for MfaConfig {
 /// password sign-in through.
 const SINGLE_FACTOR_AMR: [&str; 2] = ["pwd", "wia"];
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn mfa(&mut self, section: Option<&Spanned<RawMfa>>) -> MfaConfig {
         let Some(section) = section else {
             return MfaConfig::default();

@@ -82,7 +82,7 @@ pub enum ResponseMode {
     Query,
 }
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn oidc(&mut self, section: &Spanned<RawOidc>, secrets: &dyn Secrets) -> OidcConfig {
         let oidc = section.get_ref();
         let issuer = match parse_issuer(oidc.issuer.get_ref()) {

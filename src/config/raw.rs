@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::error::{line_at, ConfigError, ConfigErrors};
+use super::error::{ConfigError, ConfigErrors, Lines};
 use super::secret::SecretSource;
 
 pub(crate) type Text = Spanned<String>;
@@ -172,11 +172,12 @@ const SECTIONS: &str = "server, tls, upstreams, routes, oidc, mfa, session";
 /// Parses the text into [`RawConfig`], or returns every structural error found.
 pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    let lines = Lines::new(text);
     if !syntax_errors.is_empty() {
         let errors = syntax_errors
             .iter()
             .map(|e| {
-                let line = e.span().map(|s| line_at(text, s.start));
+                let line = e.span().map(|s| lines.at(s.start));
                 ConfigError::new("", e.message().trim_end().to_owned()).with_line(line)
             })
             .collect();
@@ -185,7 +186,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
     let doc = doc.into_inner();
 
     let mut parser = SectionParser {
-        text,
+        lines: &lines,
         doc: &doc,
         errors: Vec::new(),
     };
@@ -210,7 +211,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
                     key_path("", other),
                     format!("unknown section; expected one of {SECTIONS}"),
                 )
-                .with_line(Some(line_at(text, key.span().start))),
+                .with_line(Some(lines.at(key.span().start))),
             ),
         }
     }
@@ -227,7 +228,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
 }
 
 struct SectionParser<'t, 'd> {
-    text: &'t str,
+    lines: &'d Lines,
     doc: &'d DeTable<'t>,
     errors: Vec<ConfigError>,
 }
@@ -288,7 +289,7 @@ impl SectionParser<'_, '_> {
     }
 
     fn refuse(&mut self, value: &Spanned<DeValue<'_>>, path: &str, message: &str) {
-        let line = line_at(self.text, value.span().start);
+        let line = self.lines.at(value.span().start);
         self.errors
             .push(ConfigError::new(path, message).with_line(Some(line)));
     }
@@ -314,7 +315,7 @@ impl SectionParser<'_, '_> {
         } else {
             message.to_owned()
         };
-        ConfigError::new(path, message).with_line(offset.map(|o| line_at(self.text, o)))
+        ConfigError::new(path, message).with_line(offset.map(|o| self.lines.at(o)))
     }
 }
 

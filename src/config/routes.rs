@@ -69,7 +69,7 @@ impl Access {
     }
 }
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn routes(
         &mut self,
         routes: Option<&[Spanned<RawRoute>]>,

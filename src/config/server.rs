@@ -51,7 +51,7 @@ pub struct ServerConfig {
 const MIN_HEADER_BYTES: usize = 8192;
 const MAX_HEADER_BYTES: usize = 1_048_576;
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn server(
         &mut self,
         server: Option<Spanned<RawServer>>,

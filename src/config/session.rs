@@ -52,7 +52,7 @@ const ANY_PADDING: GeneralPurposeConfig = GeneralPurposeConfig::new()
 const STANDARD_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, ANY_PADDING);
 const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, ANY_PADDING);
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn session(
         &mut self,
         section: &Spanned<RawSession>,

@@ -29,7 +29,7 @@ pub(super) struct RoutePolicy {
     pub(super) groups_any_of: Vec<Guid>,
 }
 
-impl Checker<'_> {
+impl Checker {
     /// The policy keys of one route. They refine `access = "mfa"` and mean nothing on a
     /// `public` or `deny` route, where leaving them would suggest a protection that is not there.
     pub(super) fn route_policy(

@@ -25,7 +25,7 @@ pub struct CertificateConfig {
     pub key: PathBuf,
 }
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn tls(&mut self, certificates: &[Spanned<RawCertificate>]) -> TlsConfig {
         let mut out = Vec::new();
         for (i, certificate) in certificates.iter().enumerate() {

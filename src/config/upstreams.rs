@@ -96,7 +96,7 @@ pub struct HealthCheckConfig {
 /// The pool remembers which servers a request has tried in one 64-bit mask.
 pub(crate) const MAX_UPSTREAM_SERVERS: usize = 64;
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn upstream(
         &mut self,
         name: &Text,

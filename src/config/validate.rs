@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{line_at, ConfigError, ConfigErrors};
+use super::error::{ConfigError, ConfigErrors, Lines};
 use super::raw::{RawConfig, Text};
 use super::secret::{SecretSource, Secrets};
 use super::sign_in::SignInSections;
@@ -35,7 +35,7 @@ pub(super) fn check(
     secrets: &dyn Secrets,
 ) -> (Result<Config, ConfigErrors>, Vec<ConfigError>) {
     let mut checker = Checker {
-        text,
+        lines: Lines::new(text),
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -83,15 +83,15 @@ pub(super) fn check(
 }
 
 /// The errors and warnings found so far, and the text they point into.
-pub(super) struct Checker<'t> {
-    pub(super) text: &'t str,
+pub(super) struct Checker {
+    pub(super) lines: Lines,
     pub(super) errors: Vec<ConfigError>,
     pub(super) warnings: Vec<ConfigError>,
 }
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn line<T>(&self, at: &Spanned<T>) -> Option<usize> {
-        Some(line_at(self.text, at.span().start))
+        Some(self.lines.at(at.span().start))
     }
 
     pub(super) fn error<T>(

@@ -37,7 +37,7 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
-impl Checker<'_> {
+impl Checker {
     pub(super) fn client_auth(
         &mut self,
         section: &Spanned<RawOidc>,
