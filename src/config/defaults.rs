@@ -94,6 +94,14 @@ pub(super) const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(10 * H
 /// `session.idle_timeout`.
 pub(super) const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(HOUR);
 
+// ── [sso.adfs] ──────────────────────────────────────────────────────────────────────────────
+
+/// `sso.adfs.token_lifetime`: a working day, and never beyond the gateway session's end.
+pub(super) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(8 * HOUR);
+
+/// `sso.adfs.token_signing` entries at most: the one that signs and those of a rollover.
+pub(super) const MAX_TOKEN_SIGNING_ENTRIES: usize = 4;
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

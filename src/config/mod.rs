@@ -11,7 +11,7 @@
 //! - `validate`: the driver that runs every section's rules and collects all errors.
 //! - one file per section, holding its typed form, its rules and their tests: `server`, `tls`,
 //!   `upstreams`, `routes`, `oidc` (with `oidc/issuer` and `oidc/client_auth`), `mfa`,
-//!   `session`; and `sign_in` for the rules that join `[oidc]`, `[mfa]`, `[session]` and the
+//!   `session`, `sso`; and `sign_in` for the rules that join `[oidc]`, `[mfa]`, `[session]` and the
 //!   policy keys of `access = "mfa"` routes.
 //! - `defaults`: the value of every key the file may leave out; `error`: what `check-config`
 //!   prints; `secret`: where secrets are read from.
@@ -26,6 +26,7 @@ mod secret;
 mod server;
 mod session;
 mod sign_in;
+mod sso;
 mod tls;
 mod upstreams;
 mod validate;
@@ -40,6 +41,7 @@ pub use routes::{Access, RouteConfig};
 pub use secret::{MapSecrets, SecretError, SecretSource, Secrets, SystemSecrets};
 pub use server::ServerConfig;
 pub use session::SessionConfig;
+pub use sso::{AdfsConfig, Sso, SsoConfig};
 pub use tls::{CertificateConfig, TlsConfig};
 pub use upstreams::{
     HealthCheckConfig, UpstreamConfig, UpstreamId, UpstreamScheme, UpstreamServer,
@@ -66,6 +68,8 @@ pub struct Config {
     pub mfa: MfaConfig,
     /// `[session]`: the sealed session cookie. Present together with `[oidc]`.
     pub session: Option<SessionConfig>,
+    /// `[sso]`: how Exchange signs in the users the gateway admitted, per route's `sso` key.
+    pub sso: SsoConfig,
 }
 
 impl Config {

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
     pub oidc: Option<Spanned<RawOidc>>,
     pub mfa: Option<Spanned<RawMfa>>,
     pub session: Option<Spanned<RawSession>>,
+    pub sso: Option<Spanned<RawSso>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +98,9 @@ pub(crate) struct RawRoute {
     pub groups_any_of: Option<Spanned<Vec<Text>>>,
     /// WebSocket upgrades forwarded on this route; off unless the route says so.
     pub websocket: Option<Spanned<bool>>,
+    /// How Exchange signs the user in after MFA; kept as text so validation can list the
+    /// accepted values.
+    pub sso: Option<Text>,
 }
 
 /// `[oidc]`. Choices (`response_mode`, `client_secret_method`) are kept as text so validation
@@ -136,6 +140,51 @@ pub(crate) struct RawSession {
     pub idle_timeout: Option<Text>,
 }
 
+/// `[sso]`: single sign-on into Exchange, one table per mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSso {
+    pub adfs: Option<Spanned<RawAdfs>>,
+}
+
+/// `[sso.adfs]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdfs {
+    pub token_signing: Spanned<RawSigningList>,
+    pub token_lifetime: Option<Text>,
+    pub issuer_name: Option<Text>,
+}
+
+/// `token_signing`: one `{ cert, key }`, or a list of them for a certificate rollover (the
+/// first signs).
+#[derive(Debug)]
+pub(crate) enum RawSigningList {
+    One(RawCertificate),
+    Many(Vec<Spanned<RawCertificate>>),
+}
+
+impl<'de> Deserialize<'de> for RawSigningList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = RawSigningList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("{ cert = \"…\", key = \"…\" }, or a list of them")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawSigningList, A::Error> {
+                RawCertificate::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawSigningList::One)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<RawSigningList, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawSigningList::Many)
+            }
+        }
+        deserializer.deserialize_any(ListVisitor)
+    }
+}
+
 /// A size: an integer number of bytes, or text such as `"128MiB"` (checked by validation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RawSize {
@@ -167,7 +216,7 @@ impl<'de> Deserialize<'de> for RawSize {
     }
 }
 
-const SECTIONS: &str = "server, tls, upstreams, routes, oidc, mfa, session";
+const SECTIONS: &str = "server, tls, upstreams, routes, oidc, mfa, session, sso";
 
 /// Parses the text into [`RawConfig`], or returns every structural error found.
 pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
@@ -204,6 +253,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
             "oidc" => raw.oidc = parser.table_item(value, "oidc"),
             "mfa" => raw.mfa = parser.table_item(value, "mfa"),
             "session" => raw.session = parser.table_item(value, "session"),
+            "sso" => raw.sso = parser.table_item(value, "sso"),
             "upstreams" => raw.upstreams = parser.upstreams(value),
             "routes" => raw.routes = Some(parser.routes(value)),
             other => parser.errors.push(

@@ -12,6 +12,7 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::raw::{key_path, RawRoute, RawUpstream, Text};
 use super::sign_in::SignInSections;
+use super::sso::{Sso, SsoConfig};
 use super::upstreams::UpstreamId;
 use super::validate::Checker;
 use crate::session::Guid;
@@ -46,6 +47,9 @@ pub struct RouteConfig {
     /// Off by default: any other upgrade (`h2c`) is never forwarded, and neither is this one
     /// elsewhere.
     pub websocket: bool,
+    /// Extension `sso`: how Exchange signs the user in behind this route; `adfs` only on
+    /// `access = "mfa"` routes, with `[sso.adfs]` present.
+    pub sso: Sso,
 }
 
 /// `routes[].access`: what a request must have to pass.
@@ -75,6 +79,7 @@ impl Checker {
         routes: Option<&[Spanned<RawRoute>]>,
         upstreams: &[(Text, Spanned<RawUpstream>)],
         sign_in: &SignInSections<'_>,
+        sso: &SsoConfig,
     ) -> Vec<RouteConfig> {
         let routes = routes.unwrap_or_default();
         if routes.is_empty() {
@@ -171,6 +176,7 @@ impl Checker {
             }
 
             let policy = self.route_policy(&path, route, access, sign_in.mfa);
+            let route_sso = self.route_sso(&path, route, access, sso);
 
             if let (Some(host), Some(path), Some(upstream), Some(access)) =
                 (host, prefix, upstream, access)
@@ -185,6 +191,7 @@ impl Checker {
                     acrs_any_of: policy.acrs_any_of,
                     groups_any_of: policy.groups_any_of,
                     websocket: route.websocket.as_ref().is_some_and(|w| *w.get_ref()),
+                    sso: route_sso,
                 });
             }
         }

@@ -57,7 +57,10 @@ pub(super) fn check(
         session: raw.session.is_some(),
         mfa: &mfa,
     };
-    let routes = checker.routes(raw.routes.as_deref(), &raw.upstreams, &sign_in);
+    let sso = checker.sso(raw.sso.as_ref());
+    let routes = checker.routes(raw.routes.as_deref(), &raw.upstreams, &sign_in, &sso);
+    let modes: Vec<_> = routes.iter().map(|route| route.sso).collect();
+    checker.unused_sso(raw.sso.as_ref(), &modes);
     checker.sign_in_together(&raw, oidc.as_ref(), &mfa);
 
     let Checker {
@@ -74,6 +77,7 @@ pub(super) fn check(
             oidc,
             mfa,
             session,
+            sso,
         };
         (Ok(config), warnings)
     } else {
