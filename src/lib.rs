@@ -41,6 +41,7 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod sso;
 
 pub use server::{Gateway, Listeners, StartError};
 
