@@ -11,6 +11,7 @@ use crate::auth::id_token::Refusal;
 use crate::body::ResponseBody;
 use crate::pages::{sign_in_again_link, Page, DEFAULT_RETURN};
 use crate::policy::{DenialReason, SignInReason};
+use crate::sso::adfs::wsfed::WsFedRefusal;
 
 /// Which side of the gateway a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +142,11 @@ pub enum GatewayError {
     /// Signed in, but the route's policy (group membership) refuses the user.
     #[error("signed-in user refused by the route's policy: {0}")]
     PolicyDenied(DenialReason),
+    /// `/_gateway/wsfed/` issued no token for Exchange: a malformed request or a realm this
+    /// gateway does not publish (the browser's side), a session without the claims Exchange
+    /// needs (Entra's), or signing failed (the gateway's).
+    #[error("no token for Exchange: {}", .0.as_str())]
+    SsoRefused(WsFedRefusal),
     /// Something the gateway needs failed (random numbers, sealing).
     #[error("internal failure: {0}")]
     Internal(&'static str),
@@ -160,6 +166,36 @@ pub enum GatewayError {
     UpstreamProtocol(String),
 }
 
+/// The page for a refused request to `/_gateway/wsfed/`: for a session without the claims
+/// Exchange needs, the claim is named, so the help desk knows what the administrator must add.
+fn sso_refused_page(refusal: WsFedRefusal) -> Page {
+    match refusal {
+        WsFedRefusal::OnPremSidMissing => Page::new(
+            "Your mailbox cannot be opened from here",
+            "You are signed in, but Microsoft Entra ID did not send your account's on-premises security identifier (the optional claim onprem_sid), which Exchange needs to open your mailbox. Your administrator must add the optional claim onprem_sid to the ID token of this site's app registration; it is sent only for accounts synchronised from Active Directory.",
+        ),
+        WsFedRefusal::UpnMissing => Page::new(
+            "Your mailbox cannot be opened from here",
+            "You are signed in, but Microsoft Entra ID did not send your account's user principal name (the claim upn), which Exchange needs to open your mailbox. Contact your administrator.",
+        ),
+        WsFedRefusal::RealmNotPublished | WsFedRefusal::ReplyNotRealm => Page::new(
+            "Sign-in not available for this address",
+            "This site signs you in only to the mail pages it publishes itself. Start again from Outlook on the web.",
+        ),
+        WsFedRefusal::SigningFailed => Page::new(
+            "Something went wrong",
+            "The sign-in to your mailbox could not be completed. Try again; if it keeps happening, contact your help desk.",
+        ),
+        WsFedRefusal::UnknownAction
+        | WsFedRefusal::RealmMissing
+        | WsFedRefusal::RepeatedParameter
+        | WsFedRefusal::ParameterTooLong => Page::new(
+            "Bad request",
+            "Your browser sent a sign-in request this site cannot accept. Start again from Outlook on the web.",
+        ),
+    }
+}
+
 impl GatewayError {
     pub fn side(&self) -> Side {
         match self {
@@ -174,6 +210,11 @@ impl GatewayError {
             | GatewayError::DownstreamAborted(_)
             | GatewayError::SignInRequired { .. }
             | GatewayError::SignInState { .. } => Side::Downstream,
+            GatewayError::SsoRefused(refusal) => match refusal {
+                WsFedRefusal::OnPremSidMissing | WsFedRefusal::UpnMissing => Side::IdentityProvider,
+                WsFedRefusal::SigningFailed => Side::Gateway,
+                _ => Side::Downstream,
+            },
             GatewayError::SignInNotCompleted { .. }
             | GatewayError::CodeExchangeRefused { .. }
             | GatewayError::TokenRefused { .. }
@@ -212,6 +253,14 @@ impl GatewayError {
             GatewayError::IdentityProviderUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Denied | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::SsoRefused(refusal) => match refusal {
+                WsFedRefusal::SigningFailed => StatusCode::INTERNAL_SERVER_ERROR,
+                WsFedRefusal::RealmNotPublished
+                | WsFedRefusal::ReplyNotRealm
+                | WsFedRefusal::OnPremSidMissing
+                | WsFedRefusal::UpnMissing => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_REQUEST,
+            },
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -240,6 +289,7 @@ impl GatewayError {
             GatewayError::Denied => "denied",
             GatewayError::PolicyDenied(why) => why.as_str(),
             GatewayError::Internal(_) => "internal",
+            GatewayError::SsoRefused(refusal) => refusal.as_str(),
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
             GatewayError::UpstreamTimeout => "upstream_timeout",
@@ -333,6 +383,7 @@ impl GatewayError {
                 "Something went wrong",
                 "The request could not be completed. Try again.",
             ),
+            GatewayError::SsoRefused(refusal) => sso_refused_page(*refusal),
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_) => Page::new(

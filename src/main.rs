@@ -157,16 +157,33 @@ fn check_config(path: &Path) -> ExitCode {
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
     let metrics = mfa_gateway::observe::metrics::Metrics::default();
-    if let Err(e) = mfa_gateway::server::Snapshot::build(
+    let snapshot = match mfa_gateway::server::Snapshot::build(
         config,
         &metrics,
         None,
         mfa_gateway::clock::Clock::system(),
     ) {
-        println!("{e}");
-        return ExitCode::FAILURE;
-    }
+        Ok((snapshot, _)) => snapshot,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("{}: configuration is valid", path.display());
+    // What Exchange's Set-OrganizationConfig -AdfsSignCertificateThumbprints needs.
+    if let Some(adfs) = &snapshot.adfs {
+        for (i, thumbprint) in adfs.thumbprints().iter().enumerate() {
+            let role = if i == 0 {
+                "signs tokens"
+            } else {
+                "listed for a rollover; does not sign"
+            };
+            println!(
+                "sso.adfs token-signing certificate {}: thumbprint {thumbprint} ({role})",
+                i + 1
+            );
+        }
+    }
     ExitCode::SUCCESS
 }
 

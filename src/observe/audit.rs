@@ -75,3 +75,47 @@ pub fn front_channel_logout(oid: Option<&str>, client: IpAddr) {
         client = %client,
     );
 }
+
+/// A token issued to Exchange (`mode`: `adfs`) for a session and realm.
+pub fn sso_token_issued(
+    mode: &str,
+    oid: &str,
+    upn: Option<&str>,
+    realm: &str,
+    assertion_id: &str,
+    client: IpAddr,
+) {
+    tracing::info!(
+        target: "audit",
+        event = "sso_token",
+        outcome = "issued",
+        mode,
+        oid,
+        upn = upn.unwrap_or("-"),
+        realm,
+        assertion_id,
+        client = %client,
+    );
+}
+
+/// No token issued to Exchange, and why; the session's user when there was one.
+pub fn sso_token_refused(
+    mode: &str,
+    reason: &str,
+    oid: Option<&str>,
+    upn: Option<&str>,
+    realm: Option<&str>,
+    client: IpAddr,
+) {
+    tracing::warn!(
+        target: "audit",
+        event = "sso_token",
+        outcome = "refused",
+        mode,
+        reason,
+        oid = oid.unwrap_or("-"),
+        upn = upn.unwrap_or("-"),
+        realm = realm.unwrap_or("-"),
+        client = %client,
+    );
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
@@ -65,6 +66,8 @@ pub struct Metrics {
     tls_handshake_failures: Counter,
     reloads: Counter,
     reload_failures: Counter,
+    /// Tokens for Exchange by single sign-on mode and result (`issued`, `refused`).
+    sso_tokens: Family<[(&'static str, &'static str); 2], Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,7 @@ impl Default for Metrics {
             tls_handshake_failures: Counter::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
+            sso_tokens: Family::default(),
         }
     }
 }
@@ -164,6 +168,14 @@ impl Metrics {
         counter.inc();
     }
 
+    /// A token for Exchange issued (or refused) in single sign-on `mode` (`adfs`).
+    pub fn sso_token(&self, mode: &'static str, issued: bool) {
+        let result = if issued { "issued" } else { "refused" };
+        self.sso_tokens
+            .get_or_create(&[("mode", mode), ("result", result)])
+            .inc();
+    }
+
     /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]).
     pub fn render(&self, scrape: Scrape) -> String {
         let mut out = String::with_capacity(4096);
@@ -236,6 +248,11 @@ impl Metrics {
             "mfagw_config_reload_failures",
             "Configuration reloads refused (the running configuration was kept)",
             self.reload_failures.clone(),
+        );
+        registry.register(
+            "mfagw_sso_tokens",
+            "Tokens for Exchange's single sign-on, by mode and result (issued, refused)",
+            self.sso_tokens.clone(),
         );
         registry.register(
             "mfagw_draining",

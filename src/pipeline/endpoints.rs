@@ -11,7 +11,7 @@ use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::observe::access::AccessRecord;
 use crate::pages::Page;
-use crate::server::{Connection, Shared};
+use crate::server::{Connection, Shared, Snapshot};
 
 /// The gateway's own endpoints, under `/_gateway/` on every published host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub(super) enum GatewayEndpoint {
     SignedOut,
     /// A fresh sign-in (`prompt=login`), offered after a refused one.
     SignIn,
+    /// The WS-Federation issuer of Exchange's AD FS mode (`wsfed/`, Exchange's `AdfsIssuer`).
+    WsFed,
     /// Any other name under `/_gateway/`: 404, never forwarded (even under a route for `/`).
     Unknown,
 }
@@ -51,6 +53,8 @@ impl GatewayEndpoint {
             (b"frontchannel-logout", GatewayEndpoint::FrontChannelLogout),
             (b"signed-out", GatewayEndpoint::SignedOut),
             (b"sign-in", GatewayEndpoint::SignIn),
+            (b"wsfed/", GatewayEndpoint::WsFed),
+            (b"wsfed", GatewayEndpoint::WsFed),
         ]
         .into_iter()
         .find(|(known, _)| name.eq_ignore_ascii_case(known))
@@ -70,9 +74,10 @@ pub(super) async fn serve(
     ctx: &RequestContext<'_>,
     connection: &Connection,
     shared: &Shared,
-    server: &crate::config::ServerConfig,
+    snapshot: &Snapshot,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let server = &snapshot.config.server;
     match endpoint {
         GatewayEndpoint::Callback => {
             let (parts, body) = request.into_parts();
@@ -108,6 +113,7 @@ pub(super) async fn serve(
             )
         }
         GatewayEndpoint::SignedOut => Ok(auth::signed_out_page()),
+        GatewayEndpoint::WsFed => super::wsfed::serve(&request, sign_in, snapshot, shared, ctx),
         GatewayEndpoint::Health => Ok(health(shared)),
         GatewayEndpoint::Unknown => Err(GatewayError::NoRoute),
     }
@@ -146,7 +152,7 @@ fn logout(
 /// Whether the browser says the request was made by this site itself or by the user directly:
 /// `Sec-Fetch-Site: same-origin` or `none`, or — from a browser without Fetch Metadata — a
 /// POST whose `Origin` is this gateway's own.
-fn is_same_origin(headers: &http::HeaderMap, ctx: &RequestContext<'_>) -> bool {
+pub(super) fn is_same_origin(headers: &http::HeaderMap, ctx: &RequestContext<'_>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return site.as_bytes().eq_ignore_ascii_case(b"same-origin")
             || site.as_bytes().eq_ignore_ascii_case(b"none");

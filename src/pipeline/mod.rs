@@ -1,7 +1,8 @@
 //! One browser request, top to bottom:
 //!
 //! 1. [`framing`]: refuse what two parsers could read differently, and heads over the limit.
-//! 2. [`endpoints`]: the gateway's own `/_gateway/*` endpoints (an enum), on published hosts.
+//! 2. [`endpoints`]: the gateway's own `/_gateway/*` endpoints (an enum), on published hosts;
+//!    [`wsfed`], the WS-Federation issuer of routes with `sso = "adfs"`.
 //! 3. plain HTTP with TLS configured: redirect to HTTPS.
 //! 4. the router: (host, path) → route, after IIS's path normalisation.
 //! 5. [`admission`]: the route's access rule — `public`, `deny`, or `mfa` with the session and
@@ -14,6 +15,7 @@
 mod admission;
 mod endpoints;
 mod framing;
+mod wsfed;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -141,7 +143,7 @@ async fn serve(
             return Err(GatewayError::NoRoute);
         };
         return endpoints::serve(
-            endpoint, request, sign_in, &ctx, connection, shared, server, record,
+            endpoint, request, sign_in, &ctx, connection, shared, snapshot, record,
         )
         .await;
     }

@@ -24,10 +24,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{RoutePolicy, SignIn, SignInError};
 use crate::clock::Clock;
-use crate::config::{Access, Config, ServerConfig};
+use crate::config::{Access, Config, ServerConfig, Sso};
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::proxy::{PoolError, UpstreamPool};
 use crate::routing::Router;
+use crate::sso::adfs::issuer::{AdfsIssuer, TokenSigningError};
 use tls::{CertError, CertSet, CertStore};
 
 /// Why a configuration could not be put into service (at start or on reload): every problem
@@ -66,6 +67,9 @@ pub enum StartProblem {
     Upstream(#[from] PoolError),
     #[error(transparent)]
     SignIn(#[from] SignInError),
+    /// A `[sso.adfs].token_signing` certificate or key that cannot be used.
+    #[error(transparent)]
+    TokenSigning(#[from] TokenSigningError),
     /// Two routes for the same host and path (validation normally refuses this first).
     #[error("routes[{index}]: {host}{path} is published twice")]
     PublishedTwice {
@@ -106,6 +110,8 @@ pub struct RouteEntry {
     pub metrics: Arc<RouteMetrics>,
     /// For `access = "mfa"`: what a session must satisfy here.
     pub policy: Option<RoutePolicy>,
+    /// How Exchange signs the user in behind this route.
+    pub sso: Sso,
 }
 
 /// One immutable generation of configuration, with everything built from it.
@@ -118,6 +124,8 @@ pub struct Snapshot {
     pub(crate) http: Arc<HttpBuilders>,
     /// Sign-in through Entra ID, when `[oidc]` is configured.
     pub sign_in: Option<Arc<SignIn>>,
+    /// The WS-Federation issuer for routes with `sso = "adfs"`, when `[sso.adfs]` is configured.
+    pub adfs: Option<Arc<AdfsIssuer>>,
 }
 
 impl Snapshot {
@@ -147,6 +155,16 @@ impl Snapshot {
             problems.push(StartProblem::SignIn(e));
             None
         });
+        let adfs = match &config.sso.adfs {
+            Some(adfs) => match AdfsIssuer::load(adfs) {
+                Ok(issuer) => Some(Arc::new(issuer)),
+                Err(errors) => {
+                    problems.extend(errors.into_iter().map(StartProblem::TokenSigning));
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(StartError(problems));
         }
@@ -175,6 +193,7 @@ impl Snapshot {
                 pool,
                 metrics: metrics.route(&name),
                 policy,
+                sso: route.sso,
             };
             router
                 .insert(&route.host, &route.path, entry)
@@ -192,6 +211,7 @@ impl Snapshot {
                 pools,
                 http,
                 sign_in,
+                adfs,
             },
             certs,
         ))

@@ -1,3 +1,20 @@
-//! `sso = "adfs"`: the gateway as the AD FS that Exchange's claims authentication trusts.
+//! The gateway as the "AD FS" that Exchange trusts (`sso = "adfs"`): a WS-Federation passive
+//! sign-in response carrying a signed SAML 1.1 assertion with the user's UPN and on-premises
+//! SID, which Outlook on the web and the Exchange Control Panel accept in AD FS mode.
+//!
+//! - [`SigningCredential`]: the token-signing certificate and its RSA key, checked to belong
+//!   together; its [`Thumbprint`] is what Exchange's `AdfsSignCertificateThumbprint` lists.
+//! - [`issue`]: one token for one user and one relying party (realm), as the `wresult` field of
+//!   the form the browser posts to Exchange.
+//! - [`issuer`]: the token service behind `/_gateway/wsfed/`, built from `[sso.adfs]`.
+//! - [`wsfed`]: the WS-Federation requests Exchange sends there, and the page that answers.
 
+pub mod issuer;
+mod signing;
+#[cfg(test)]
+mod test_credential;
+mod token;
 pub mod wsfed;
+
+pub use signing::{thumbprint_of, CredentialError, SigningCredential, Thumbprint};
+pub use token::{issue, IssuedToken, SignError, TokenRequest};

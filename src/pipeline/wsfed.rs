@@ -1,0 +1,204 @@
+//! `/_gateway/wsfed/`: the WS-Federation issuer Exchange's AD FS mode sends browsers to
+//! (`AdfsIssuer`). A sign-in gets a token only for the realm of a route with `sso = "adfs"` on
+//! this host, for a live session that passes **that route's** policy — the token never grants
+//! more than the route would. Sign-outs end the gateway session like the other sign-outs.
+
+use http::header::SET_COOKIE;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::auth::{self, Admission, RequestContext, SignIn, StepUp};
+use crate::body::ResponseBody;
+use crate::config::Sso;
+use crate::error::GatewayError;
+use crate::observe::audit;
+use crate::pages::Page;
+use crate::routing::{host_without_port, RouteMatch};
+use crate::server::{Shared, Snapshot};
+use crate::sso::adfs::issuer::EXCHANGE_MAX_AUTHENTICATION_AGE;
+use crate::sso::adfs::wsfed::{self, SignInRequest, WsFedAction, WsFedRefusal};
+
+pub(super) fn serve(
+    request: &Request<Incoming>,
+    sign_in: &SignIn,
+    snapshot: &Snapshot,
+    shared: &Shared,
+    ctx: &RequestContext<'_>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let method = request.method();
+    if *method != Method::GET && *method != Method::HEAD {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    // Without [sso.adfs] there is no issuer here.
+    let Some(issuer) = &snapshot.adfs else {
+        return Err(GatewayError::NoRoute);
+    };
+    if !request.uri().path().ends_with('/') {
+        // Exchange's AdfsIssuer ends with "/"; the Referer Exchange checks must start with it.
+        return Ok(with_slash(request.uri()));
+    }
+    let action = match wsfed::parse(request.uri().query()) {
+        Ok(action) => action,
+        Err(refusal) => return Err(refuse(shared, refusal, None, None, ctx)),
+    };
+    match action {
+        WsFedAction::SignOut | WsFedAction::SignOutCleanup => {
+            Ok(sign_out(request, sign_in, ctx, action.as_str()))
+        }
+        WsFedAction::SignIn(sign_in_request) => {
+            let Some(route) = realm_route(snapshot, &sign_in_request, ctx) else {
+                return Err(refuse(
+                    shared,
+                    WsFedRefusal::RealmNotPublished,
+                    Some(&sign_in_request.realm),
+                    None,
+                    ctx,
+                ));
+            };
+            let Some(policy) = &route.policy else {
+                // Validation allows sso = "adfs" only on mfa routes; closed otherwise.
+                return Err(GatewayError::Denied);
+            };
+            let now = shared.clock.now();
+            match sign_in.admit(request.headers(), policy) {
+                Admission::Allowed { session, reseal } => {
+                    let age = now.saturating_sub(session.issued_at);
+                    if age >= EXCHANGE_MAX_AUTHENTICATION_AGE.as_secs() {
+                        // Exchange would refuse a token this old and send the browser straight
+                        // back: a fresh session first.
+                        return sign_in.start(
+                            request.method(),
+                            request.uri(),
+                            request.headers(),
+                            &StepUp::default(),
+                            ctx,
+                        );
+                    }
+                    let token = issuer
+                        .issue(&session, &sign_in_request.realm, ctx.host, now)
+                        .map_err(|refusal| {
+                            refuse(
+                                shared,
+                                refusal,
+                                Some(&sign_in_request.realm),
+                                Some(&session),
+                                ctx,
+                            )
+                        })?;
+                    audit::sso_token_issued(
+                        "adfs",
+                        &session.oid.to_string(),
+                        session.upn.as_deref(),
+                        &sign_in_request.realm,
+                        &token.assertion_id,
+                        ctx.client,
+                    );
+                    shared.metrics.sso_token("adfs", true);
+                    let mut response = wsfed::post_page(
+                        &sign_in_request.realm,
+                        &token.wresult,
+                        sign_in_request.context.as_deref(),
+                    );
+                    if let Some(cookie) = reseal {
+                        response.headers_mut().append(SET_COOKIE, cookie);
+                    }
+                    Ok(response)
+                }
+                Admission::SignInRequired { step_up, .. } => sign_in.start(
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                    &step_up,
+                    ctx,
+                ),
+                Admission::Denied { session, why } => {
+                    audit::policy_denied(
+                        why.as_str(),
+                        &session.oid.to_string(),
+                        session.upn.as_deref(),
+                        &policy.name,
+                        ctx.client,
+                    );
+                    shared.metrics.sso_token("adfs", false);
+                    Err(GatewayError::PolicyDenied(why))
+                }
+            }
+        }
+    }
+}
+
+/// The route a realm names: `https://<this host><path>/` where a route with `sso = "adfs"`
+/// publishes exactly `<path>` (compared without regard to case, as IIS compares paths).
+fn realm_route<'s>(
+    snapshot: &'s Snapshot,
+    request: &SignInRequest,
+    ctx: &RequestContext<'_>,
+) -> Option<&'s crate::server::RouteEntry> {
+    let path = wsfed::realm_path(&request.realm, ctx.host)?;
+    let host = host_without_port(ctx.host);
+    let configured = snapshot.config.routes.iter().any(|route| {
+        route.sso == Sso::Adfs
+            && route.host.eq_ignore_ascii_case(host.trim_end_matches('.'))
+            && route.path.eq_ignore_ascii_case(path)
+    });
+    if !configured {
+        return None;
+    }
+    match snapshot.router.lookup(ctx.host, path) {
+        RouteMatch::Found(entry) if entry.sso == Sso::Adfs => Some(entry),
+        _ => None,
+    }
+}
+
+/// `wsignout1.0` / `wsignoutcleanup1.0`: as `/_gateway/logout`, a cross-site page must not be
+/// able to sign the user out; Exchange's own redirect after OWA's sign-out is same-origin.
+fn sign_out(
+    request: &Request<Incoming>,
+    sign_in: &SignIn,
+    ctx: &RequestContext<'_>,
+    how: &'static str,
+) -> Response<ResponseBody> {
+    if super::endpoints::is_same_origin(request.headers(), ctx) {
+        let session = sign_in.session_of(request.headers());
+        let how = if how == "wsignout1.0" {
+            "wsfed_signout"
+        } else {
+            "wsfed_signout_cleanup"
+        };
+        return sign_in.end_session(session.as_ref(), ctx, how);
+    }
+    Page::new(
+        "Sign out",
+        "Sign out of Outlook on the web and of your Microsoft account on this browser?",
+    )
+    .with_form_button("Sign out", "/_gateway/logout")
+    .response(StatusCode::OK)
+}
+
+/// A refusal: its audit event, its metric, and the error that makes its page.
+fn refuse(
+    shared: &Shared,
+    refusal: WsFedRefusal,
+    realm: Option<&str>,
+    session: Option<&crate::session::Session>,
+    ctx: &RequestContext<'_>,
+) -> GatewayError {
+    audit::sso_token_refused(
+        "adfs",
+        refusal.as_str(),
+        session.map(|s| s.oid.to_string()).as_deref(),
+        session.and_then(|s| s.upn.as_deref()),
+        realm,
+        ctx.client,
+    );
+    shared.metrics.sso_token("adfs", false);
+    GatewayError::SsoRefused(refusal)
+}
+
+fn with_slash(uri: &http::Uri) -> Response<ResponseBody> {
+    let location = match uri.query() {
+        Some(query) => format!("/_gateway/wsfed/?{query}"),
+        None => "/_gateway/wsfed/".to_owned(),
+    };
+    auth::redirect_to(&location)
+}
