@@ -45,6 +45,7 @@ impl SignIn {
                 &session.oid.to_string(),
                 session.upn.as_deref(),
                 ctx.client,
+                ctx.host,
             );
         }
         let signed_out = format!("{}://{}/_gateway/signed-out", ctx.scheme, ctx.host);

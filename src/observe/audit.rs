@@ -52,7 +52,7 @@ pub fn policy_denied(reason: &str, oid: &str, upn: Option<&str>, route: &str, cl
 }
 
 /// A user signed out (`how`: `owa_logoff`, `gateway_logout`).
-pub fn signed_out(how: &str, oid: &str, upn: Option<&str>, client: IpAddr) {
+pub fn signed_out(how: &str, oid: &str, upn: Option<&str>, client: IpAddr, host: &str) {
     tracing::info!(
         target: "audit",
         event = "sign_out",
@@ -61,6 +61,7 @@ pub fn signed_out(how: &str, oid: &str, upn: Option<&str>, client: IpAddr) {
         oid,
         upn = upn.unwrap_or("-"),
         client = %client,
+        host,
     );
 }
 
@@ -84,6 +85,7 @@ pub fn sso_token_issued(
     realm: &str,
     assertion_id: &str,
     client: IpAddr,
+    host: &str,
 ) {
     tracing::info!(
         target: "audit",
@@ -95,6 +97,7 @@ pub fn sso_token_issued(
         realm,
         assertion_id,
         client = %client,
+        host,
     );
 }
 
@@ -106,6 +109,7 @@ pub fn sso_token_refused(
     upn: Option<&str>,
     realm: Option<&str>,
     client: IpAddr,
+    host: &str,
 ) {
     tracing::warn!(
         target: "audit",
@@ -117,5 +121,6 @@ pub fn sso_token_refused(
         upn = upn.unwrap_or("-"),
         realm = realm.unwrap_or("-"),
         client = %client,
+        host,
     );
 }

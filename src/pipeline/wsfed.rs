@@ -92,6 +92,7 @@ pub(super) fn serve(
                         &sign_in_request.realm,
                         &token.assertion_id,
                         ctx.client,
+                        ctx.host,
                     );
                     shared.metrics.sso_token("adfs", true);
                     let mut response = wsfed::post_page(
@@ -190,6 +191,7 @@ fn refuse(
         session.and_then(|s| s.upn.as_deref()),
         realm,
         ctx.client,
+        ctx.host,
     );
     shared.metrics.sso_token("adfs", false);
     GatewayError::SsoRefused(refusal)
