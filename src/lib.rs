@@ -14,6 +14,8 @@
 //!   sign-out; [`session`]: the sealed session cookie, pending sign-ins, revocation.
 //! - [`proxy`]: header rules, the pool of Exchange servers with health checks, streaming,
 //!   WebSocket upgrades where a route allows them.
+//! - [`sso`]: signing the user in to Exchange after the multifactor sign-in ([`sso::adfs`]:
+//!   the WS-Federation token Exchange accepts in AD FS mode).
 //!
 //! Around it: [`config`] (the TOML contract and its validation), [`error`] (one error type,
 //! labelled by the side that failed, mapped to status, page and log in one place), [`pages`],

@@ -1,6 +1,7 @@
-//! Signing the user in to Exchange after the gateway has admitted them, per route's `sso` key.
-//!
-//! - [`adfs`]: Exchange's AD FS claims authentication — the gateway is the WS-Federation issuer
-//!   Exchange trusts, and issues the SAML token itself.
+//! Signing the user in to Exchange once the gateway has done the multifactor sign-in, so the
+//! user does not sign in a second time. Exchange 2019 offers a few ways to be told who the user
+//! is; [`adfs`] speaks the one built for AD FS: a signed WS-Federation token that OWA and ECP
+//! accept when set to AD FS authentication. Kerberos constrained delegation and forms sign-in
+//! may follow beside it.
 
 pub mod adfs;

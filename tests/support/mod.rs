@@ -2,6 +2,9 @@
 //!
 //! - `pki`: a private certificate authority issuing server certificates.
 //! - `fake_exchange`: builder-style fake Exchange servers that record every request.
+//! - `adfs_exchange`: Exchange's OWA and ECP in AD FS mode, validating WS-Federation tokens as
+//!   Exchange and WIF do (with `xmlsec1`), recording every verdict.
+//! - `xmlsec1`: the reference XML-signature verifier, run as a subprocess.
 //! - `gateway`: the gateway started in this process on pre-bound 127.0.0.1:0 listeners.
 //! - `process`: the real `mfa-gateway` binary, on ports reserved for it.
 //! - `ports`: loopback ports held for listeners that something else binds.
@@ -15,6 +18,7 @@
 // Each test binary uses part of the equipment.
 #![allow(dead_code, unused_imports)]
 
+pub mod adfs_exchange;
 pub mod clients;
 pub mod config;
 pub mod fake_exchange;
@@ -25,7 +29,9 @@ pub mod ports;
 pub mod process;
 pub mod sign_in;
 pub mod wait;
+pub mod xmlsec1;
 
+pub use adfs_exchange::*;
 pub use clients::*;
 pub use config::*;
 pub use fake_exchange::*;
@@ -36,3 +42,4 @@ pub use ports::*;
 pub use process::*;
 pub use sign_in::*;
 pub use wait::*;
+pub use xmlsec1::*;

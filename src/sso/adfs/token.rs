@@ -114,17 +114,15 @@ pub fn issue(
 ) -> Result<IssuedToken, SignError> {
     let fields = Fields::check(request)?;
     let assertion_id = new_assertion_id()?;
-    let unsigned = canonical_assertion(&assertion_id, &fields);
+    let body = assertion_body(&assertion_id, &fields);
     // The enveloped-signature transform removes the Signature again before digesting, and the
     // assertion is already canonical: the digest is over exactly these bytes.
-    let digest = BASE64.encode(Sha256::digest(unsigned.as_bytes()));
+    let digest = BASE64.encode(Sha256::digest(format!("{body}{ASSERTION_END}").as_bytes()));
     let signature_value = credential
         .sign(signed_info(&assertion_id, &digest, true).as_bytes())
         .map_err(|_| SignError::Signing)?;
 
-    let mut assertion = unsigned;
-    assertion.truncate(assertion.len() - ASSERTION_END.len());
-    let mut xml = Xml(assertion);
+    let mut xml = Xml(body);
     xml.open("ds:Signature", &[("xmlns:ds", DSIG)]);
     xml.0.push_str(&signed_info(&assertion_id, &digest, false));
     xml.element("ds:SignatureValue", &[], &BASE64.encode(signature_value));
@@ -211,8 +209,8 @@ fn new_assertion_id() -> Result<String, SignError> {
     Ok(id)
 }
 
-/// The unsigned assertion, in exclusive-canonical form.
-fn canonical_assertion(assertion_id: &str, fields: &Fields<'_>) -> String {
+/// The assertion in exclusive-canonical form, up to its end tag: the Signature goes there.
+fn assertion_body(assertion_id: &str, fields: &Fields<'_>) -> String {
     let mut xml = Xml(String::with_capacity(2048));
     xml.open(
         "saml:Assertion",
@@ -254,7 +252,6 @@ fn canonical_assertion(assertion_id: &str, fields: &Fields<'_>) -> String {
     );
     subject(&mut xml, fields.upn);
     xml.close("saml:AuthenticationStatement");
-    xml.close("saml:Assertion");
     xml.0
 }
 

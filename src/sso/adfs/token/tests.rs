@@ -201,7 +201,10 @@ fn canonical_assertion_is_byte_for_byte_stable() {
          AuthenticationMethod=\"urn:oasis:names:tc:SAML:1.0:am:unspecified\">{subject}\
          </saml:AuthenticationStatement></saml:Assertion>"
     );
-    assert_eq!(canonical_assertion(id, &fields), expected);
+    assert_eq!(
+        format!("{}{ASSERTION_END}", assertion_body(id, &fields)),
+        expected
+    );
 
     let expected_signed_info = format!(
         "<ds:SignedInfo xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\">\
