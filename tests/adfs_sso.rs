@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use http::{Method, StatusCode};
 use mfa_gateway::demo::provider::GROUP_EXCHANGE_ADMINS;
 use mfa_gateway::demo::{ProviderOptions, TestProvider, TestUser};
 use support::{
-    Browser, FakeExchange, Reply, SignInConfig, TestClock, TestGateway, CLIENT_ID, MAIL_HOST,
+    xmlsec1_verify, AdfsExchange, Browser, FakeExchange, Reply, SignInConfig, TestClock,
+    TestGateway, TokenCheck, Xmlsec1Key, CLIENT_ID, MAIL_HOST,
 };
 
 const SAML: &str = "urn:oasis:names:tc:SAML:1.0:assertion";
@@ -264,29 +265,11 @@ fn seconds(time: &str) -> i64 {
         .timestamp()
 }
 
-/// `xmlsec1 --verify` of the token against `cert` (PEM file), pinned: the certificate inside
+/// `xmlsec1 --verify` of the token against the PEM certificate, pinned: the certificate inside
 /// the token is not trusted on its own.
-fn xmlsec_verify(wresult: &str, cert: &Path) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("wresult.xml");
-    std::fs::write(&file, wresult).unwrap();
-    let output = Command::new("xmlsec1")
-        .args([
-            "--verify",
-            "--id-attr:AssertionID",
-            "urn:oasis:names:tc:SAML:1.0:assertion:Assertion",
-            "--pubkey-cert-pem",
-        ])
-        .arg(cert)
-        .arg(&file)
-        .output()
-        .expect("xmlsec1 runs (Debian package xmlsec1; .ci/run installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+fn xmlsec_verify(wresult: &str, cert_pem: &str) -> (bool, String) {
+    let verdict = xmlsec1_verify(wresult, Xmlsec1Key::PubkeyCert(cert_pem));
+    (verdict.ok, verdict.output)
 }
 
 /// Signs `user` in with MFA and asks for a token for `realm`: the token page.
@@ -340,7 +323,7 @@ async fn a_signed_in_user_gets_a_signed_token_for_the_realm_with_upn_and_on_prem
         "AuthenticationInstant is when the gateway session began"
     );
 
-    let (ok, output) = xmlsec_verify(wresult, &w.signing.cert());
+    let (ok, output) = xmlsec_verify(wresult, &w.signing.cert_pem);
     assert!(ok, "xmlsec1 verifies the token: {output}");
 
     let events = w.sso_events();
@@ -371,11 +354,11 @@ async fn a_token_altered_or_checked_against_another_certificate_fails_independen
     let wresult = field(&fields, "wresult").to_owned();
 
     let altered = wresult.replacen("alice@contoso.com", "alicf@contoso.com", 1);
-    let (ok, output) = xmlsec_verify(&altered, &w.signing.cert());
+    let (ok, output) = xmlsec_verify(&altered, &w.signing.cert_pem);
     assert!(!ok, "a UPN changed by one byte must not verify: {output}");
 
     let other = SigningFiles::new();
-    let (ok, output) = xmlsec_verify(&wresult, &other.cert());
+    let (ok, output) = xmlsec_verify(&wresult, &other.cert_pem);
     assert!(!ok, "another certificate must not verify it: {output}");
 }
 
@@ -544,6 +527,125 @@ async fn malformed_requests_and_other_methods_are_refused() {
     let reply = browser.navigate(&url.replacen("wsfed/", "wsfed", 1)).await;
     assert_eq!(reply.status, StatusCode::FOUND);
     assert_eq!(reply.location(), Some(url.as_str()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through Exchange in AD FS mode
+
+/// One MFA sign-in, then OWA as Exchange in AD FS mode serves it: Exchange sends the browser to
+/// its issuer (the gateway), the token page posts to Exchange with the issuer as Referer,
+/// Exchange validates the token as WIF does and opens the mailbox of the user who did MFA —
+/// with no second prompt. ECP the same; Exchange's sign-out ends the gateway session too.
+#[tokio::test]
+async fn one_mfa_sign_in_opens_the_users_mailbox_in_exchange_adfs_mode_without_a_second_prompt() {
+    let provider = {
+        let options = ProviderOptions {
+            users: vec![TestUser::alice(), TestUser::bob(), dave()],
+            ..ProviderOptions::default()
+        };
+        let provider = TestProvider::start(options).await.unwrap();
+        provider.register_client(
+            CLIENT_ID,
+            mfa_gateway::demo::ClientCredential::Secret(support::CLIENT_SECRET.into()),
+        );
+        provider
+    };
+    let signing = SigningFiles::new();
+    let exchange = AdfsExchange::builder()
+        .thumbprint(&signing.thumbprint())
+        .start()
+        .await;
+    let mut config = SignInConfig::new(&provider, &exchange.server);
+    config.owa_extra = "sso = \"adfs\"\n".into();
+    config.ecp_extra = "sso = \"adfs\"\n".into();
+    let gateway = TestGateway::start(&format!("{}{}", config.toml(), signing.section())).await;
+    gateway.wait_ready().await;
+    let port = gateway.http.unwrap().port();
+    let origin = format!("http://{MAIL_HOST}:{port}");
+    // Set-OrganizationConfig -AdfsIssuer <origin>/_gateway/wsfed/ -AdfsAudienceUris …/owa/, …/ecp/
+    exchange.reconfigure(|c| {
+        c.adfs_issuer = format!("{origin}/_gateway/wsfed/");
+        c.audiences = vec![
+            format!("https://{MAIL_HOST}:{port}/owa/"),
+            format!("https://{MAIL_HOST}:{port}/ecp/"),
+        ];
+    });
+
+    let mut browser = Browser::new(gateway.http.unwrap());
+    browser.sign_in_ok("/owa/", &provider, "alice").await;
+    for vdir in ["/owa/", "/ecp/"] {
+        // Exchange has no session of its own: to the issuer.
+        let reply = browser.navigate(vdir).await;
+        assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.describe());
+        let issuer_url = reply.location().unwrap().to_owned();
+        assert!(issuer_url.starts_with(&format!("{origin}/_gateway/wsfed/?wa=wsignin1.0")));
+        // The gateway answers with the token page; the browser posts it to the realm.
+        let page = browser.navigate(&issuer_url).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.describe());
+        let (action, fields) = posted_form(&page);
+        assert_eq!(action, format!("https://{MAIL_HOST}:{port}{vdir}"));
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&fields)
+            .finish();
+        // The page's full address as Referer (Referrer-Policy: same-origin); the realm's path
+        // on this plain-HTTP test listener.
+        let posted = browser
+            .request(
+                Method::POST,
+                vdir,
+                &[
+                    ("referer", issuer_url.as_str()),
+                    ("origin", origin.as_str()),
+                    ("sec-fetch-site", "same-origin"),
+                    ("sec-fetch-mode", "navigate"),
+                ],
+                Some((body, "application/x-www-form-urlencoded")),
+                false,
+            )
+            .await;
+        assert_eq!(posted.status, StatusCode::FOUND, "{}", posted.describe());
+        match exchange.last_check() {
+            Some(TokenCheck::Accepted { upn, sid, .. }) => {
+                assert_eq!(upn, "alice@contoso.com");
+                assert_eq!(sid, TestUser::alice().onprem_sid);
+            }
+            other => panic!("Exchange refused the token at {vdir}: {other:?}"),
+        }
+        // Back to where Exchange started, now with its own session: alice's mailbox.
+        let mailbox = browser.navigate(posted.location().unwrap()).await;
+        assert_eq!(mailbox.status, StatusCode::OK, "{}", mailbox.describe());
+        assert!(
+            mailbox.body.contains("alice@contoso.com"),
+            "{}",
+            mailbox.describe()
+        );
+    }
+    assert_eq!(
+        exchange.checks().len(),
+        2,
+        "one token for OWA, one for ECP, each accepted once"
+    );
+
+    // OWA's sign-out: Exchange clears its session and sends the browser to the issuer, which
+    // ends the gateway session and continues to Entra.
+    let reply = browser.navigate("/owa/logoff.owa").await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.describe());
+    assert!(
+        reply
+            .location()
+            .unwrap()
+            .starts_with(&provider.end_session_endpoint()),
+        "{}",
+        reply.describe()
+    );
+    let after = browser.navigate("/owa/").await;
+    assert!(
+        after
+            .location()
+            .is_some_and(|l| l.starts_with(&provider.authorization_endpoint())),
+        "signed out of the gateway: {}",
+        after.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

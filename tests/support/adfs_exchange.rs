@@ -77,6 +77,9 @@ impl SignInPost {
 struct Session {
     upn: String,
     sid: Option<String>,
+    /// The virtual directories a token was accepted for: like Exchange's, OWA's sign-in does
+    /// not open ECP.
+    vdirs: Vec<String>,
 }
 
 struct State {
@@ -307,7 +310,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<TestBody>
 
     if let Some(cookie) = cookie {
         let sessions = state.sessions.lock().unwrap();
-        if let Some(session) = sessions.get(&cookie) {
+        if let Some(session) = sessions.get(&cookie).filter(|s| s.vdirs.contains(&vdir)) {
             let body = format!(
                 "<!DOCTYPE html><html><body><h1>Mailbox of {}</h1><p>SID {}</p>\
                  <p>{} {}</p></body></html>",
@@ -384,14 +387,34 @@ async fn sign_in(
     };
     match verdict {
         Ok(accepted) => {
-            let cookie = random_hex();
-            state.sessions.lock().unwrap().insert(
-                cookie.clone(),
-                Session {
-                    upn: accepted.upn.clone(),
-                    sid: accepted.sid.clone(),
-                },
-            );
+            let mut sessions = state.sessions.lock().unwrap();
+            // The same user signing in to another virtual directory keeps one cookie.
+            let existing = session_cookie(headers).filter(|c| {
+                sessions
+                    .get(c)
+                    .is_some_and(|s| s.upn == accepted.upn && s.sid == accepted.sid)
+            });
+            let cookie = match existing {
+                Some(cookie) => {
+                    if let Some(session) = sessions.get_mut(&cookie) {
+                        session.vdirs.push(vdir.to_owned());
+                    }
+                    cookie
+                }
+                None => {
+                    let cookie = random_hex();
+                    sessions.insert(
+                        cookie.clone(),
+                        Session {
+                            upn: accepted.upn.clone(),
+                            sid: accepted.sid.clone(),
+                            vdirs: vec![vdir.to_owned()],
+                        },
+                    );
+                    cookie
+                }
+            };
+            drop(sessions);
             state.checks.lock().unwrap().push(TokenCheck::Accepted {
                 upn: accepted.upn,
                 sid: accepted.sid,
