@@ -99,6 +99,8 @@ struct World {
     clock: TestClock,
     gateway: TestGateway,
     signing: SigningFiles,
+    /// The configuration the gateway runs (without `[sso.adfs]`), for reloads.
+    config: SignInConfig,
 }
 
 /// `/owa` with `sso = "adfs"`, `/ecp` with `sso = "adfs"` for Exchange administrators only, and
@@ -129,6 +131,7 @@ async fn world() -> World {
         clock,
         gateway,
         signing,
+        config,
     }
 }
 
@@ -713,6 +716,71 @@ async fn wsfed_sign_out_from_the_site_ends_the_session_but_a_cross_site_one_only
         .find(|e| e.event() == "sign_out")
         .expect("a sign-out event");
     assert_eq!(sign_out.field("reason"), Some("wsfed_signout"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificate rollover
+
+/// The rollover the deployment guide describes: the new certificate is listed second while
+/// Exchange learns its thumbprint, then moved first by a reload, and from then on signs.
+#[tokio::test]
+async fn a_reload_that_puts_the_next_certificate_first_signs_with_it_from_the_next_token() {
+    let w = world().await;
+    let next = SigningFiles::new();
+    let both = |first: &SigningFiles, second: &SigningFiles| {
+        format!(
+            "\n[sso.adfs]\ntoken_signing = [\n  {{ cert = {:?}, key = {:?} }},\n  {{ cert = {:?}, key = {:?} }},\n]\n",
+            first.cert(),
+            first.key(),
+            second.cert(),
+            second.key()
+        )
+    };
+    let config = w.config.clone();
+    let reload = |section: String| {
+        let text = format!("{}{section}", config.toml());
+        let parsed =
+            mfa_gateway::config::Config::from_toml(&text, &mfa_gateway::config::SystemSecrets)
+                .unwrap();
+        w.gateway.gateway().reload(parsed)
+    };
+    let mut browser = w.browser();
+    browser.sign_in_ok("/owa/", &w.provider, "alice").await;
+    let token = |reply: &Reply| {
+        let (_, fields) = posted_form(reply);
+        field(&fields, "wresult").to_owned()
+    };
+
+    // The current certificate first, the next one listed for Exchange to learn.
+    reload(both(&w.signing, &next)).unwrap();
+    let reply = browser.navigate(&w.sign_in_url(&w.realm("/owa"))).await;
+    let wresult = token(&reply);
+    assert!(xmlsec_verify(&wresult, &w.signing.cert_pem).0);
+    assert!(!xmlsec_verify(&wresult, &next.cert_pem).0);
+
+    // Switched: the next certificate signs.
+    reload(both(&next, &w.signing)).unwrap();
+    let reply = browser.navigate(&w.sign_in_url(&w.realm("/owa"))).await;
+    let wresult = token(&reply);
+    let (ok, output) = xmlsec_verify(&wresult, &next.cert_pem);
+    assert!(
+        ok,
+        "the new first certificate signs after the reload: {output}"
+    );
+    assert!(!xmlsec_verify(&wresult, &w.signing.cert_pem).0);
+
+    // A reload with an unusable key is refused and the running certificate keeps signing.
+    let broken = format!(
+        "\n[sso.adfs]\ntoken_signing = {{ cert = {:?}, key = {:?} }}\n",
+        w.signing.cert(),
+        next.key()
+    );
+    assert!(
+        reload(broken).is_err(),
+        "a key of another certificate is refused"
+    );
+    let reply = browser.navigate(&w.sign_in_url(&w.realm("/owa"))).await;
+    assert!(xmlsec_verify(&token(&reply), &next.cert_pem).0);
 }
 
 // ---------------------------------------------------------------------------------------------
