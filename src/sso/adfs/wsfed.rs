@@ -175,13 +175,14 @@ static AUTO_SUBMIT_HASH: LazyLock<String> = LazyLock::new(|| {
 /// full address as `Referer` (Exchange requires it to start with `AdfsIssuer`), and no address
 /// at all to any other site.
 pub fn post_page(realm: &str, wresult: &str, context: Option<&str>) -> Response<ResponseBody> {
-    let html = render_post(realm, wresult, context);
+    let html = post_page_html(realm, wresult, context);
     let mut response = Response::new(ResponseBody::full(Bytes::from(html)));
     post_headers(&mut response);
     response
 }
 
-fn render_post(realm: &str, wresult: &str, context: Option<&str>) -> String {
+/// The HTML of [`post_page`].
+pub fn post_page_html(realm: &str, wresult: &str, context: Option<&str>) -> String {
     let context = context.map_or_else(String::new, |context| {
         format!(
             "<input type=\"hidden\" name=\"wctx\" value=\"{}\">",
@@ -344,7 +345,7 @@ mod tests {
         let csp = headers["content-security-policy"].to_str().unwrap();
         assert!(csp.contains(&format!("script-src 'sha256-{}'", *AUTO_SUBMIT_HASH)));
         assert!(csp.contains("form-action 'self'"));
-        let html = render_post(
+        let html = post_page_html(
             "https://mail.contoso.com/owa/",
             "<t:R a=\"1\">&</t:R>",
             Some("rm=0&ru=\"/owa/\"><script>"),
