@@ -93,6 +93,20 @@ fn dave() -> TestUser {
     }
 }
 
+/// The test provider with alice, bob and the cloud-only dave, and the gateway's client.
+async fn provider() -> TestProvider {
+    let options = ProviderOptions {
+        users: vec![TestUser::alice(), TestUser::bob(), dave()],
+        ..ProviderOptions::default()
+    };
+    let provider = TestProvider::start(options).await.unwrap();
+    provider.register_client(
+        CLIENT_ID,
+        mfa_gateway::demo::ClientCredential::Secret(support::CLIENT_SECRET.into()),
+    );
+    provider
+}
+
 struct World {
     provider: TestProvider,
     exchange: FakeExchange,
@@ -106,15 +120,7 @@ struct World {
 /// `/owa` with `sso = "adfs"`, `/ecp` with `sso = "adfs"` for Exchange administrators only, and
 /// sessions that do not go idle within the test's clock jumps.
 async fn world() -> World {
-    let options = ProviderOptions {
-        users: vec![TestUser::alice(), TestUser::bob(), dave()],
-        ..ProviderOptions::default()
-    };
-    let provider = TestProvider::start(options).await.unwrap();
-    provider.register_client(
-        CLIENT_ID,
-        mfa_gateway::demo::ClientCredential::Secret(support::CLIENT_SECRET.into()),
-    );
+    let provider = provider().await;
     let exchange = FakeExchange::builder("ex01").start().await;
     let signing = SigningFiles::new();
     let mut config = SignInConfig::new(&provider, &exchange);
@@ -541,18 +547,7 @@ async fn malformed_requests_and_other_methods_are_refused() {
 /// with no second prompt. ECP the same; Exchange's sign-out ends the gateway session too.
 #[tokio::test]
 async fn one_mfa_sign_in_opens_the_users_mailbox_in_exchange_adfs_mode_without_a_second_prompt() {
-    let provider = {
-        let options = ProviderOptions {
-            users: vec![TestUser::alice(), TestUser::bob(), dave()],
-            ..ProviderOptions::default()
-        };
-        let provider = TestProvider::start(options).await.unwrap();
-        provider.register_client(
-            CLIENT_ID,
-            mfa_gateway::demo::ClientCredential::Secret(support::CLIENT_SECRET.into()),
-        );
-        provider
-    };
+    let provider = provider().await;
     let signing = SigningFiles::new();
     let exchange = AdfsExchange::builder()
         .thumbprint(&signing.thumbprint())
