@@ -16,6 +16,7 @@ const result = spawnSync(process.execPath, [
   `--test-reporter=${path.join(here, 'summary-reporter.mjs')}`, `--test-reporter-destination=${summaryFile}`,
   ...process.argv.slice(2),
   path.join(here, 'suite.test.mjs'),
+  path.join(here, 'adfs.test.mjs'),
 ], { cwd: here, stdio: 'inherit' });
 
 let counts;

@@ -12,11 +12,12 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import http from 'node:http';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before } from 'node:test';
 
 import { startExchange } from './lib/exchange.mjs';
+import { scenario, signInAtProvider } from './lib/scenario.mjs';
 import {
-  ADMINS_GROUP, OUT, TENANT, clientFor, freePort, gatewayBinary, launchBrowser, randomSecret,
+  ADMINS_GROUP, OUT, TENANT, clientFor, freePort, gatewayBinary, randomSecret,
   sleep, startGateway, startProvider,
 } from './lib/harness.mjs';
 
@@ -79,30 +80,6 @@ after(async () => {
 
 const tag = () => crypto.randomBytes(6).toString('hex');
 
-/** A test with browsers that are closed afterwards and photographed when the test fails. */
-function scenario(name, optionsOrFn, maybeFn) {
-  const [options, fn] = maybeFn ? [optionsOrFn, maybeFn] : [{}, optionsOrFn];
-  test(name, { timeout: 120000, ...options }, async () => {
-    const browsers = [];
-    const browser = async () => {
-      const b = await launchBrowser();
-      browsers.push(b);
-      return b;
-    };
-    try {
-      await fn({ browser });
-    } catch (error) {
-      const slug = name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60);
-      await Promise.all(browsers.map((b, i) => b.page.screenshot({
-        path: path.join(OUT, `failed-${slug}-${i}.png`),
-      }).catch(() => {})));
-      throw error;
-    } finally {
-      await Promise.all(browsers.map((b) => b.close()));
-    }
-  });
-}
-
 /** Authorization requests the provider received since `since`, as URLSearchParams. */
 async function authorizationRequests(provider, since) {
   return (await provider.requests())
@@ -116,16 +93,6 @@ async function providerRequests(provider, since, prefix) {
 
 async function tokensSince(provider, since, clientId) {
   return (await provider.tokens()).filter((t) => t.at >= since && (!clientId || t.client_id === clientId));
-}
-
-/** On the provider's sign-in page: pick the account, tick "MFA completed" or not, sign in. */
-async function signInAtProvider(page, { account = 'alice', mfa = true, landOn }) {
-  await page.waitForSelector('#signin-form');
-  await page.check(`#account-${account}`);
-  if (mfa) await page.check('#mfa');
-  else await page.uncheck('#mfa');
-  await page.click('#sign-in');
-  if (landOn) await page.waitForURL((u) => u.href === landOn);
 }
 
 /** Opens `url` on a gateway without a session and signs in; returns when back on `url`. */

@@ -1,9 +1,10 @@
 // Starting and stopping what the suite uses: free ports, the provider process, gateways from the
 // built binary with their TOML written to a temporary directory, and Chromium.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -174,12 +175,45 @@ export function clientFor({
 }
 
 /**
+ * A self-signed certificate and its RSA key, made by openssl in `dir`: { cert, key, certPem }.
+ * `dns` names go into subjectAltName (a TLS server certificate); without them it is a plain
+ * signing certificate.
+ */
+export function makeCertificate(dir, name, { cn, dns = [] }) {
+  const cert = path.join(dir, `${name}.pem`);
+  const key = path.join(dir, `${name}.key`);
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'rsa:2048', '-sha256', '-nodes', '-days', '2', '-subj', `/CN=${cn}`,
+    ...(dns.length ? ['-addext', `subjectAltName=${dns.map((d) => `DNS:${d}`).join(',')}`] : []),
+    '-keyout', key, '-out', cert,
+  ], { stdio: 'ignore' });
+  fs.chmodSync(key, 0o600);
+  return { cert, key, certPem: fs.readFileSync(cert, 'utf8') };
+}
+
+/** The status of a GET, over TLS without checking the (self-signed) certificate. */
+function probeTls(url, servername) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    https.get({
+      host: '127.0.0.1', port: u.port, path: u.pathname, servername, rejectUnauthorized: false,
+      headers: { host: u.host },
+    }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    }).on('error', reject);
+  });
+}
+
+/**
  * Starts `mfa-gateway run` with a configuration written to a temporary directory, and waits until
- * it is ready (provider metadata and keys loaded, Exchange healthy). `ecp` is the extra TOML of
- * the /ecp route.
+ * it is ready (provider metadata and keys loaded, Exchange healthy). `ecp` and `owa` are extra
+ * TOML of those routes, `extra` of the file. With `tls` ({ cert, key }) the gateway listens for
+ * HTTPS only and publishes `host`.
  */
 export async function startGateway({
-  name, port, issuer, clientId, secret, method, sessionKeys, exchangePort, ecp = '',
+  name, port, issuer, clientId, secret, method, sessionKeys, exchangePort, ecp = '', owa = '',
+  extra = '', host = '127.0.0.1', tls = null,
 }) {
   const dir = tempDir(name);
   fs.writeFileSync(path.join(dir, 'client-secret'), `${secret}\n`, { mode: 0o600 });
@@ -191,10 +225,14 @@ export async function startGateway({
   const adminPort = await freePort();
   const toml = `# written by tests/e2e for gateway ${name}
 [server]
-http_listen = "127.0.0.1:${port}"
+${tls ? 'https_listen' : 'http_listen'} = "127.0.0.1:${port}"
 admin_listen = "127.0.0.1:${adminPort}"
 shutdown_grace = "0s"
-
+${tls ? `
+[[tls.certificates]]
+cert = "${tls.cert}"
+key = "${tls.key}"
+` : ''}
 [oidc]
 issuer = "${issuer}"
 client_id = "${clientId}"
@@ -217,24 +255,26 @@ servers = ["http://127.0.0.1:${exchangePort}"]
 health_check = { path = "/owa/healthcheck.htm", interval = "5s", timeout = "2s" }
 
 [[routes]]
-host = "127.0.0.1"
+host = "${host}"
 path = "/owa"
 upstream = "exchange"
 access = "mfa"
 unauthenticated_status = 440
+${owa}
 
 [[routes]]
-host = "127.0.0.1"
+host = "${host}"
 path = "/owa/healthcheck.htm"
 upstream = "exchange"
 access = "public"
 
 [[routes]]
-host = "127.0.0.1"
+host = "${host}"
 path = "/ecp"
 upstream = "exchange"
 access = "mfa"
 ${ecp}
+${extra}
 `;
   const configFile = path.join(dir, 'gateway.toml');
   fs.writeFileSync(configFile, toml);
@@ -248,13 +288,15 @@ ${ecp}
   let exited = null;
   child.once('exit', (code, signal) => { exited = code ?? signal; });
   const admin = `http://127.0.0.1:${adminPort}`;
-  const origin = `http://127.0.0.1:${port}`;
+  const origin = tls ? `https://${host}:${port}` : `http://127.0.0.1:${port}`;
   // Ready for the suite: the load balancer's probe /_gateway/health says 200, which needs the
   // provider's metadata and keys (the admin /readyz does not wait for those), and /readyz too.
   await waitFor(`gateway ${name} to be ready (log: ${log.file})`, async () => {
     if (exited !== null) throw new Error(`gateway ${name} exited (${exited}); see ${log.file}`);
-    const health = await fetch(`${origin}/_gateway/health`);
-    if (health.status !== 200) return false;
+    const health = tls
+      ? await probeTls(`${origin}/_gateway/health`, host)
+      : (await fetch(`${origin}/_gateway/health`)).status;
+    if (health !== 200) return false;
     return (await fetch(`${admin}/readyz`)).status === 200;
   });
   return {
@@ -272,8 +314,9 @@ ${ecp}
   };
 }
 
-/** A Chromium of its own, with a fresh profile directory: { context, page, close() }. */
-export async function launchBrowser() {
+/** A Chromium of its own, with a fresh profile directory and `extraArgs` after the standard
+ * flags: { context, page, close() }. */
+export async function launchBrowser(extraArgs = []) {
   const userDataDir = tempDir('chromium');
   // Exactly the listed flags: Playwright's own defaults are left out (ignoreDefaultArgs), so the
   // profile directory and the pipe Playwright drives the browser through are given here.
@@ -281,7 +324,7 @@ export async function launchBrowser() {
     executablePath: CHROMIUM,
     headless: true,
     ignoreDefaultArgs: true,
-    args: [...CHROMIUM_FLAGS, `--user-data-dir=${userDataDir}`, '--remote-debugging-pipe', 'about:blank'],
+    args: [...CHROMIUM_FLAGS, ...extraArgs, `--user-data-dir=${userDataDir}`, '--remote-debugging-pipe', 'about:blank'],
     viewport: { width: 1100, height: 720 },
   });
   context.setDefaultTimeout(15000);

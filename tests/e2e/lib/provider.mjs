@@ -14,7 +14,8 @@
 // What makes it Entra-like:
 // - tenant-specific issuer http://127.0.0.1:<port>/<tenant>/ (as https://sts.windows.net/<tid>/),
 //   discovery at <issuer>.well-known/openid-configuration;
-// - ID tokens carry tid, oid, upn, unique_name, name, groups, sid, auth_time and amr
+// - ID tokens carry tid, oid, upn, unique_name, name, groups, onprem_sid (accounts synchronised
+//   from AD), sid, auth_time and amr
 //   (["pwd","mfa"] or ["pwd"], chosen on the sign-in page), signed RS256;
 // - web clients authenticate with client_secret_post or client_secret_basic; PKCE (S256) is
 //   required of every client; response_mode=form_post;
@@ -43,6 +44,7 @@ export const ACCOUNTS = {
     oid: '11111111-aaaa-4aaa-8aaa-000000000001',
     upn: 'alice@contoso-e2e.example',
     name: 'Alice Admin',
+    onprem_sid: 'S-1-5-21-2718281828-3141592653-1618033988-1104',
     groups: ['5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9', '7a7a7a7a-0000-4000-8000-000000000002'],
   },
   bob: {
@@ -50,7 +52,16 @@ export const ACCOUNTS = {
     oid: '22222222-bbbb-4bbb-8bbb-000000000002',
     upn: 'bob@contoso-e2e.example',
     name: 'Bob User',
+    onprem_sid: 'S-1-5-21-2718281828-3141592653-1618033988-1105',
     groups: ['7a7a7a7a-0000-4000-8000-000000000002'],
+  },
+  // A cloud-only account: not synchronised from Active Directory, so no onprem_sid.
+  dave: {
+    sub: 'dAvE-pairwise-sub-0004',
+    oid: '44444444-dddd-4ddd-8ddd-000000000004',
+    upn: 'dave@contoso-e2e.example',
+    name: 'Dave Cloud',
+    groups: [],
   },
 };
 
@@ -113,7 +124,7 @@ function buildProvider({ issuer, clients, keys, cookieKeys }) {
     // Entra v1.0 puts these in the ID token itself. oidc-provider only emits amr/acr/auth_time
     // when they are listed under a scope the client gets, hence under `openid`.
     claims: {
-      openid: ['sub', 'tid', 'oid', 'upn', 'unique_name', 'name', 'groups', 'amr', 'acr', 'auth_time', 'sid'],
+      openid: ['sub', 'tid', 'oid', 'upn', 'unique_name', 'name', 'groups', 'onprem_sid', 'amr', 'acr', 'auth_time', 'sid'],
       profile: ['name', 'given_name', 'family_name'],
       email: ['email'],
     },
@@ -160,6 +171,7 @@ i.type='hidden';i.name='logout';i.value='yes';f.appendChild(i);f.submit();</scri
           family_name: a.name.split(' ')[1],
           email: a.upn,
           groups: a.groups,
+          ...(a.onprem_sid ? { onprem_sid: a.onprem_sid } : {}),
         }),
       };
     },
