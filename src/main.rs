@@ -52,6 +52,10 @@ enum Command {
         /// Address of the gateway's listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// How the sample Exchange signs users in: `none`, or `adfs` (Exchange in AD FS claims
+        /// authentication mode, with the gateway issuing its token).
+        #[arg(long, value_enum, default_value = "none")]
+        sso: DemoSsoArg,
     },
     /// Check a configuration file: exit 0 when it is valid, else print every problem.
     CheckConfig {
@@ -60,17 +64,27 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoSsoArg {
+    None,
+    Adfs,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_writer = init_logging(cli.log_format);
     mfa_gateway::install_crypto_provider();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
-        Command::Demo { listen } => {
+        Command::Demo { listen, sso } => {
             let Some(runtime) = runtime() else {
                 return ExitCode::FAILURE;
             };
-            let result = runtime.block_on(mfa_gateway::demo::run(listen, async {
+            let sso = match sso {
+                DemoSsoArg::None => mfa_gateway::demo::DemoSso::None,
+                DemoSsoArg::Adfs => mfa_gateway::demo::DemoSso::Adfs,
+            };
+            let result = runtime.block_on(mfa_gateway::demo::run(listen, sso, async {
                 let _ = tokio::signal::ctrl_c().await;
             }));
             match result {

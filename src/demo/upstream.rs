@@ -3,6 +3,7 @@
 //! receives.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -13,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use super::adfs::AdfsMode;
 use crate::pages::escape;
 
 pub struct SampleExchange {
@@ -22,6 +24,14 @@ pub struct SampleExchange {
 
 impl SampleExchange {
     pub async fn start(addr: SocketAddr) -> std::io::Result<SampleExchange> {
+        SampleExchange::start_in(addr, None).await
+    }
+
+    /// The sample in AD FS claims authentication mode (`demo --sso adfs`).
+    pub(super) async fn start_in(
+        addr: SocketAddr,
+        adfs: Option<Arc<AdfsMode>>,
+    ) -> std::io::Result<SampleExchange> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -29,9 +39,17 @@ impl SampleExchange {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let adfs = adfs.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(|req| async move {
-                        Ok::<_, std::convert::Infallible>(respond(&req))
+                    let service = service_fn(move |req| {
+                        let adfs = adfs.clone();
+                        async move {
+                            let response = match &adfs {
+                                Some(mode) => super::adfs::respond(req, mode).await,
+                                None => respond(&req),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
