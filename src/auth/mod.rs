@@ -287,12 +287,8 @@ impl SignIn {
     }
 }
 
-/// A `302 Found` to a same-site `location`, never cached.
-pub(crate) fn redirect_to(location: &str) -> Response<ResponseBody> {
-    redirect(location)
-}
-
-fn redirect(location: &str) -> Response<ResponseBody> {
+/// A `302 Found` to `location`, never cached.
+pub(crate) fn redirect(location: &str) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::FOUND;
     if let Ok(value) = HeaderValue::from_str(location) {

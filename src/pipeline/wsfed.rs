@@ -202,5 +202,5 @@ fn with_slash(uri: &http::Uri) -> Response<ResponseBody> {
         Some(query) => format!("/_gateway/wsfed/?{query}"),
         None => "/_gateway/wsfed/".to_owned(),
     };
-    auth::redirect_to(&location)
+    auth::redirect(&location)
 }
