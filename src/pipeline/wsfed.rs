@@ -4,7 +4,7 @@
 //! more than the route would. Sign-outs end the gateway session like the other sign-outs.
 
 use http::header::SET_COOKIE;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{self, Admission, RequestContext, SignIn, StepUp};
@@ -12,7 +12,6 @@ use crate::body::ResponseBody;
 use crate::config::Sso;
 use crate::error::GatewayError;
 use crate::observe::audit;
-use crate::pages::Page;
 use crate::routing::{host_without_port, RouteMatch};
 use crate::server::{Shared, Snapshot};
 use crate::sso::adfs::issuer::EXCHANGE_MAX_AUTHENTICATION_AGE;
@@ -42,9 +41,20 @@ pub(super) fn serve(
         Err(refusal) => return Err(refuse(shared, refusal, None, None, ctx)),
     };
     match action {
-        WsFedAction::SignOut | WsFedAction::SignOutCleanup => {
-            Ok(sign_out(request, sign_in, ctx, action.as_str()))
-        }
+        // Exchange's own redirect after OWA's sign-out is same-origin; a cross-site page only
+        // gets the question, as at `/_gateway/logout`.
+        WsFedAction::SignOut => Ok(super::endpoints::sign_out(
+            request,
+            sign_in,
+            ctx,
+            "wsfed_signout",
+        )),
+        WsFedAction::SignOutCleanup => Ok(super::endpoints::sign_out(
+            request,
+            sign_in,
+            ctx,
+            "wsfed_signout_cleanup",
+        )),
         WsFedAction::SignIn(sign_in_request) => {
             let Some(route) = realm_route(snapshot, &sign_in_request, ctx) else {
                 return Err(refuse(
@@ -149,31 +159,6 @@ fn realm_route<'s>(
         RouteMatch::Found(entry) if entry.sso == Sso::Adfs => Some(entry),
         _ => None,
     }
-}
-
-/// `wsignout1.0` / `wsignoutcleanup1.0`: as `/_gateway/logout`, a cross-site page must not be
-/// able to sign the user out; Exchange's own redirect after OWA's sign-out is same-origin.
-fn sign_out(
-    request: &Request<Incoming>,
-    sign_in: &SignIn,
-    ctx: &RequestContext<'_>,
-    how: &'static str,
-) -> Response<ResponseBody> {
-    if super::endpoints::is_same_origin(request.headers(), ctx) {
-        let session = sign_in.session_of(request.headers());
-        let how = if how == "wsignout1.0" {
-            "wsfed_signout"
-        } else {
-            "wsfed_signout_cleanup"
-        };
-        return sign_in.end_session(session.as_ref(), ctx, how);
-    }
-    Page::new(
-        "Sign out",
-        "Sign out of Outlook on the web and of your Microsoft account on this browser?",
-    )
-    .with_form_button("Sign out", "/_gateway/logout")
-    .response(StatusCode::OK)
 }
 
 /// A refusal: its audit event, its metric, and the error that makes its page.
