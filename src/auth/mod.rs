@@ -38,8 +38,8 @@ use crate::body::ResponseBody;
 use crate::clock::Clock;
 use crate::config::{Config, MfaConfig, OidcConfig, SessionConfig};
 use crate::session::{
-    find_cookie, set_cookie_header, EntraId, Guid, KeyError, OpenedSessions, RevocationCounts,
-    Revocations, SameSite, Session, SessionKey, SessionSeal, UsedStates,
+    find_cookie, set_cookie_header, Guid, KeyError, OpenedSessions, RevocationCounts, Revocations,
+    SameSite, Session, SessionKey, SessionSeal, UsedStates,
 };
 use backchannel::{BackChannel, BackChannelError};
 use client_auth::{ClientAuthError, ClientAuthenticator};
@@ -118,8 +118,6 @@ pub struct SignIn {
     revocations: Arc<Revocations>,
     /// What recent session cookies opened to (with these keys): not opened again per request.
     opened: OpenedSessions,
-    /// `oidc.allowed_tenants`, parsed once: a session's tenant is checked on every request.
-    allowed_tenants: Vec<EntraId>,
     rng: SystemRandom,
 }
 
@@ -190,7 +188,6 @@ impl SignIn {
             used_states,
             revocations,
             opened: OpenedSessions::default(),
-            allowed_tenants: oidc.allowed_tenants.clone(),
             rng: SystemRandom::new(),
         })))
     }
@@ -239,7 +236,7 @@ impl SignIn {
         };
         let rules = SessionRules {
             idle_timeout: self.session.idle_timeout,
-            allowed_tenants: &self.allowed_tenants,
+            allowed_tenants: &self.oidc.allowed_tenants,
         };
         let verdict = policy::decide(route, state, rules, now);
         match (verdict, opened.flatten()) {
@@ -287,12 +284,8 @@ impl SignIn {
     }
 }
 
-/// A `302 Found` to a same-site `location`, never cached.
-pub(crate) fn redirect_to(location: &str) -> Response<ResponseBody> {
-    redirect(location)
-}
-
-fn redirect(location: &str) -> Response<ResponseBody> {
+/// A `302 Found` to `location`, never cached.
+pub(crate) fn redirect(location: &str) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::FOUND;
     if let Ok(value) = HeaderValue::from_str(location) {

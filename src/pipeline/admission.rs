@@ -8,7 +8,7 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::auth::{self, Admission, RequestContext, SignIn};
+use crate::auth::{self, Admission, DenialReason, RequestContext, RoutePolicy, SignIn};
 use crate::body::ResponseBody;
 use crate::config::Access;
 use crate::error::{GatewayError, Side};
@@ -82,17 +82,25 @@ pub(super) fn decide(
             )?;
             Ok(Decision::Answer(Box::new(response)))
         }
-        Admission::Denied { session, why } => {
-            crate::observe::audit::policy_denied(
-                why.as_str(),
-                &session.oid.to_string(),
-                session.upn.as_deref(),
-                &policy.name,
-                ctx.client,
-            );
-            Err(GatewayError::PolicyDenied(why))
-        }
+        Admission::Denied { session, why } => Err(denied(policy, &session, why, ctx)),
     }
+}
+
+/// A signed-in user the route's policy refuses: the audit event, and the error for its page.
+pub(super) fn denied(
+    policy: &RoutePolicy,
+    session: &Session,
+    why: DenialReason,
+    ctx: &RequestContext<'_>,
+) -> GatewayError {
+    crate::observe::audit::policy_denied(
+        why.as_str(),
+        &session.oid.to_string(),
+        session.upn.as_deref(),
+        &policy.name,
+        ctx.client,
+    );
+    GatewayError::PolicyDenied(why)
 }
 
 /// Exchange never sees the gateway's own cookies.

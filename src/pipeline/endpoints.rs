@@ -119,10 +119,7 @@ pub(super) async fn serve(
     }
 }
 
-/// `/_gateway/logout`. A cross-site page must not be able to sign a user out (a forged GET in
-/// an image tag, or a form on another site): the browser's own `Sec-Fetch-Site` — which no
-/// page can set — says whether the request came from this site or from the user (address bar,
-/// bookmark). Anything else gets a page with a button that posts from this site.
+/// `/_gateway/logout`.
 fn logout(
     request: &Request<Incoming>,
     sign_in: &SignIn,
@@ -132,27 +129,41 @@ fn logout(
     if *method != Method::GET && *method != Method::HEAD && *method != Method::POST {
         return Err(GatewayError::MethodNotAllowed);
     }
+    Ok(sign_out(request, sign_in, ctx, "gateway_logout"))
+}
+
+/// A sign-out request (`/_gateway/logout`, WS-Federation's `wsignout1.0`), audited as `how`. A
+/// cross-site page must not be able to sign a user out (a forged GET in an image tag, or a
+/// form on another site): the browser's own `Sec-Fetch-Site` — which no page can set — says
+/// whether the request came from this site or from the user (address bar, bookmark). Anything
+/// else gets a page with a button that posts `/_gateway/logout` from this site.
+pub(super) fn sign_out(
+    request: &Request<Incoming>,
+    sign_in: &SignIn,
+    ctx: &RequestContext<'_>,
+    how: &'static str,
+) -> Response<ResponseBody> {
     if is_same_origin(request.headers(), ctx) {
         let session = sign_in.session_of(request.headers());
-        return Ok(sign_in.end_session(session.as_ref(), ctx, "gateway_logout"));
+        return sign_in.end_session(session.as_ref(), ctx, how);
     }
-    let status = if *method == Method::POST {
+    let status = if *request.method() == Method::POST {
         StatusCode::FORBIDDEN
     } else {
         StatusCode::OK
     };
-    Ok(Page::new(
+    Page::new(
         "Sign out",
         "Sign out of Outlook on the web and of your Microsoft account on this browser?",
     )
     .with_form_button("Sign out", "/_gateway/logout")
-    .response(status))
+    .response(status)
 }
 
 /// Whether the browser says the request was made by this site itself or by the user directly:
 /// `Sec-Fetch-Site: same-origin` or `none`, or — from a browser without Fetch Metadata — a
 /// POST whose `Origin` is this gateway's own.
-pub(super) fn is_same_origin(headers: &http::HeaderMap, ctx: &RequestContext<'_>) -> bool {
+fn is_same_origin(headers: &http::HeaderMap, ctx: &RequestContext<'_>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return site.as_bytes().eq_ignore_ascii_case(b"same-origin")
             || site.as_bytes().eq_ignore_ascii_case(b"none");

@@ -4,7 +4,7 @@
 //! more than the route would. Sign-outs end the gateway session like the other sign-outs.
 
 use http::header::SET_COOKIE;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{self, Admission, RequestContext, SignIn, StepUp};
@@ -12,10 +12,10 @@ use crate::body::ResponseBody;
 use crate::config::Sso;
 use crate::error::GatewayError;
 use crate::observe::audit;
-use crate::pages::Page;
 use crate::routing::{host_without_port, RouteMatch};
 use crate::server::{Shared, Snapshot};
-use crate::sso::adfs::issuer::EXCHANGE_MAX_AUTHENTICATION_AGE;
+use crate::session::Session;
+use crate::sso::adfs::issuer::{AdfsIssuer, EXCHANGE_MAX_AUTHENTICATION_AGE};
 use crate::sso::adfs::wsfed::{self, SignInRequest, WsFedAction, WsFedRefusal};
 
 pub(super) fn serve(
@@ -41,91 +41,85 @@ pub(super) fn serve(
         Ok(action) => action,
         Err(refusal) => return Err(refuse(shared, refusal, None, None, ctx)),
     };
-    match action {
-        WsFedAction::SignOut | WsFedAction::SignOutCleanup => {
-            Ok(sign_out(request, sign_in, ctx, action.as_str()))
+    let how = match action {
+        WsFedAction::SignIn(wanted) => {
+            return sign_in_to_realm(request, sign_in, issuer, &wanted, snapshot, shared, ctx)
         }
-        WsFedAction::SignIn(sign_in_request) => {
-            let Some(route) = realm_route(snapshot, &sign_in_request, ctx) else {
-                return Err(refuse(
-                    shared,
-                    WsFedRefusal::RealmNotPublished,
-                    Some(&sign_in_request.realm),
-                    None,
-                    ctx,
-                ));
-            };
-            let Some(policy) = &route.policy else {
-                // Validation allows sso = "adfs" only on mfa routes; closed otherwise.
-                return Err(GatewayError::Denied);
-            };
-            let now = shared.clock.now();
-            match sign_in.admit(request.headers(), policy) {
-                Admission::Allowed { session, reseal } => {
-                    let age = now.saturating_sub(session.issued_at);
-                    if age >= EXCHANGE_MAX_AUTHENTICATION_AGE.as_secs() {
-                        // Exchange would refuse a token this old and send the browser straight
-                        // back: a fresh session first.
-                        return sign_in.start(
-                            request.method(),
-                            request.uri(),
-                            request.headers(),
-                            &StepUp::default(),
-                            ctx,
-                        );
-                    }
-                    let token = issuer
-                        .issue(&session, &sign_in_request.realm, ctx.host, now)
-                        .map_err(|refusal| {
-                            refuse(
-                                shared,
-                                refusal,
-                                Some(&sign_in_request.realm),
-                                Some(&session),
-                                ctx,
-                            )
-                        })?;
-                    audit::sso_token_issued(
-                        "adfs",
-                        &session.oid.to_string(),
-                        session.upn.as_deref(),
-                        &sign_in_request.realm,
-                        &token.assertion_id,
-                        ctx.client,
-                        ctx.host,
-                    );
-                    shared.metrics.sso_token("adfs", true);
-                    let mut response = wsfed::post_page(
-                        &sign_in_request.realm,
-                        &token.wresult,
-                        sign_in_request.context.as_deref(),
-                    );
-                    if let Some(cookie) = reseal {
-                        response.headers_mut().append(SET_COOKIE, cookie);
-                    }
-                    Ok(response)
-                }
-                Admission::SignInRequired { step_up, .. } => sign_in.start(
-                    request.method(),
-                    request.uri(),
-                    request.headers(),
-                    &step_up,
-                    ctx,
-                ),
-                Admission::Denied { session, why } => {
-                    audit::policy_denied(
-                        why.as_str(),
-                        &session.oid.to_string(),
-                        session.upn.as_deref(),
-                        &policy.name,
-                        ctx.client,
-                    );
-                    shared.metrics.sso_token("adfs", false);
-                    Err(GatewayError::PolicyDenied(why))
-                }
-            }
+        WsFedAction::SignOut => "wsfed_signout",
+        WsFedAction::SignOutCleanup => "wsfed_signout_cleanup",
+    };
+    // Exchange's own redirect after OWA's sign-out is same-origin; a cross-site page only gets
+    // the question, as at `/_gateway/logout`.
+    Ok(super::endpoints::sign_out(request, sign_in, ctx, how))
+}
+
+/// `wsignin1.0`: a token for the realm when the session passes its route's policy; otherwise
+/// a sign-in at Entra first, which returns here.
+fn sign_in_to_realm(
+    request: &Request<Incoming>,
+    sign_in: &SignIn,
+    issuer: &AdfsIssuer,
+    wanted: &SignInRequest,
+    snapshot: &Snapshot,
+    shared: &Shared,
+    ctx: &RequestContext<'_>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let Some(route) = realm_route(snapshot, wanted, ctx) else {
+        return Err(refuse(
+            shared,
+            WsFedRefusal::RealmNotPublished,
+            Some(&wanted.realm),
+            None,
+            ctx,
+        ));
+    };
+    let Some(policy) = &route.policy else {
+        // Validation allows sso = "adfs" only on mfa routes; closed otherwise.
+        return Err(GatewayError::Denied);
+    };
+    let start = |step_up: &StepUp| {
+        sign_in.start(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            step_up,
+            ctx,
+        )
+    };
+    let now = shared.clock.now();
+    let young_enough = |session: &Session| {
+        now.saturating_sub(session.issued_at) < EXCHANGE_MAX_AUTHENTICATION_AGE.as_secs()
+    };
+    let (session, reseal) = match sign_in.admit(request.headers(), policy) {
+        Admission::Allowed { session, reseal } if young_enough(&session) => (session, reseal),
+        // Exchange would refuse a token this old and send the browser straight back: a fresh
+        // session first.
+        Admission::Allowed { .. } => return start(&StepUp::default()),
+        Admission::SignInRequired { step_up, .. } => return start(&step_up),
+        Admission::Denied { session, why } => {
+            let error = super::admission::denied(policy, &session, why, ctx);
+            shared.metrics.sso_token("adfs", false);
+            return Err(error);
         }
+    };
+    let token = issuer
+        .issue(&session, &wanted.realm, ctx.host, now)
+        .map_err(|refusal| refuse(shared, refusal, Some(&wanted.realm), Some(&session), ctx))?;
+    audit::sso_token_issued(
+        "adfs",
+        &session.oid.to_string(),
+        session.upn.as_deref(),
+        &wanted.realm,
+        &token.assertion_id,
+        ctx.client,
+        ctx.host,
+    );
+    shared.metrics.sso_token("adfs", true);
+    let mut response = wsfed::post_page(&wanted.realm, &token.wresult, wanted.context.as_deref());
+    if let Some(cookie) = reseal {
+        response.headers_mut().append(SET_COOKIE, cookie);
     }
+    Ok(response)
 }
 
 /// The route a realm names: `https://<this host><path>/` where a route with `sso = "adfs"`
@@ -151,37 +145,12 @@ fn realm_route<'s>(
     }
 }
 
-/// `wsignout1.0` / `wsignoutcleanup1.0`: as `/_gateway/logout`, a cross-site page must not be
-/// able to sign the user out; Exchange's own redirect after OWA's sign-out is same-origin.
-fn sign_out(
-    request: &Request<Incoming>,
-    sign_in: &SignIn,
-    ctx: &RequestContext<'_>,
-    how: &'static str,
-) -> Response<ResponseBody> {
-    if super::endpoints::is_same_origin(request.headers(), ctx) {
-        let session = sign_in.session_of(request.headers());
-        let how = if how == "wsignout1.0" {
-            "wsfed_signout"
-        } else {
-            "wsfed_signout_cleanup"
-        };
-        return sign_in.end_session(session.as_ref(), ctx, how);
-    }
-    Page::new(
-        "Sign out",
-        "Sign out of Outlook on the web and of your Microsoft account on this browser?",
-    )
-    .with_form_button("Sign out", "/_gateway/logout")
-    .response(StatusCode::OK)
-}
-
 /// A refusal: its audit event, its metric, and the error that makes its page.
 fn refuse(
     shared: &Shared,
     refusal: WsFedRefusal,
     realm: Option<&str>,
-    session: Option<&crate::session::Session>,
+    session: Option<&Session>,
     ctx: &RequestContext<'_>,
 ) -> GatewayError {
     audit::sso_token_refused(
@@ -202,5 +171,5 @@ fn with_slash(uri: &http::Uri) -> Response<ResponseBody> {
         Some(query) => format!("/_gateway/wsfed/?{query}"),
         None => "/_gateway/wsfed/".to_owned(),
     };
-    auth::redirect_to(&location)
+    auth::redirect(&location)
 }
