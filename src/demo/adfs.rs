@@ -81,6 +81,18 @@ pub(super) struct Mailbox {
     vdirs: Vec<String>,
 }
 
+/// A token posted to a virtual directory, with what Exchange checks it against.
+#[derive(Clone, Copy)]
+pub(super) struct TokenPost<'a> {
+    /// `AdfsIssuer`: the Referer must start with it.
+    pub(super) issuer: &'a str,
+    pub(super) referer: Option<&'a str>,
+    /// `https://<host><vdir>/` as Exchange builds it (`http://` in the plain-HTTP demo).
+    pub(super) realm: &'a str,
+    pub(super) vdir: &'a str,
+    pub(super) wresult: &'a str,
+}
+
 /// The sample's own session cookie.
 const SESSION_COOKIE: &str = "DemoAdfsAuth";
 
@@ -110,18 +122,20 @@ impl AdfsMode {
             .cloned()
     }
 
-    /// Takes a posted token for `realm` (`vdir` of it); the new session cookie's value, or why
-    /// Exchange would refuse it.
+    /// Takes a posted token; the new session cookie's value, or why Exchange would refuse it.
     pub(super) fn sign_in(
         &self,
-        issuer: &str,
-        referer: Option<&str>,
-        realm: &str,
-        vdir: &str,
-        wresult: &str,
+        post: &TokenPost<'_>,
         cookie: Option<&str>,
         now: i64,
     ) -> Result<String, &'static str> {
+        let TokenPost {
+            issuer,
+            referer,
+            realm,
+            vdir,
+            wresult,
+        } = *post;
         if !referer.is_some_and(|r| {
             r.to_ascii_lowercase()
                 .starts_with(&issuer.to_ascii_lowercase())
@@ -300,15 +314,14 @@ pub(super) async fn respond(request: Request<Incoming>, mode: &AdfsMode) -> Resp
         if field("wa") == Some("wsignin1.0") {
             let now = chrono::Utc::now().timestamp();
             let wresult = field("wresult").unwrap_or_default();
-            return match mode.sign_in(
-                &issuer,
-                referer.as_deref(),
-                &realm,
+            let post = TokenPost {
+                issuer: &issuer,
+                referer: referer.as_deref(),
+                realm: &realm,
                 vdir,
                 wresult,
-                cookie.as_deref(),
-                now,
-            ) {
+            };
+            return match mode.sign_in(&post, cookie.as_deref(), now) {
                 Ok(value) => {
                     let ru = field("wctx")
                         .and_then(|wctx| {
@@ -465,17 +478,22 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let wresult = token(&signing, now as u64);
         let referer = Some("http://localhost:8080/_gateway/wsfed/?wa=wsignin1.0");
-        let cookie = mode
-            .sign_in(ISSUER, referer, REALM, "/owa", &wresult, None, now)
-            .unwrap();
+        let sign_in = |wresult: &str, referer: Option<&str>, realm: &str, now: i64| {
+            let post = TokenPost {
+                issuer: ISSUER,
+                referer,
+                realm,
+                vdir: "/owa",
+                wresult,
+            };
+            mode.sign_in(&post, None, now)
+        };
+        let cookie = sign_in(&wresult, referer, REALM, now).unwrap();
         let mailbox = mode.mailbox(Some(&cookie), "/owa").unwrap();
         assert_eq!(mailbox.upn, "alice@contoso.com");
         assert_eq!(mailbox.sid, "S-1-5-21-1-2-3-1105");
         assert!(mode.mailbox(Some(&cookie), "/ecp").is_none());
 
-        let sign_in = |wresult: &str, referer: Option<&str>, realm: &str, now: i64| {
-            mode.sign_in(ISSUER, referer, realm, "/owa", wresult, None, now)
-        };
         let changed = wresult.replacen("alice@", "alicf@", 1);
         assert_eq!(
             sign_in(&changed, referer, REALM, now),
