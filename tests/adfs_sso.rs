@@ -438,7 +438,7 @@ async fn realms_of_other_hosts_paths_or_schemes_and_other_reply_addresses_get_no
         format!("https://{host}/ews/"),
         format!("https://{host}/owa/x/"),
         format!("https://{host}/owa"),
-        format!("http://{host}/owa/"),
+        format!("ftp://{host}/owa/"),
         format!("https://{host}.evil.example/owa/"),
     ] {
         let reply = browser.navigate(&w.sign_in_url(&realm)).await;
@@ -776,6 +776,70 @@ async fn a_reload_that_puts_the_next_certificate_first_signs_with_it_from_the_ne
     );
     let reply = browser.navigate(&w.sign_in_url(&w.realm("/owa"))).await;
     assert!(xmlsec_verify(&token(&reply), &next.cert_pem).0);
+}
+
+/// Rollover as operations does it on the real binary: the files are replaced in place and the
+/// process gets SIGHUP; the next token is signed with the new key, without a restart.
+#[tokio::test]
+async fn sighup_to_the_running_binary_reloads_the_token_signing_certificate_files() {
+    support::init();
+    let provider = provider().await;
+    let exchange = FakeExchange::builder("ex01").start().await;
+    let signing = SigningFiles::new();
+    let mut config = SignInConfig::new(&provider, &exchange);
+    config.owa_extra = "sso = \"adfs\"\n".into();
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, ports) = support::GatewayProcess::start(dir.path(), &[], |ports| {
+        let toml = format!("{}{}", config.toml(), signing.section());
+        toml.replace(
+            "http_listen = \"127.0.0.1:0\"",
+            &format!("http_listen = \"127.0.0.1:{}\"", ports.http),
+        )
+    })
+    .await;
+    let gateway_addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports.http));
+    let realm = format!("https://{MAIL_HOST}:{}/owa/", ports.http);
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("wa", "wsignin1.0")
+        .append_pair("wtrealm", &realm)
+        .finish();
+    let token_url = format!("/_gateway/wsfed/?{query}");
+    let ready = support::wait_until(Duration::from_secs(10), || async {
+        reqwest::get(format!("http://{gateway_addr}/_gateway/health"))
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(ready, "the gateway never became ready:\n{}", gateway.log());
+
+    let mut browser = Browser::new(gateway_addr);
+    browser.sign_in_ok("/owa/", &provider, "alice").await;
+    let token = |reply: &Reply| {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+        let (_, fields) = posted_form(reply);
+        field(&fields, "wresult").to_owned()
+    };
+    let before = token(&browser.navigate(&token_url).await);
+    assert!(xmlsec_verify(&before, &signing.cert_pem).0);
+
+    let next = SigningFiles::new();
+    std::fs::copy(next.cert(), signing.cert()).unwrap();
+    std::fs::copy(next.key(), signing.key()).unwrap();
+    let log_before = gateway.log().len();
+    gateway.signal("HUP");
+    let reloaded = support::wait_until(Duration::from_secs(10), || async {
+        gateway
+            .log()
+            .get(log_before..)
+            .is_some_and(|new| new.contains("configuration reloaded"))
+    })
+    .await;
+    assert!(reloaded, "no reload in the log:\n{}", gateway.log());
+
+    let after = token(&browser.navigate(&token_url).await);
+    let (ok, output) = xmlsec_verify(&after, &next.cert_pem);
+    assert!(ok, "the replaced files sign after SIGHUP: {output}");
+    assert!(!xmlsec_verify(&after, &signing.cert_pem).0);
 }
 
 // ---------------------------------------------------------------------------------------------

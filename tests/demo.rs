@@ -47,10 +47,16 @@ struct Demo {
 impl Demo {
     /// Starts the demo and waits until it says where to open it.
     fn start() -> Demo {
+        Demo::start_with(&[])
+    }
+
+    /// Starts the demo with more arguments (`--sso adfs`).
+    fn start_with(extra: &[&str]) -> Demo {
         let binary = std::env::var_os("MFA_GATEWAY_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_mfa-gateway").into());
         let mut child = Command::new(&binary)
             .args(["demo", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -321,4 +327,66 @@ async fn demo_refuses_a_password_only_sign_in_and_exchange_stays_closed() {
         owa.body
     );
     assert!(!owa.body.contains("sample Exchange"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_in_adfs_mode_lands_in_the_mailbox_with_the_gateways_token_and_no_second_prompt() {
+    let demo = Demo::start_with(&["--sso", "adfs"]);
+    let mut browser = Browser::new(&demo);
+    demo.wait_until_ready(&mut browser).await;
+
+    let signed_in = browser.sign_in(&demo, "alice", true).await;
+    assert_eq!(signed_in.status, StatusCode::FOUND, "{}", signed_in.body);
+    assert_eq!(signed_in.location.as_deref(), Some("/owa/"));
+
+    // The sample Exchange, in AD FS mode, has no session of its own: it sends the browser to
+    // its AdfsIssuer, the gateway's WS-Federation endpoint on the same host.
+    let exchange = browser.navigate(&demo.url("/owa/")).await;
+    assert_eq!(exchange.status, StatusCode::FOUND, "{}", exchange.body);
+    let wsfed = exchange.location.expect("a redirect to the AdfsIssuer");
+    assert!(
+        wsfed.starts_with(&demo.url("/_gateway/wsfed/?wa=wsignin1.0&wtrealm=")),
+        "{wsfed}"
+    );
+
+    let post_page = browser.navigate(&wsfed).await;
+    assert_eq!(post_page.status, StatusCode::OK, "{}", post_page.body);
+    let (action, fields) = parse_form_post(&post_page.body)
+        .unwrap_or_else(|| panic!("the token's auto-post page: {}", post_page.body));
+    assert_eq!(action, demo.url("/owa/"), "the token goes to the realm");
+    assert!(fields.iter().any(|(name, value)| name == "wresult"
+        && value.contains("saml:Assertion")
+        && value.contains("alice@contoso.com")));
+
+    // Exchange accepts a token only from a POST whose Referer starts with its AdfsIssuer.
+    let mut refused = Browser::new(&demo);
+    let without_referer = refused
+        .post_form(&action, &fields, &[("accept", "text/html")])
+        .await;
+    assert_ne!(
+        without_referer.status,
+        StatusCode::FOUND,
+        "the sample Exchange checks the Referer: {}",
+        without_referer.body
+    );
+
+    let accepted = browser
+        .post_form(
+            &action,
+            &fields,
+            &[("accept", "text/html"), ("referer", &wsfed)],
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::FOUND, "{}", accepted.body);
+    let back = accepted.location.expect("back to the page first asked");
+    assert_eq!(back, "/owa/");
+
+    let mailbox = browser.navigate(&demo.url(&back)).await;
+    assert_eq!(mailbox.status, StatusCode::OK, "{}", mailbox.body);
+    assert!(
+        mailbox.body.contains("Inbox of alice@contoso.com"),
+        "Exchange opened the mailbox the token named: {}",
+        mailbox.body
+    );
+    assert!(mailbox.body.contains("AD FS mode"), "{}", mailbox.body);
 }

@@ -24,7 +24,7 @@ fuzz_target!(|input: (&str, &str)| {
             if let Some(wreply) = wreply {
                 assert_eq!(wreply, request.realm, "a wreply other than the realm passed");
             }
-            if let Some(path) = realm_path(&request.realm, host) {
+            if let Some(path) = realm_path(&request.realm, "https", host) {
                 assert!(path.starts_with('/') && path.len() > 1, "{path:?}");
                 assert!(!path.ends_with('/'), "{path:?}");
                 assert!(

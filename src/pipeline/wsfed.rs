@@ -122,14 +122,14 @@ fn sign_in_to_realm(
     Ok(response)
 }
 
-/// The route a realm names: `https://<this host><path>/` where a route with `sso = "adfs"`
+/// The route a realm names: `https://<this host><path>/` (`http://` on a plain-HTTP listener) where a route with `sso = "adfs"`
 /// publishes exactly `<path>` (compared without regard to case, as IIS compares paths).
 fn realm_route<'s>(
     snapshot: &'s Snapshot,
     request: &SignInRequest,
     ctx: &RequestContext<'_>,
 ) -> Option<&'s crate::server::RouteEntry> {
-    let path = wsfed::realm_path(&request.realm, ctx.host)?;
+    let path = wsfed::realm_path(&request.realm, ctx.scheme, ctx.host)?;
     let host = host_without_port(ctx.host);
     let configured = snapshot.config.routes.iter().any(|route| {
         route.sso == Sso::Adfs

@@ -130,15 +130,15 @@ pub fn parse(query: Option<&str>) -> Result<WsFedAction, WsFedRefusal> {
 
 /// The path of a realm that belongs to the host the browser asked (`Host` as received, with
 /// its port): `https://<host><path>/` with nothing else — no user, query, fragment, escape or
-/// control character. Returns the path without its final `/` (`/owa`), for the caller to find
-/// the route it names.
-pub fn realm_path<'r>(realm: &'r str, request_host: &str) -> Option<&'r str> {
-    const SCHEME: &str = "https://";
-    let scheme = realm.get(..SCHEME.len())?;
-    if !scheme.eq_ignore_ascii_case(SCHEME) {
-        return None;
-    }
-    let rest = &realm[SCHEME.len()..];
+/// control character. `http://` is accepted only from a browser that itself came over plain
+/// HTTP (`browser_scheme`), as on the demo's loopback listener. Returns the path without its
+/// final `/` (`/owa`), for the caller to find the route it names.
+pub fn realm_path<'r>(realm: &'r str, browser_scheme: &str, request_host: &str) -> Option<&'r str> {
+    let rest = ["https", browser_scheme].into_iter().find_map(|scheme| {
+        let prefix = realm.get(..scheme.len() + 3)?;
+        let (name, separator) = prefix.split_at(scheme.len());
+        (name.eq_ignore_ascii_case(scheme) && separator == "://").then(|| &realm[prefix.len()..])
+    })?;
     let slash = rest.find('/')?;
     let (authority, path) = rest.split_at(slash);
     if !authority.eq_ignore_ascii_case(request_host) {
@@ -298,15 +298,15 @@ mod tests {
     fn realm_paths_belong_to_the_requested_host_only() {
         let host = "mail.contoso.com";
         assert_eq!(
-            realm_path("https://mail.contoso.com/owa/", host),
+            realm_path("https://mail.contoso.com/owa/", "https", host),
             Some("/owa")
         );
         assert_eq!(
-            realm_path("HTTPS://MAIL.contoso.com/ecp/", host),
+            realm_path("HTTPS://MAIL.contoso.com/ecp/", "https", host),
             Some("/ecp")
         );
         assert_eq!(
-            realm_path("https://localhost:8443/owa/", "localhost:8443"),
+            realm_path("https://localhost:8443/owa/", "https", "localhost:8443"),
             Some("/owa")
         );
         for realm in [
@@ -328,7 +328,31 @@ mod tests {
             "",
             "https://mail.contoso.comé/owa/",
         ] {
-            assert_eq!(realm_path(realm, host), None, "{realm}");
+            assert_eq!(realm_path(realm, "https", host), None, "{realm}");
+        }
+    }
+
+    #[test]
+    fn plain_http_realms_only_for_a_browser_that_came_over_plain_http() {
+        let host = "127.0.0.1:8080";
+        assert_eq!(
+            realm_path("http://127.0.0.1:8080/owa/", "http", host),
+            Some("/owa")
+        );
+        assert_eq!(
+            realm_path("https://127.0.0.1:8080/owa/", "http", host),
+            Some("/owa")
+        );
+        assert_eq!(
+            realm_path("http://127.0.0.1:8080/owa/", "https", host),
+            None
+        );
+        for realm in [
+            "http:/127.0.0.1:8080/owa/",
+            "httpx://127.0.0.1:8080/owa/",
+            "http:",
+        ] {
+            assert_eq!(realm_path(realm, "http", host), None, "{realm}");
         }
     }
 
