@@ -176,32 +176,8 @@ impl World {
 
 /// The form the token page posts: its action and fields (HTML entities decoded).
 fn posted_form(reply: &Reply) -> (String, Vec<(String, String)>) {
-    fn attribute(tag: &str, name: &str) -> Option<String> {
-        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
-        let end = start + tag[start..].find('"')?;
-        Some(unescape(&tag[start..end]))
-    }
-    let body = &reply.body;
-    let form_start = body.find("<form").expect("a form");
-    let form_tag = &body[form_start..form_start + body[form_start..].find('>').unwrap()];
-    let action = attribute(form_tag, "action").expect("form action");
-    let mut fields = Vec::new();
-    for input in body.split("<input").skip(1) {
-        let tag = &input[..input.find('>').unwrap()];
-        fields.push((
-            attribute(tag, "name").unwrap(),
-            attribute(tag, "value").unwrap(),
-        ));
-    }
-    (action, fields)
-}
-
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
+    mfa_gateway::demo::parse_form_post(&reply.body)
+        .unwrap_or_else(|| panic!("a form post page: {}", reply.describe()))
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {

@@ -46,14 +46,7 @@ async fn logout_is_recorded_and_returns_to_the_post_logout_redirect_uri() {
     let response = http.get(&url).send().await.unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::FOUND);
     assert_eq!(response.headers()["location"], format!("{back}&state=xyz"));
-    let page = http
-        .get(provider.end_session_endpoint())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, provider.end_session_endpoint()).await;
     assert!(page.contains("You have signed out"));
     let calls = provider.calls_to(ProviderEndpoint::Logout);
     assert_eq!(calls.len(), 2);

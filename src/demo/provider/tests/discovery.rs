@@ -5,14 +5,7 @@ use super::*;
 #[tokio::test]
 async fn discovery_document_names_the_v1_endpoints_under_the_tenant() {
     let provider = start().await;
-    let text = http()
-        .get(provider.discovery_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http(), provider.discovery_url()).await;
     let doc: Value = serde_json::from_str(&text).unwrap();
     let port = provider.addr().port();
     let base = format!("http://127.0.0.1:{port}/{DEFAULT_TENANT_ID}/");
@@ -141,14 +134,7 @@ async fn acrs_is_granted_only_to_a_sign_in_with_mfa() {
     let provider = start().await;
     let http = http();
     let claims = r#"{"id_token":{"acrs":{"essential":true,"value":"c1"}}}"#;
-    let page = http
-        .get(login(&provider, CLIENT, &[("claims", claims)]).url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, login(&provider, CLIENT, &[("claims", claims)]).url).await;
     assert!(page.contains("authentication context <b>c1</b>"));
 
     let (with_mfa, _, _) = id_token(&http, &provider, "alice", true, &[("claims", claims)]).await;

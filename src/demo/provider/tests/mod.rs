@@ -182,15 +182,13 @@ async fn id_token(
     (jwt::decode(&compact).unwrap(), compact, login)
 }
 
+/// The body of a GET that must be answered.
+async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn jwks(http: &reqwest::Client, provider: &TestProvider) -> Vec<Value> {
-    let text = http
-        .get(provider.jwks_uri())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(http, provider.jwks_uri()).await;
     let keys: Value = serde_json::from_str(&text).unwrap();
     keys["keys"].as_array().unwrap().clone()
 }
