@@ -858,6 +858,47 @@ async fn token_from_another_tenant_is_refused_and_exchange_is_never_reached() {
     .await;
 }
 
+/// A tenant written as text (another provider's identifier) is compared exactly by the token
+/// check, as by the route policy afterwards: a token the policy would refuse is refused at the
+/// callback, instead of a session that signs in again and again.
+#[tokio::test]
+async fn a_text_tenant_in_another_letter_case_is_refused_at_the_callback() {
+    let w = world(|config, provider| {
+        config.oidc_extra = format!(
+            "allowed_tenants = [\"contoso-text\", \"{}\"]\n",
+            provider.tenant_id()
+        );
+    })
+    .await;
+    let mut browser = w.browser();
+    let reply = w
+        .sign_in_with(
+            &mut browser,
+            Forgery::default().claim("tid", "CONTOSO-TEXT"),
+        )
+        .await;
+    w.assert_refused(
+        &mut browser,
+        &reply,
+        StatusCode::FORBIDDEN,
+        "wrong_tenant",
+        "organisation that may not use this site",
+        DEEP_LINK,
+    )
+    .await;
+
+    let mut browser = w.browser();
+    let reply = w
+        .sign_in_with(
+            &mut browser,
+            Forgery::default().claim("tid", "contoso-text"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.describe());
+    let mailbox = browser.navigate(DEEP_LINK).await;
+    assert_eq!(mailbox.status, StatusCode::OK, "{}", mailbox.describe());
+}
+
 #[tokio::test]
 async fn sign_in_older_than_max_auth_age_is_refused_and_exchange_is_never_reached() {
     let w = default_world().await;

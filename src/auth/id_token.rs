@@ -16,7 +16,7 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::session::{EntraId, Guid};
+use crate::session::EntraId;
 
 /// Entra's claims beyond the OpenID Connect core set.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -219,16 +219,12 @@ fn verify_inner(
         }
     }
     let tid = extra.tid.clone().ok_or(Refusal::MissingIdentity)?;
-    // A GUID in any letter case is one tenant; another provider's tenant ids are compared
-    // without regard to case.
-    let tid_guid = Guid::parse(&tid);
+    // The rule the route policy applies to the session later (a GUID in any letter case is one
+    // tenant; other identifiers exactly), so a token admitted here is never refused there.
     if !expected
         .allowed_tenants
         .iter()
-        .any(|allowed| match allowed {
-            EntraId::Guid(guid) => tid_guid == Some(*guid),
-            EntraId::Text(text) => text.eq_ignore_ascii_case(&tid),
-        })
+        .any(|allowed| allowed.matches(&tid))
     {
         return Err(Refusal::WrongTenant);
     }
