@@ -135,9 +135,9 @@ pub fn parse(query: Option<&str>) -> Result<WsFedAction, WsFedRefusal> {
 /// final `/` (`/owa`), for the caller to find the route it names.
 pub fn realm_path<'r>(realm: &'r str, browser_scheme: &str, request_host: &str) -> Option<&'r str> {
     let rest = ["https", browser_scheme].into_iter().find_map(|scheme| {
-        let prefix = realm.get(..scheme.len() + 3)?;
-        let (name, separator) = prefix.split_at(scheme.len());
-        (name.eq_ignore_ascii_case(scheme) && separator == "://").then(|| &realm[prefix.len()..])
+        let name = realm.get(..scheme.len())?;
+        let rest = realm.get(scheme.len()..)?.strip_prefix("://")?;
+        name.eq_ignore_ascii_case(scheme).then_some(rest)
     })?;
     let slash = rest.find('/')?;
     let (authority, path) = rest.split_at(slash);
