@@ -71,6 +71,24 @@ impl World {
         Browser::new(self.gateway.http.expect("plain HTTP listener"))
     }
 
+    /// A sign-in whose token names tenant `tid` is refused as a foreign tenant, and Exchange is
+    /// never reached.
+    async fn assert_tenant_refused(&self, tid: &str) {
+        let mut browser = self.browser();
+        let reply = self
+            .sign_in_with(&mut browser, Forgery::default().claim("tid", tid))
+            .await;
+        self.assert_refused(
+            &mut browser,
+            &reply,
+            StatusCode::FORBIDDEN,
+            "wrong_tenant",
+            "organisation that may not use this site",
+            DEEP_LINK,
+        )
+        .await;
+    }
+
     fn token_calls(&self) -> usize {
         self.provider.calls_to(ProviderEndpoint::Token).len()
     }
@@ -843,19 +861,7 @@ async fn token_without_an_amr_claim_is_refused_as_lacking_mfa() {
 #[tokio::test]
 async fn token_from_another_tenant_is_refused_and_exchange_is_never_reached() {
     let w = default_world().await;
-    let mut browser = w.browser();
-    let reply = w
-        .sign_in_with(&mut browser, Forgery::default().claim("tid", OTHER_TENANT))
-        .await;
-    w.assert_refused(
-        &mut browser,
-        &reply,
-        StatusCode::FORBIDDEN,
-        "wrong_tenant",
-        "organisation that may not use this site",
-        DEEP_LINK,
-    )
-    .await;
+    w.assert_tenant_refused(OTHER_TENANT).await;
 }
 
 /// A tenant written as text (another provider's identifier) is compared exactly by the token
@@ -870,22 +876,7 @@ async fn a_text_tenant_in_another_letter_case_is_refused_at_the_callback() {
         );
     })
     .await;
-    let mut browser = w.browser();
-    let reply = w
-        .sign_in_with(
-            &mut browser,
-            Forgery::default().claim("tid", "CONTOSO-TEXT"),
-        )
-        .await;
-    w.assert_refused(
-        &mut browser,
-        &reply,
-        StatusCode::FORBIDDEN,
-        "wrong_tenant",
-        "organisation that may not use this site",
-        DEEP_LINK,
-    )
-    .await;
+    w.assert_tenant_refused("CONTOSO-TEXT").await;
 
     let mut browser = w.browser();
     let reply = w
