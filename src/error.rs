@@ -470,9 +470,7 @@ fn forms_logon_page(why: FormsLogonRefusal, allowed: Option<&str>) -> Page {
         None => "Microsoft Entra ID did not name your account (the claim upn) in this sign-in, so the mail server's logon cannot be matched to it. Contact your administrator.".to_owned(),
     };
     match why {
-        FormsLogonRefusal::OtherAccount => {
-            Page::owned("This is not your account", allowed)
-        }
+        FormsLogonRefusal::OtherAccount => Page::owned("This is not your account", allowed),
         FormsLogonRefusal::Unreadable => Page::owned(
             "Logon not accepted",
             format!("Your browser sent a logon this site cannot read. {allowed}"),

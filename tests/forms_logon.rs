@@ -157,7 +157,10 @@ async fn post(browser: &mut Browser, path: &str, body: String) -> Reply {
 async fn the_signed_in_user_logs_on_to_exchange_under_her_upn_in_any_case() {
     let world = world(|_| {}).await;
     let mut browser = world.alice().await;
-    for (i, username) in ["alice@contoso.com", "ALICE@Contoso.COM"].iter().enumerate() {
+    for (i, username) in ["alice@contoso.com", "ALICE@Contoso.COM"]
+        .iter()
+        .enumerate()
+    {
         let form = logon_form(username);
         let reply = post(&mut browser, "/owa/auth.owa", form.clone()).await;
         assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.describe());
@@ -182,7 +185,11 @@ async fn another_users_name_is_refused_naming_the_session_user_and_never_reaches
     let world = world(|_| {}).await;
     let mut browser = world.alice().await;
     let reply = post(&mut browser, "/owa/auth.owa", logon_form("bob@contoso.com")).await;
-    assert!(reply.body.contains("not your account"), "{}", reply.describe());
+    assert!(
+        reply.body.contains("not your account"),
+        "{}",
+        reply.describe()
+    );
     world.assert_refused(&reply, "forms_logon_other_account", "bob@contoso.com");
 }
 
@@ -190,9 +197,19 @@ async fn another_users_name_is_refused_naming_the_session_user_and_never_reaches
 async fn the_logon_is_bound_however_its_path_is_spelled() {
     let world = world(|_| {}).await;
     let mut browser = world.alice().await;
-    for path in ["/OWA/Auth.owa", "/owa//auth.owa", "/owa/%61uth.owa", "/owa/auth.owa."] {
+    for path in [
+        "/OWA/Auth.owa",
+        "/owa//auth.owa",
+        "/owa/%61uth.owa",
+        "/owa/auth.owa.",
+    ] {
         let reply = post(&mut browser, path, logon_form("bob@contoso.com")).await;
-        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {}",
+            reply.describe()
+        );
     }
     assert_eq!(world.logon_posts(), 0);
 }
@@ -211,10 +228,18 @@ async fn domain_and_bare_account_names_are_accepted_only_with_the_account_name_c
     })
     .await;
     let mut browser = world.alice().await;
-    for (i, username) in ["CONTOSO\\alice", "contoso\\ALICE", "alice"].iter().enumerate() {
+    for (i, username) in ["CONTOSO\\alice", "contoso\\ALICE", "alice"]
+        .iter()
+        .enumerate()
+    {
         let form = logon_form(username);
         let reply = post(&mut browser, "/owa/auth.owa", form.clone()).await;
-        assert_eq!(reply.status, StatusCode::FOUND, "{username}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::FOUND,
+            "{username}: {}",
+            reply.describe()
+        );
         assert_eq!(world.logon_posts(), i + 1);
         assert_eq!(
             world.bodies.lock().unwrap().last().map(|b| b.to_vec()),
@@ -241,7 +266,10 @@ async fn a_logon_without_a_readable_username_or_too_large_is_refused() {
     .await;
     world.assert_refused(&reply, "forms_logon_unreadable", "-");
 
-    let two = format!("{}&username=alice%40contoso.com", logon_form("bob@contoso.com"));
+    let two = format!(
+        "{}&username=alice%40contoso.com",
+        logon_form("bob@contoso.com")
+    );
     let reply = post(&mut browser, "/owa/auth.owa", two).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.describe());
 
@@ -251,7 +279,12 @@ async fn a_logon_without_a_readable_username_or_too_large_is_refused() {
         "a".repeat(64 * 1024)
     );
     let reply = post(&mut browser, "/owa/auth.owa", huge).await;
-    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.describe());
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.describe()
+    );
     assert_eq!(world.logon_posts(), 0);
 }
 
@@ -316,7 +349,10 @@ fn check_config_warns_when_the_binding_is_turned_off() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
-    let warnings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("warning:")).collect();
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
     assert_eq!(warnings.len(), 1, "{stdout}");
     assert!(
         warnings[0].starts_with("warning: routes[0].bind_forms_logon (line 20): ")

@@ -103,7 +103,12 @@ mod tests {
     fn public_route(extra: &str) -> String {
         format!(
             "{}{extra}\n",
-            route_with("localhost", "/ews/exchange.asmx/wssecurity", "exchange", "public")
+            route_with(
+                "localhost",
+                "/ews/exchange.asmx/wssecurity",
+                "exchange",
+                "public"
+            )
         )
     }
 
@@ -144,7 +149,9 @@ mod tests {
         ));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
-            errors[0].starts_with("routes[0].allow_from[1] (line 12): \"10.0.0.0/33\" is neither an IP network"),
+            errors[0].starts_with(
+                "routes[0].allow_from[1] (line 12): \"10.0.0.0/33\" is neither an IP network"
+            ),
             "{errors:?}"
         );
         assert!(

@@ -163,17 +163,29 @@ mod tests {
     fn a_client_is_judged_against_every_listed_network() {
         let networks = nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
         for inside in ["10.20.30.40", "2001:db8::1", "192.0.2.7"] {
-            assert!(source_allowed(&networks, inside.parse().unwrap()), "{inside}");
+            assert!(
+                source_allowed(&networks, inside.parse().unwrap()),
+                "{inside}"
+            );
         }
         for outside in ["11.0.0.1", "192.0.2.8", "2001:db9::1", "127.0.0.1"] {
-            assert!(!source_allowed(&networks, outside.parse().unwrap()), "{outside}");
+            assert!(
+                !source_allowed(&networks, outside.parse().unwrap()),
+                "{outside}"
+            );
         }
     }
 
     #[test]
     fn an_ipv4_client_on_a_dual_stack_socket_is_judged_as_ipv4() {
         let networks = nets(&["10.0.0.0/8"]);
-        assert!(source_allowed(&networks, "::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!source_allowed(&networks, "::ffff:11.1.2.3".parse().unwrap()));
+        assert!(source_allowed(
+            &networks,
+            "::ffff:10.1.2.3".parse().unwrap()
+        ));
+        assert!(!source_allowed(
+            &networks,
+            "::ffff:11.1.2.3".parse().unwrap()
+        ));
     }
 }

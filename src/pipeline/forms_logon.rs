@@ -75,7 +75,10 @@ impl<'a> AccountNames<'a> {
         if username.is_empty() {
             return false;
         }
-        if self.upn.is_some_and(|upn| username.eq_ignore_ascii_case(upn)) {
+        if self
+            .upn
+            .is_some_and(|upn| username.eq_ignore_ascii_case(upn))
+        {
             return true;
         }
         let Some(account) = self.account else {
@@ -169,8 +172,7 @@ fn logon_username(parts: &http::request::Parts, body: &Bytes) -> Result<String, 
     for param in params {
         if let Some((name, value)) = param.split_once('=') {
             let value = value.trim().trim_matches('"');
-            if name.trim().eq_ignore_ascii_case("charset") && !value.eq_ignore_ascii_case("utf-8")
-            {
+            if name.trim().eq_ignore_ascii_case("charset") && !value.eq_ignore_ascii_case("utf-8") {
                 return Err(());
             }
         }
@@ -257,7 +259,11 @@ mod tests {
             assert_eq!(form(body), Err(()), "{body}");
         }
         assert_eq!(
-            form_with("multipart/form-data; boundary=x", "/owa/auth.owa", "username=alice"),
+            form_with(
+                "multipart/form-data; boundary=x",
+                "/owa/auth.owa",
+                "username=alice"
+            ),
             Err(())
         );
         assert_eq!(
@@ -287,7 +293,13 @@ mod tests {
         };
         assert!(names.allow("alice@contoso.com"));
         assert!(names.allow("Alice@CONTOSO.com "));
-        for other in ["bob@contoso.com", "alice", "CONTOSO\\alice", "", "alice@contoso.com.evil"] {
+        for other in [
+            "bob@contoso.com",
+            "alice",
+            "CONTOSO\\alice",
+            "",
+            "alice@contoso.com.evil",
+        ] {
             assert!(!names.allow(other), "{other}");
         }
     }
@@ -300,10 +312,21 @@ mod tests {
             account: Some("alice"),
             domains: &domains,
         };
-        for own in ["alice", "ALICE", "contoso\\alice", "CORP.contoso.com\\Alice"] {
+        for own in [
+            "alice",
+            "ALICE",
+            "contoso\\alice",
+            "CORP.contoso.com\\Alice",
+        ] {
             assert!(names.allow(own), "{own}");
         }
-        for other in ["bob", "CONTOSO\\bob", "FABRIKAM\\alice", "CONTOSO\\alice\\x", "\\alice"] {
+        for other in [
+            "bob",
+            "CONTOSO\\bob",
+            "FABRIKAM\\alice",
+            "CONTOSO\\alice\\x",
+            "\\alice",
+        ] {
             assert!(!names.allow(other), "{other}");
         }
     }
