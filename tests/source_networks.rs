@@ -138,8 +138,8 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_judged() {
     let refused = gateway
         .audit_events()
         .into_iter()
-        .filter(|e| e.event() == "source_network")
-        .last()
+        .rev()
+        .find(|e| e.event() == "source_network")
         .expect("an audit event");
     assert_eq!(refused.field("client"), Some("203.0.113.9"));
 }
