@@ -141,7 +141,6 @@ pub fn source_refused(route: &str, client: IpAddr, host: &str) {
 
 /// Exchange's forms logon not forwarded: `attempted` is the `username` the form carried (`-`
 /// when none could be read), `upn` the signed-in user's. Never the password.
-#[allow(clippy::too_many_arguments)]
 pub fn forms_logon_refused(
     reason: &str,
     attempted: Option<&str>,
