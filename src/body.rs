@@ -237,6 +237,8 @@ pin_project! {
     pub struct RequestBody {
         #[pin]
         inner: Option<Incoming>,
+        // A body the gateway read whole before forwarding it (Exchange's forms logon).
+        read: Option<Bytes>,
         remaining: u64,
         progress: Option<Arc<AtomicU64>>,
         // Boxed: the upstream client needs an Unpin body.
@@ -256,6 +258,7 @@ impl RequestBody {
     ) -> RequestBody {
         RequestBody {
             inner: Some(body),
+            read: None,
             remaining: limit,
             progress: Some(progress),
             stall: Some(Box::pin(tokio::time::sleep(stall_timeout))),
@@ -263,9 +266,22 @@ impl RequestBody {
         }
     }
 
+    /// A body the gateway has read whole already, passed on as it came.
+    pub fn read(bytes: Bytes) -> RequestBody {
+        RequestBody {
+            inner: None,
+            read: (!bytes.is_empty()).then_some(bytes),
+            remaining: 0,
+            progress: None,
+            stall: None,
+            stall_timeout: Duration::ZERO,
+        }
+    }
+
     pub fn empty() -> RequestBody {
         RequestBody {
             inner: None,
+            read: None,
             remaining: 0,
             progress: None,
             stall: None,
@@ -283,6 +299,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
+        if let Some(read) = this.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(None);
         };
@@ -318,10 +337,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.read.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(read) = &self.read {
+            return SizeHint::with_exact(read.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())

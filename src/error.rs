@@ -38,6 +38,25 @@ impl Side {
     }
 }
 
+/// Why Exchange's forms logon was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormsLogonRefusal {
+    /// `username` names another account than the signed-in user.
+    OtherAccount,
+    /// No single readable `username` (missing, repeated, not a form, an encoding only IIS
+    /// decodes): what Exchange would read cannot be known.
+    Unreadable,
+}
+
+impl FormsLogonRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FormsLogonRefusal::OtherAccount => "forms_logon_other_account",
+            FormsLogonRefusal::Unreadable => "forms_logon_unreadable",
+        }
+    }
+}
+
 /// Why a sign-in's answer could not be matched to the browser that started it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateProblem {
@@ -139,6 +158,16 @@ pub enum GatewayError {
     /// The route is closed by configuration (`access = "deny"`).
     #[error("route closed by configuration")]
     Denied,
+    /// The client address (after `trusted_proxies`) is outside the route's `allow_from`.
+    #[error("client address outside the route's allow_from")]
+    SourceNotAllowed,
+    /// Exchange's forms logon names another account than the signed-in user (or cannot be
+    /// read): the password is not forwarded. `allowed` is the account this session may open.
+    #[error("forms logon refused: {}", .why.as_str())]
+    FormsLogonRefused {
+        why: FormsLogonRefusal,
+        allowed: Option<String>,
+    },
     /// Signed in, but the route's policy (group membership) refuses the user.
     #[error("signed-in user refused by the route's policy: {0}")]
     PolicyDenied(DenialReason),
@@ -219,9 +248,11 @@ impl GatewayError {
             | GatewayError::CodeExchangeRefused { .. }
             | GatewayError::TokenRefused { .. }
             | GatewayError::IdentityProviderUnavailable { .. } => Side::IdentityProvider,
-            GatewayError::Denied | GatewayError::PolicyDenied(_) | GatewayError::Internal(_) => {
-                Side::Gateway
-            }
+            GatewayError::Denied
+            | GatewayError::SourceNotAllowed
+            | GatewayError::FormsLogonRefused { .. }
+            | GatewayError::PolicyDenied(_)
+            | GatewayError::Internal(_) => Side::Gateway,
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamTimeout
@@ -251,7 +282,10 @@ impl GatewayError {
                 _ => StatusCode::UNAUTHORIZED,
             },
             GatewayError::IdentityProviderUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Denied | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
+            GatewayError::Denied
+            | GatewayError::SourceNotAllowed
+            | GatewayError::FormsLogonRefused { .. }
+            | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::SsoRefused(refusal) => match refusal {
                 WsFedRefusal::SigningFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -287,6 +321,8 @@ impl GatewayError {
             GatewayError::TokenRefused { refusal, .. } => refusal.reason(),
             GatewayError::IdentityProviderUnavailable { .. } => "idp_unavailable",
             GatewayError::Denied => "denied",
+            GatewayError::SourceNotAllowed => "source_not_allowed",
+            GatewayError::FormsLogonRefused { why, .. } => why.as_str(),
             GatewayError::PolicyDenied(why) => why.as_str(),
             GatewayError::Internal(_) => "internal",
             GatewayError::SsoRefused(refusal) => refusal.as_str(),
@@ -371,6 +407,11 @@ impl GatewayError {
                 "Access denied",
                 "This part of the site is not available from outside the organisation.",
             ),
+            GatewayError::SourceNotAllowed => Page::new(
+                "Access denied",
+                "This part of the site is not available from the network you are connecting from.",
+            ),
+            GatewayError::FormsLogonRefused { why, allowed } => forms_logon_page(*why, allowed.as_deref()),
             GatewayError::PolicyDenied(DenialReason::GroupsOverage) => Page::new(
                 "Group membership could not be checked",
                 "Your account is a member of more groups than Microsoft Entra ID lists in a sign-in, so the membership this page requires could not be checked. Ask your administrator to grant access another way.",
@@ -416,6 +457,24 @@ impl GatewayError {
             problem,
             return_path: DEFAULT_RETURN.to_owned(),
         }
+    }
+}
+
+/// The page for a refused forms logon: which account this session may open, so the user who
+/// typed another name knows what to do.
+fn forms_logon_page(why: FormsLogonRefusal, allowed: Option<&str>) -> Page {
+    let allowed = match allowed {
+        Some(upn) => format!(
+            "After your sign-in on this browser you can open only the mailbox of {upn}. Sign in to the mail server with that account; to open another mailbox, sign out and sign in again as its owner."
+        ),
+        None => "Microsoft Entra ID did not name your account (the claim upn) in this sign-in, so the mail server's logon cannot be matched to it. Contact your administrator.".to_owned(),
+    };
+    match why {
+        FormsLogonRefusal::OtherAccount => Page::owned("This is not your account", allowed),
+        FormsLogonRefusal::Unreadable => Page::owned(
+            "Logon not accepted",
+            format!("Your browser sent a logon this site cannot read. {allowed}"),
+        ),
     }
 }
 

@@ -90,6 +90,7 @@ fn dave() -> TestUser {
         oid: "4c2a8d1b-6e9f-4f3e-a5c7-2b3d4e5f6a71".into(),
         onprem_sid: None,
         groups: Vec::new(),
+        extra_claims: Vec::new(),
     }
 }
 

@@ -200,6 +200,7 @@ impl SignIn {
         session.upn = identity.upn.clone();
         session.name = identity.name.clone();
         session.onprem_sid = identity.onprem_sid.clone();
+        session.account_name = identity.account_name.clone();
         session.groups = identity
             .groups
             .iter()
@@ -246,6 +247,7 @@ impl SignIn {
                 acrs_any_of: &self.mfa.acrs_any_of,
                 max_auth_age: self.mfa.max_auth_age,
                 now,
+                account_name_claim: self.oidc.account_name_claim.as_deref(),
             },
         )
     }

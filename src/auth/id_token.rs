@@ -50,6 +50,10 @@ pub struct EntraClaims {
     pub sid: Option<String>,
     #[serde(default)]
     pub nbf: Option<i64>,
+    /// Every other claim, for the one whose name the configuration gives
+    /// (`oidc.account_name_claim`).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl AdditionalClaims for EntraClaims {}
@@ -113,6 +117,8 @@ pub struct Expectations<'a> {
     pub max_auth_age: Duration,
     /// Unix seconds.
     pub now: u64,
+    /// `oidc.account_name_claim`: the claim carrying the on-premises account name.
+    pub account_name_claim: Option<&'a str>,
 }
 
 /// The identity a verified token proves.
@@ -135,6 +141,9 @@ pub struct VerifiedIdentity {
     pub all_amr: Vec<String>,
     pub auth_time: u64,
     pub entra_sid: Option<String>,
+    /// The on-premises account name (sAMAccountName), from the claim
+    /// [`Expectations::account_name_claim`] names, when it holds one.
+    pub account_name: Option<String>,
 }
 
 /// Facts read from a token that failed verification, for the audit log (never the token).
@@ -276,7 +285,26 @@ fn verify_inner(
         all_amr: facts.amr.clone(),
         auth_time: u64::try_from(auth_time).unwrap_or(0),
         entra_sid: extra.sid.clone(),
+        account_name: expected
+            .account_name_claim
+            .and_then(|claim| extra.other.get(claim))
+            .and_then(|value| value.as_str())
+            .filter(|name| is_account_name(name))
+            .map(str::to_owned),
     })
+}
+
+/// A plausible sAMAccountName: not empty, short, and without the characters Active Directory
+/// refuses in one (among them `\` and `@`, which would make it another logon format).
+fn is_account_name(name: &str) -> bool {
+    const REFUSED: &[char] = &[
+        '"', '/', '\\', '[', ']', ':', ';', '|', '=', ',', '+', '*', '?', '<', '>', '@',
+    ];
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.contains(REFUSED)
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
 }
 
 fn timestamp(secs: i64) -> DateTime<Utc> {

@@ -16,6 +16,7 @@
 //! - `defaults`: the value of every key the file may leave out; `error`: what `check-config`
 //!   prints; `secret`: where secrets are read from.
 
+mod admission;
 mod defaults;
 mod error;
 mod mfa;

@@ -48,6 +48,14 @@ pub struct OidcConfig {
     /// Extension `login_timeout`: how long a pending sign-in (the login-transaction cookie)
     /// stays valid.
     pub login_timeout: Duration,
+    /// Extension `account_name_claim`: the ID-token claim that carries the user's on-premises
+    /// account name (sAMAccountName), for Exchange's forms logon in `DOMAIN\name` or bare
+    /// `name` form. `None`: only the UPN is accepted there.
+    pub account_name_claim: Option<String>,
+    /// Extension `account_domains`: the domain names accepted before the backslash of
+    /// `DOMAIN\name` in Exchange's forms logon (NetBIOS or DNS names, compared without regard
+    /// to case). Empty: the `DOMAIN\name` form is refused.
+    pub account_domains: Vec<String>,
 }
 
 impl std::fmt::Debug for OidcConfig {
@@ -158,6 +166,8 @@ impl Checker {
             false,
         );
 
+        let (account_name_claim, account_domains) = self.account_name(oidc);
+
         OidcConfig {
             issuer: issuer
                 .map(|i| i.issuer)
@@ -176,7 +186,55 @@ impl Checker {
             clock_skew,
             response_mode,
             login_timeout,
+            account_name_claim,
+            account_domains,
         }
+    }
+
+    /// `account_name_claim` and `account_domains`: the on-premises account name for Exchange's
+    /// forms logon.
+    fn account_name(&mut self, oidc: &RawOidc) -> (Option<String>, Vec<String>) {
+        let claim = oidc.account_name_claim.as_ref().and_then(|claim| {
+            let name = claim.get_ref().trim();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                self.error(
+                    "oidc.account_name_claim",
+                    claim,
+                    format!("{:?} is not a claim name: write the name of the ID-token claim that carries the on-premises sAMAccountName, such as \"samaccountname\"", claim.get_ref()),
+                );
+                return None;
+            }
+            Some(name.to_owned())
+        });
+        let mut domains: Vec<String> = Vec::new();
+        if let Some(list) = &oidc.account_domains {
+            if claim.is_none() && oidc.account_name_claim.is_none() {
+                self.error(
+                    "oidc.account_domains",
+                    list,
+                    "needs oidc.account_name_claim: DOMAIN\\name is judged on the account name that claim carries",
+                );
+            }
+            for (i, domain) in list.get_ref().iter().enumerate() {
+                let text = domain.get_ref().trim();
+                let valid = !text.is_empty()
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+                if valid {
+                    if !domains.iter().any(|d| d.eq_ignore_ascii_case(text)) {
+                        domains.push(text.to_owned());
+                    }
+                } else {
+                    self.error(
+                        format!("oidc.account_domains[{i}]"),
+                        domain,
+                        format!("{:?} is not a domain name: write the NetBIOS name (\"CONTOSO\") or the DNS name (\"corp.contoso.com\") users type before the backslash", domain.get_ref()),
+                    );
+                }
+            }
+        }
+        (claim, domains)
     }
 
     fn scopes(&mut self, scopes: Option<&Spanned<Vec<Text>>>) -> Vec<String> {
@@ -425,6 +483,46 @@ mod tests {
         refused(
             &with_oidc(&format!("{OIDC}clock_skew = \"2\"")),
             &["oidc.clock_skew (line 17)", "is not a duration"],
+        );
+    }
+
+    #[test]
+    fn account_name_claim_and_domains_are_read_for_the_forms_logon() {
+        let oidc = load(&with_oidc(OIDC)).unwrap().oidc.unwrap();
+        assert_eq!(oidc.account_name_claim, None);
+        assert!(oidc.account_domains.is_empty());
+        let oidc = load(&with_oidc(&format!(
+            "{OIDC}account_name_claim = \"samaccountname\"\naccount_domains = [\"CONTOSO\", \"corp.contoso.com\", \"contoso\"]"
+        )))
+        .unwrap()
+        .oidc
+        .unwrap();
+        assert_eq!(oidc.account_name_claim.as_deref(), Some("samaccountname"));
+        assert_eq!(oidc.account_domains, ["CONTOSO", "corp.contoso.com"]);
+    }
+
+    #[test]
+    fn account_domains_without_the_account_name_claim_are_refused() {
+        refused(
+            &with_oidc(&format!("{OIDC}account_domains = [\"CONTOSO\"]")),
+            &[
+                "oidc.account_domains (line 17)",
+                "needs oidc.account_name_claim",
+            ],
+        );
+    }
+
+    #[test]
+    fn account_name_claim_or_domain_that_is_not_a_name_is_refused() {
+        refused(
+            &with_oidc(&format!("{OIDC}account_name_claim = \"sam account\"")),
+            &["oidc.account_name_claim (line 17)", "is not a claim name"],
+        );
+        refused(
+            &with_oidc(&format!(
+                "{OIDC}account_name_claim = \"samaccountname\"\naccount_domains = [\"CONTOSO\\\\\"]"
+            )),
+            &["oidc.account_domains[0] (line 18)", "is not a domain name"],
         );
     }
 }

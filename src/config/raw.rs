@@ -101,6 +101,11 @@ pub(crate) struct RawRoute {
     /// How Exchange signs the user in after MFA; kept as text so validation can list the
     /// accepted values.
     pub sso: Option<Text>,
+    /// Source networks (after `trusted_proxies`) this route answers; absent: every address.
+    pub allow_from: Option<Spanned<Vec<Text>>>,
+    /// Exchange's forms logon (`auth.owa`) only for the signed-in user; on by default where
+    /// it applies.
+    pub bind_forms_logon: Option<Spanned<bool>>,
 }
 
 /// `[oidc]`. Choices (`response_mode`, `client_secret_method`) are kept as text so validation
@@ -119,6 +124,10 @@ pub(crate) struct RawOidc {
     pub discovery_url: Option<Text>,
     pub response_mode: Option<Text>,
     pub login_timeout: Option<Text>,
+    /// The ID-token claim carrying the on-premises account name (sAMAccountName).
+    pub account_name_claim: Option<Text>,
+    /// Domain names accepted in `DOMAIN\name` form in Exchange's forms logon.
+    pub account_domains: Option<Spanned<Vec<Text>>>,
 }
 
 /// `[mfa]`.

@@ -6,6 +6,7 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use http::StatusCode;
+use ipnet::IpNet;
 use rustls_pki_types::ServerName;
 use toml::Spanned;
 
@@ -50,6 +51,14 @@ pub struct RouteConfig {
     /// Extension `sso`: how Exchange signs the user in behind this route; `adfs` only on
     /// `access = "mfa"` routes, with `[sso.adfs]` present.
     pub sso: Sso,
+    /// Extension `allow_from`: the source networks this route answers, judged on the client
+    /// address after `server.trusted_proxies`; `None` (the key absent) answers every address.
+    /// Others get 403 before anything else is decided, sign-in included.
+    pub allow_from: Option<Vec<IpNet>>,
+    /// Extension `bind_forms_logon`: Exchange's forms logon (a POST to `auth.owa`) is forwarded
+    /// only when its `username` names the signed-in user. On by default for `access = "mfa"`
+    /// routes with `sso = "none"`.
+    pub bind_forms_logon: bool,
 }
 
 /// `routes[].access`: what a request must have to pass.
@@ -177,6 +186,8 @@ impl Checker {
 
             let policy = self.route_policy(&path, route, access, sign_in.mfa);
             let route_sso = self.route_sso(&path, route, access, sso);
+            let allow_from = self.route_allow_from(&path, route);
+            let bind_forms_logon = self.route_bind_forms_logon(&path, route, access, route_sso);
 
             if let (Some(host), Some(path), Some(upstream), Some(access)) =
                 (host, prefix, upstream, access)
@@ -192,6 +203,8 @@ impl Checker {
                     groups_any_of: policy.groups_any_of,
                     websocket: route.websocket.as_ref().is_some_and(|w| *w.get_ref()),
                     sso: route_sso,
+                    allow_from,
+                    bind_forms_logon,
                 });
             }
         }

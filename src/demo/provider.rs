@@ -78,6 +78,9 @@ pub struct TestUser {
     pub onprem_sid: Option<String>,
     /// Group object ids; more than 200 become the overage marker.
     pub groups: Vec<String>,
+    /// Further string claims of the ID token, as a claims-mapping policy adds them (e.g. the
+    /// on-premises sAMAccountName under a name the administrator chose).
+    pub extra_claims: Vec<(String, String)>,
 }
 
 impl TestUser {
@@ -90,6 +93,7 @@ impl TestUser {
             oid: "6e9f4c2a-8d1b-4f3e-a5c7-1b2d3e4f5a60".into(),
             onprem_sid: Some("S-1-5-21-1004336348-1177238915-682003330-1105".into()),
             groups: vec![GROUP_MAIL_USERS.into(), GROUP_EXCHANGE_ADMINS.into()],
+            extra_claims: Vec::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl TestUser {
             oid: "0b7d1f3e-5a2c-4e6b-9d8f-3c4a5b6d7e81".into(),
             onprem_sid: Some("S-1-5-21-1004336348-1177238915-682003330-1106".into()),
             groups: Vec::new(),
+            extra_claims: Vec::new(),
         }
     }
 
@@ -119,6 +124,7 @@ impl TestUser {
             oid: "9a4e2b6c-1d3f-4a5b-8c7d-e9f0a1b2c3d4".into(),
             onprem_sid: Some("S-1-5-21-1004336348-1177238915-682003330-1107".into()),
             groups,
+            extra_claims: Vec::new(),
         }
     }
 }

@@ -124,3 +124,42 @@ pub fn sso_token_refused(
         host,
     );
 }
+
+/// A request refused because its client address (after `trusted_proxies`) is outside the
+/// route's `allow_from`. No user: the refusal comes before any sign-in.
+pub fn source_refused(route: &str, client: IpAddr, host: &str) {
+    tracing::warn!(
+        target: "audit",
+        event = "source_network",
+        outcome = "refused",
+        reason = "source_not_allowed",
+        route,
+        client = %client,
+        host,
+    );
+}
+
+/// Exchange's forms logon not forwarded: `attempted` is the `username` the form carried (`-`
+/// when none could be read), `upn` the signed-in user's. Never the password.
+pub fn forms_logon_refused(
+    reason: &str,
+    attempted: Option<&str>,
+    oid: &str,
+    upn: Option<&str>,
+    route: &str,
+    client: IpAddr,
+    host: &str,
+) {
+    tracing::warn!(
+        target: "audit",
+        event = "forms_logon",
+        outcome = "refused",
+        reason,
+        attempted = attempted.unwrap_or("-"),
+        oid,
+        upn = upn.unwrap_or("-"),
+        route,
+        client = %client,
+        host,
+    );
+}

@@ -1,8 +1,12 @@
-//! The route's access rule for one request: `public` passes, `deny` is refused, `mfa` needs a
-//! session that satisfies the route's policy — or, on Exchange's own sign-out pages, only a live
-//! session, so that signing out never asks the user to sign in first.
+//! The route's access rule for one request: first the route's source networks (`allow_from`),
+//! then `public` passes, `deny` is refused, `mfa` needs a session that satisfies the route's
+//! policy — or, on Exchange's own sign-out pages, only a live session, so that signing out
+//! never asks the user to sign in first.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use http::header::HeaderValue;
 use http::{Request, Response};
@@ -26,9 +30,12 @@ pub(super) enum Decision {
 
 /// How a forwarded request was let in.
 pub(super) enum Admitted {
-    /// A public route, or a session that satisfies the route; `reseal` refreshes the session's
-    /// idle timer.
-    Session { reseal: Option<HeaderValue> },
+    /// A public route (`session` is `None`), or a session that satisfies the route; `reseal`
+    /// refreshes the session's idle timer.
+    Session {
+        reseal: Option<HeaderValue>,
+        session: Option<Arc<Session>>,
+    },
     /// Exchange's sign-out page with a live session: forwarded (Exchange clears its cookies),
     /// then the gateway and Entra sessions end too.
     SigningOut {
@@ -44,8 +51,21 @@ pub(super) fn decide(
     ctx: &RequestContext<'_>,
     record: &mut AccessRecord,
 ) -> Result<Decision, GatewayError> {
+    // Before anything else, sign-in included: a client outside the route's networks is never
+    // sent to Entra (nor told that the route signs users in), and Exchange never sees it.
+    if let Some(networks) = &entry.allow_from {
+        if !source_allowed(networks, ctx.client) {
+            crate::observe::audit::source_refused(&entry.metrics.name, ctx.client, ctx.host);
+            return Err(GatewayError::SourceNotAllowed);
+        }
+    }
     let (policy, sign_in) = match (entry.access, &entry.policy, &snapshot.sign_in) {
-        (Access::Public, _, _) => return Ok(Decision::Forward(Admitted::Session { reseal: None })),
+        (Access::Public, _, _) => {
+            return Ok(Decision::Forward(Admitted::Session {
+                reseal: None,
+                session: None,
+            }))
+        }
         (Access::Deny, _, _) => return Err(GatewayError::Denied),
         (Access::Mfa, Some(policy), Some(sign_in)) => (policy, sign_in),
         // An mfa route without sign-in configured cannot be judged: closed.
@@ -63,7 +83,10 @@ pub(super) fn decide(
         });
     }
     match sign_in.admit(request.headers(), policy) {
-        Admission::Allowed { reseal, .. } => Ok(Decision::Forward(Admitted::Session { reseal })),
+        Admission::Allowed { reseal, session } => Ok(Decision::Forward(Admitted::Session {
+            reseal,
+            session: Some(session),
+        })),
         Admission::SignInRequired { step_up, why } => {
             if !auth::is_navigation(request.method(), request.headers()) {
                 // A script's request: a redirect to Entra would only break it.
@@ -103,8 +126,17 @@ pub(super) fn denied(
     GatewayError::PolicyDenied(why)
 }
 
+/// Whether `client` is inside one of `networks`. An IPv4 client reaching a dual-stack socket
+/// appears as `::ffff:a.b.c.d`: it is judged as the IPv4 address it is, and as written.
+fn source_allowed(networks: &[IpNet], client: IpAddr) -> bool {
+    let canonical = client.to_canonical();
+    networks
+        .iter()
+        .any(|net| net.contains(&canonical) || net.contains(&client))
+}
+
 /// Exchange never sees the gateway's own cookies.
-pub(super) fn strip_gateway_cookies(request: &mut Request<Incoming>, snapshot: &Snapshot) {
+pub(super) fn strip_gateway_cookies<B>(request: &mut Request<B>, snapshot: &Snapshot) {
     if let Some(sign_in) = &snapshot.sign_in {
         strip_cookies(request.headers_mut(), |name| {
             sign_in.is_gateway_cookie(name)
@@ -117,4 +149,43 @@ pub(super) fn strip_gateway_cookies(request: &mut Request<Incoming>, snapshot: &
 /// gateway session too.
 fn is_sign_out(raw_path: &str) -> bool {
     crate::routing::normalize_path(raw_path).is_ok_and(|path| auth::is_sign_out_path(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().expect("a network")).collect()
+    }
+
+    #[test]
+    fn a_client_is_judged_against_every_listed_network() {
+        let networks = nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+        for inside in ["10.20.30.40", "2001:db8::1", "192.0.2.7"] {
+            assert!(
+                source_allowed(&networks, inside.parse().unwrap()),
+                "{inside}"
+            );
+        }
+        for outside in ["11.0.0.1", "192.0.2.8", "2001:db9::1", "127.0.0.1"] {
+            assert!(
+                !source_allowed(&networks, outside.parse().unwrap()),
+                "{outside}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ipv4_client_on_a_dual_stack_socket_is_judged_as_ipv4() {
+        let networks = nets(&["10.0.0.0/8"]);
+        assert!(source_allowed(
+            &networks,
+            "::ffff:10.1.2.3".parse().unwrap()
+        ));
+        assert!(!source_allowed(
+            &networks,
+            "::ffff:11.1.2.3".parse().unwrap()
+        ));
+    }
 }

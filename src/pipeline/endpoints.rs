@@ -182,7 +182,7 @@ fn is_same_origin(headers: &http::HeaderMap, ctx: &RequestContext<'_>) -> bool {
 /// its connection — and over HTTP/2 hundreds of streams each buffering — for ever; so the body
 /// must arrive within `header_read_timeout`, be at most [`MAX_GATEWAY_BODY`] bytes, and only
 /// [`MAX_GATEWAY_BODIES_PER_CONNECTION`] such bodies are read at once on one connection.
-async fn read_gateway_body(
+pub(super) async fn read_gateway_body(
     parts: &http::request::Parts,
     body: Incoming,
     connection: &Connection,

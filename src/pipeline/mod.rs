@@ -5,8 +5,9 @@
 //!    [`wsfed`], the WS-Federation issuer of routes with `sso = "adfs"`.
 //! 3. plain HTTP with TLS configured: redirect to HTTPS.
 //! 4. the router: (host, path) → route, after IIS's path normalisation.
-//! 5. [`admission`]: the route's access rule — `public`, `deny`, or `mfa` with the session and
-//!    the route's policy.
+//! 5. [`admission`]: the route's source networks (`allow_from`), then its access rule —
+//!    `public`, `deny`, or `mfa` with the session and the route's policy; and
+//!    [`forms_logon`]: Exchange's logon form only for the signed-in user.
 //! 6. the proxy: forward to a healthy Exchange server and stream the answer back.
 //!
 //! Every outcome, forwarded or refused, leaves one access log line and one metric sample: the
@@ -14,6 +15,7 @@
 
 mod admission;
 mod endpoints;
+mod forms_logon;
 mod framing;
 mod wsfed;
 
@@ -28,7 +30,7 @@ use crate::auth::RequestContext;
 use crate::body::{ObservedBody, ResponseBody};
 use crate::error::{GatewayError, Side};
 use crate::observe::access::AccessRecord;
-use crate::proxy::{self, headers, Downstream};
+use crate::proxy::{self, headers, BrowserBody, Downstream};
 use crate::routing::{host_without_port, RouteMatch};
 use crate::server::{Connection, Shared, Snapshot};
 use admission::Admitted;
@@ -172,7 +174,24 @@ async fn serve(
         admission::Decision::Answer(response) => return Ok(*response),
     };
 
-    let mut request = request;
+    let mut request = match &admitted {
+        Admitted::Session {
+            session: Some(session),
+            ..
+        } if forms_logon::is_bound_logon(&request, entry) => {
+            forms_logon::bind(
+                request,
+                session,
+                entry,
+                snapshot.config.oidc.as_ref(),
+                server,
+                connection,
+                &ctx,
+            )
+            .await?
+        }
+        _ => request.map(BrowserBody::Streaming),
+    };
     admission::strip_gateway_cookies(&mut request, snapshot);
     let downstream = Downstream {
         peer: connection.peer_text.clone(),
@@ -193,7 +212,7 @@ async fn serve(
             }
             Ok(response)
         }
-        (Ok(mut forwarded), Admitted::Session { reseal }) => {
+        (Ok(mut forwarded), Admitted::Session { reseal, .. }) => {
             record.set_upstream(forwarded.server);
             if let Some(cookie) = reseal {
                 forwarded.response.headers_mut().append(SET_COOKIE, cookie);

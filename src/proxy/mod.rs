@@ -34,6 +34,22 @@ pub struct Downstream {
     pub body_timeout: Duration,
 }
 
+/// The browser's request body as the proxy gets it: still arriving, or read whole by the
+/// gateway already (Exchange's forms logon, which is judged before it is forwarded).
+pub enum BrowserBody {
+    Streaming(Incoming),
+    Read(bytes::Bytes),
+}
+
+impl BrowserBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BrowserBody::Streaming(body) => http_body::Body::is_end_stream(body),
+            BrowserBody::Read(bytes) => bytes.is_empty(),
+        }
+    }
+}
+
 /// The outcome of forwarding: the response, and which server answered (for the access log).
 pub struct Forwarded {
     pub response: Response<ResponseBody>,
@@ -57,7 +73,7 @@ impl From<GatewayError> for ForwardError {
 /// Sends `request` to one server of `pool`. `host` is the host the browser asked for; Exchange
 /// needs it unchanged (it builds OWA's URLs from it).
 pub async fn forward(
-    mut request: Request<Incoming>,
+    mut request: Request<BrowserBody>,
     host: HeaderValue,
     pool: &UpstreamPool,
     downstream: &Downstream,
@@ -82,7 +98,7 @@ pub async fn forward(
         .map(|_| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
-    let bodiless = http_body::Body::is_end_stream(&body);
+    let bodiless = body.is_end_stream();
     let retryable = bodiless && is_idempotent(&parts.method);
     // The request target goes to Exchange exactly as the browser sent it (IIS normalises it
     // the same way the router judged it); shared, not copied.
@@ -111,14 +127,15 @@ pub async fn forward(
     }
 
     let progress = (!bodiless).then(|| Arc::new(AtomicU64::new(0)));
-    let mut body = Some(match &progress {
-        Some(progress) => RequestBody::new(
+    let mut body = Some(match (body, &progress) {
+        (BrowserBody::Streaming(body), Some(progress)) => RequestBody::new(
             body,
             limits.max_request_body,
             progress.clone(),
             downstream.body_timeout,
         ),
-        None => RequestBody::empty(),
+        (BrowserBody::Read(bytes), Some(_)) => RequestBody::read(bytes),
+        (_, None) => RequestBody::empty(),
     });
     let mut tried: u64 = 0;
     let mut last_error = GatewayError::NoHealthyServer;

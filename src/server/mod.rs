@@ -17,6 +17,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -112,6 +113,11 @@ pub struct RouteEntry {
     pub policy: Option<RoutePolicy>,
     /// How Exchange signs the user in behind this route.
     pub sso: Sso,
+    /// The source networks this route answers; `None`: every address.
+    pub allow_from: Option<Vec<IpNet>>,
+    /// Exchange's forms logon is forwarded only for the signed-in user: the route's own
+    /// `<path>/auth.owa`, lower-cased, when `bind_forms_logon` is on.
+    pub forms_logon_path: Option<String>,
 }
 
 /// One immutable generation of configuration, with everything built from it.
@@ -194,6 +200,11 @@ impl Snapshot {
                 metrics: metrics.route(&name),
                 policy,
                 sso: route.sso,
+                allow_from: route.allow_from.clone(),
+                forms_logon_path: route.bind_forms_logon.then(|| {
+                    let base = route.path.trim_end_matches('/');
+                    format!("{base}/auth.owa").to_ascii_lowercase()
+                }),
             };
             router
                 .insert(&route.host, &route.path, entry)

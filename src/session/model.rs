@@ -144,8 +144,9 @@ pub struct MfaEvidence {
 /// One signed-in browser. Times are unix seconds.
 ///
 /// The field order and types are the cookie's wire format (postcard is not self-describing):
-/// any change here must bump [`super::FORMAT_VERSION`], which signs every browser out
-/// once instead of misreading their cookies.
+/// any change here must bump [`super::FORMAT_VERSION`] and say in the seal how a cookie of
+/// the previous version is read (or, failing that, every browser is signed out once instead of
+/// having its cookie misread). Fields are only ever added at the end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub id: SessionId,
@@ -154,7 +155,8 @@ pub struct Session {
     /// Users are keyed by `oid` + `tid`; `preferred_username` can change.
     pub oid: EntraId,
     pub tid: EntraId,
-    /// For logs and audit only, never for decisions.
+    /// For logs and audit, and for the one decision the UPN is made for: Exchange's forms logon
+    /// must name this account (`bind_forms_logon`). Never a key for the user (`oid` is).
     pub upn: Option<String>,
     pub name: Option<String>,
     /// The on-premises SID, for single sign-on modes that present it to Exchange.
@@ -172,6 +174,10 @@ pub struct Session {
     /// Entra sent the groups overage marker instead of the groups (more than 200): group rules
     /// cannot be judged for this session.
     pub groups_overage: bool,
+    /// The on-premises account name (sAMAccountName) from the claim `oidc.account_name_claim`
+    /// names, for Exchange's forms logon in `DOMAIN\name` or bare `name` form. Added in format
+    /// version 2; cookies of version 1 open with `None`.
+    pub account_name: Option<String>,
 }
 
 /// Why a session no longer admits the browser; both mean "signed out, sign in again".
@@ -230,6 +236,7 @@ impl Session {
             expires_at: now.saturating_add(lifetime.as_secs()),
             last_seen: now,
             groups_overage: false,
+            account_name: None,
         }
     }
 

@@ -26,8 +26,51 @@ use super::login::LoginTransaction;
 use super::model::{Session, SessionId};
 
 /// Bumped whenever the sealed layout or the encoded types change: older cookies then open as
-/// nothing (signed out) instead of being misread.
-pub const FORMAT_VERSION: u8 = 1;
+/// nothing (signed out) instead of being misread — unless [`SealedValue::decode`] knows how
+/// to read the older version. Version 2 appended `Session::account_name`.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest version still opened.
+const OLDEST_READ_VERSION: u8 = 1;
+
+/// A value sealed into a cookie, read from the plaintext of the version it was sealed in.
+trait SealedValue: Sized {
+    fn decode(version: u8, plain: &[u8]) -> Option<Self>;
+}
+
+/// The whole plaintext must be one value: trailing bytes mean another layout.
+fn decode_exactly<T: DeserializeOwned>(plain: &[u8]) -> Option<T> {
+    let (value, rest) = postcard::take_from_bytes::<T>(plain).ok()?;
+    rest.is_empty().then_some(value)
+}
+
+impl SealedValue for Session {
+    fn decode(version: u8, plain: &[u8]) -> Option<Session> {
+        match version {
+            FORMAT_VERSION => decode_exactly(plain),
+            // Version 1 is version 2 without the trailing `account_name`: postcard writes a
+            // `None` as the single byte 0, so appending it reads the old cookie exactly, and
+            // browsers stay signed in across the upgrade. (The version byte is authenticated:
+            // nobody can make a version 2 cookie be read this way.)
+            1 => {
+                let mut upgraded = Vec::with_capacity(plain.len() + 1);
+                upgraded.extend_from_slice(plain);
+                upgraded.push(0);
+                decode_exactly(&upgraded)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl SealedValue for LoginTransaction {
+    fn decode(version: u8, plain: &[u8]) -> Option<LoginTransaction> {
+        // Unchanged since version 1.
+        matches!(version, 1 | FORMAT_VERSION)
+            .then(|| decode_exactly(plain))
+            .flatten()
+    }
+}
 
 /// Fewer random bytes than this is refused: the AES-256 key must have 256 bits of entropy.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -284,15 +327,26 @@ impl SessionSeal {
         cookie_name: &str,
         value: &T,
     ) -> Result<String, SealError> {
+        let plain = postcard::to_allocvec(value).map_err(|_| SealError)?;
+        self.seal_bytes(FORMAT_VERSION, purpose, cookie_name, &plain)
+    }
+
+    fn seal_bytes(
+        &self,
+        version: u8,
+        purpose: Purpose,
+        cookie_name: &str,
+        plain: &[u8],
+    ) -> Result<String, SealError> {
         let key = self.keys.first().ok_or(SealError)?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError)?;
 
-        let mut sealed = Vec::with_capacity(512);
-        sealed.push(FORMAT_VERSION);
+        let mut sealed = Vec::with_capacity(HEADER_LEN + plain.len() + TAG_LEN);
+        sealed.push(version);
         sealed.extend_from_slice(&key.id);
         sealed.extend_from_slice(&nonce);
-        let mut sealed = postcard::to_extend(value, sealed).map_err(|_| SealError)?;
+        sealed.extend_from_slice(plain);
 
         let (prefix, body) = sealed.split_at_mut(HEADER_LEN);
         let aad = associated_data(
@@ -312,7 +366,7 @@ impl SessionSeal {
         Ok(URL_SAFE_NO_PAD.encode(&sealed))
     }
 
-    fn open_value<T: DeserializeOwned>(
+    fn open_value<T: SealedValue>(
         &self,
         purpose: Purpose,
         cookie_name: &str,
@@ -328,7 +382,7 @@ impl SessionSeal {
         }
         let (prefix, nonce) = header.split_at(PREFIX_LEN);
         let (&version, key_id) = prefix.split_first()?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
             return None;
         }
         let aad = associated_data(prefix, purpose, cookie_name);
@@ -340,8 +394,7 @@ impl SessionSeal {
                 .key
                 .open_in_place(nonce, Aad::from(&aad[..]), &mut buffer)
             {
-                let (value, rest) = postcard::take_from_bytes::<T>(plain).ok()?;
-                return rest.is_empty().then_some(value);
+                return T::decode(version, plain);
             }
         }
         None
@@ -393,5 +446,50 @@ mod tests {
             )
             .unwrap();
         assert_eq!(seal.open_login("s", &login), None, "trailing bytes");
+    }
+
+    fn sample_session(account_name: Option<&str>) -> Session {
+        use super::super::model::EntraId;
+        let mut session = Session::new(
+            SessionId([7; 16]),
+            EntraId::parse("4f1c2a7e-9b3d-4e8f-a1c2-3d4e5f6a7b8c"),
+            EntraId::parse("72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            1_800_000_000,
+            1_800_000_000,
+            std::time::Duration::from_secs(3600),
+        );
+        session.upn = Some("alice@contoso.com".into());
+        session.account_name = account_name.map(str::to_owned);
+        session
+    }
+
+    #[test]
+    fn a_session_cookie_of_format_version_1_still_opens_without_an_account_name() {
+        let seal = SessionSeal::new(
+            "__Host-mfagw",
+            vec![SessionKey::from_bytes(&[1; 32]).unwrap()],
+        )
+        .unwrap();
+        let session = sample_session(None);
+        // Version 1 wrote the same fields without the trailing account name (a `None` is the
+        // last byte, 0).
+        let mut v1 = postcard::to_allocvec(&session).unwrap();
+        assert_eq!(v1.pop(), Some(0));
+        let old = seal
+            .seal_bytes(1, Purpose::Session, "__Host-mfagw", &v1)
+            .unwrap();
+        assert_eq!(seal.open(&old), Some(session.clone()));
+
+        // A current cookie keeps the account name; version 1 bytes under version 2 do not open.
+        let current = sample_session(Some("alice"));
+        assert_eq!(seal.open(&seal.seal(&current).unwrap()), Some(current));
+        let mislabelled = seal
+            .seal_bytes(FORMAT_VERSION, Purpose::Session, "__Host-mfagw", &v1)
+            .unwrap();
+        assert_eq!(seal.open(&mislabelled), None);
+        let future = seal
+            .seal_bytes(FORMAT_VERSION + 1, Purpose::Session, "__Host-mfagw", &v1)
+            .unwrap();
+        assert_eq!(seal.open(&future), None);
     }
 }

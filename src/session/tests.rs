@@ -32,6 +32,7 @@ pub(super) fn session(groups: usize) -> Session {
     session.upn = Some("margaretha.van.der.berghe-olsen@finance.contoso-bank.com".into());
     session.name = Some("Margaretha van der Berghe-Olsen (Treasury)".into());
     session.onprem_sid = Some("S-1-5-21-3623811015-3361044348-30300820-101324".into());
+    session.account_name = Some("mvanderbergheolsen".into());
     session.groups = (0..groups)
         .map(|i| {
             Guid([

@@ -337,6 +337,9 @@ fn id_token_claims(
     } else if !user.groups.is_empty() {
         set("groups", json!(user.groups));
     }
+    for (claim, value) in &user.extra_claims {
+        set(claim, value.clone().into());
+    }
     set("ipaddr", "127.0.0.1".into());
     set("sid", grant.sid.clone().into());
     set("uti", random_token(16).into());
