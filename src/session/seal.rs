@@ -49,6 +49,7 @@ const HKDF_SALT: &[u8] = b"mfa-gateway session key ring";
 enum Purpose {
     Session,
     Login,
+    ExchangeBinding,
 }
 
 impl Purpose {
@@ -56,6 +57,7 @@ impl Purpose {
         match self {
             Purpose::Session => b'S',
             Purpose::Login => b'L',
+            Purpose::ExchangeBinding => b'X',
         }
     }
 }
@@ -175,6 +177,8 @@ impl fmt::Debug for SessionKey {
 pub struct SessionSeal {
     cookie_name: String,
     login_prefix: String,
+    /// `<cookie_name>-exchange`: see [`SessionSeal::seal_binding`].
+    binding_cookie_name: String,
     keys: Vec<SessionKey>,
     rng: SystemRandom,
 }
@@ -202,6 +206,7 @@ impl SessionSeal {
         Ok(SessionSeal {
             cookie_name: cookie_name.to_owned(),
             login_prefix: format!("{cookie_name}-login-"),
+            binding_cookie_name: format!("{cookie_name}-exchange"),
             keys,
             rng: SystemRandom::new(),
         })
@@ -251,7 +256,23 @@ impl SessionSeal {
     /// Whether `name` is a cookie of the gateway (session or pending login): these are never
     /// forwarded to Exchange.
     pub fn is_gateway_cookie(&self, name: &str) -> bool {
-        name == self.cookie_name || self.is_login_cookie(name)
+        name == self.cookie_name || name == self.binding_cookie_name || self.is_login_cookie(name)
+    }
+
+    /// The cookie that names the session under which the browser's Exchange identity cookies
+    /// were set (see [`super::exchange`]).
+    pub fn binding_cookie_name(&self) -> &str {
+        &self.binding_cookie_name
+    }
+
+    /// The value of the binding cookie for `session`.
+    pub fn seal_binding(&self, session: &SessionId) -> Result<String, SealError> {
+        self.seal_value(Purpose::ExchangeBinding, &self.binding_cookie_name, session)
+    }
+
+    /// The session a binding cookie's value names; `None` for anything this ring did not seal.
+    pub fn open_binding(&self, value: &str) -> Option<SessionId> {
+        self.open_value(Purpose::ExchangeBinding, &self.binding_cookie_name, value)
     }
 
     /// The value of the cookie named [`SessionSeal::login_cookie_name`]`(&login.state)`.
