@@ -176,7 +176,6 @@ async fn serve(
     };
 
     let mut request = request;
-    admission::strip_gateway_cookies(&mut request, snapshot);
     // Signing out expires the Exchange cookies the request names.
     let request_headers = match admitted {
         Admitted::SigningOut { .. } => request.headers().clone(),
@@ -196,6 +195,7 @@ async fn serve(
         }
         _ => None,
     };
+    admission::strip_gateway_cookies(&mut request, snapshot);
     let downstream = Downstream {
         peer: connection.peer_text.clone(),
         peer_trusted,
