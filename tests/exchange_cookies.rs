@@ -404,6 +404,43 @@ async fn across_a_session_change_the_previous_users_exchange_cookies_never_reach
     );
 }
 
+#[tokio::test]
+async fn a_logon_with_the_previous_users_cookies_still_in_the_browser_keeps_only_the_new_ones() {
+    let w = world("").await;
+    let mut browser = w.browser();
+    sign_in_and_open_mailbox(&w, &mut browser, &TestUser::alice()).await;
+    let alice_cadata = browser.cookie("cadata").unwrap().to_owned();
+    let alice_binding = browser.cookie(BINDING_COOKIE).unwrap().to_owned();
+    browser.remove_cookie(SESSION_COOKIE);
+    browser.sign_in_ok("/owa/", &w.provider, "bob").await;
+    browser.set_cookie("cadata", &alice_cadata);
+    browser.set_cookie(BINDING_COOKIE, &alice_binding);
+
+    // Bob's logon form goes straight to Exchange with Alice's cookies still in the jar.
+    let logon = logon(&mut browser, &TestUser::bob()).await;
+    assert_eq!(logon.status, StatusCode::FOUND, "{}", logon.describe());
+    assert!(!w.last_exchange_cookies().contains("cadata"));
+    // The expiry of Alice's cookie comes before Exchange's new one for Bob, which wins.
+    let sent: Vec<String> = logon.set_cookies().into_iter().map(|c| c.raw).collect();
+    let expiry = sent.iter().position(|c| c == "cadata=; Max-Age=0; Path=/");
+    let bobs = sent
+        .iter()
+        .position(|c| c.starts_with("cadata=bob@contoso.com"));
+    assert!(
+        matches!((expiry, bobs), (Some(e), Some(b)) if e < b),
+        "{sent:#?}"
+    );
+    assert_eq!(browser.cookie("cadata"), Some("bob@contoso.com"));
+    assert_ne!(browser.cookie(BINDING_COOKIE), Some(alice_binding.as_str()));
+    let page = browser.navigate("/owa/").await;
+    assert_eq!(
+        page.body,
+        "mailbox of bob@contoso.com",
+        "{}",
+        page.describe()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A session ends: Exchange's cookies go with it
 

@@ -122,13 +122,17 @@ pub fn sets_exchange_identity_cookie(set_cookie: &HeaderValue) -> bool {
     if !is_exchange_identity_cookie(name.trim()) {
         return false;
     }
+    // Exchange deletes a cookie with an empty value and an `expires` in the past; a
+    // `Max-Age` of zero or less deletes too. Anything else sets it (a past `expires` with a
+    // value would only make the gateway bind a cookie the browser drops: harmless).
     let deletes = value.trim().is_empty()
         || parts.any(|attribute| {
-            let attribute = attribute.trim().to_ascii_lowercase();
-            attribute == "max-age=0"
-                || attribute.starts_with("max-age=-")
-                || attribute.contains("1970")
-                || attribute.contains("1991")
+            attribute
+                .trim()
+                .split_once('=')
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("max-age"))
+                .and_then(|(_, age)| age.trim().parse::<i64>().ok())
+                .is_some_and(|age| age <= 0)
         });
     !deletes
 }
