@@ -10,8 +10,8 @@
 //!   endpoints, the router, the route's access decision, the proxy.
 //! - [`routing`]: (host, path) → route, after the path normalisation IIS applies, so what the
 //!   gateway judges is what Exchange serves.
-//! - [`auth`]: sign-in through Entra ID (OpenID Connect), the session check of `mfa` routes,
-//!   sign-out; [`session`]: the sealed session cookie, pending sign-ins, revocation.
+//! - [`auth`]: sign-in through Entra ID (OpenID Connect), the session check of `mfa` routes
+//!   (with [`activity`]: which requests move the idle timeout), sign-out; [`session`]: the sealed session cookie, pending sign-ins, revocation.
 //! - [`proxy`]: header rules, the pool of Exchange servers with health checks, streaming,
 //!   WebSocket upgrades where a route allows them.
 //! - [`sso`]: signing the user in to Exchange after the multifactor sign-in ([`sso::adfs`]:
@@ -29,6 +29,7 @@
 // Input from the network, the browser and the identity provider is hostile: no panics on it.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod activity;
 pub mod auth;
 pub mod body;
 pub mod clock;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::activity::BackgroundRequests;
 use crate::session::{EntraId, Guid, Session, SessionExpired};
 
 /// What a route requires of a session, beyond the global `[mfa]` rules.
@@ -27,6 +28,9 @@ pub struct RoutePolicy {
     pub groups_any_of: Vec<Guid>,
     /// The answer to a script (not a page load) without a usable session: 401, or 440 on OWA.
     pub unauthenticated_status: StatusCode,
+    /// Requests that do not move the idle timeout: Exchange's list and the route's
+    /// `background_requests`.
+    pub background_requests: BackgroundRequests,
 }
 
 /// How a request without a usable session continues at Entra.
@@ -222,6 +226,7 @@ mod tests {
             acrs_any_of: Vec::new(),
             groups_any_of: Vec::new(),
             unauthenticated_status: StatusCode::UNAUTHORIZED,
+            background_requests: BackgroundRequests::default(),
         }
     }
 

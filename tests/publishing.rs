@@ -930,7 +930,14 @@ async fn ews_mapi_activesync_powershell_rpc_oab_and_autodiscover_stay_closed_eve
 #[tokio::test]
 async fn exchange_never_sees_gateway_cookies_or_spoofed_identity_but_gets_its_own_cookies_intact() {
     let w = world(Setup::default()).await;
-    let (_alice, session) = signed_in_alice(&w).await;
+    let (alice, session) = signed_in_alice(&w).await;
+    // Exchange set its canary on the first page of the session: the gateway bound Exchange's
+    // cookies to this session, so the ones the browser now holds reach Exchange.
+    let binding_name = format!("{SESSION_COOKIE}-exchange");
+    let binding = alice
+        .cookie(&binding_name)
+        .expect("Exchange set an identity cookie under this session: bound")
+        .to_owned();
     // A real pending-login cookie, from a sign-in started in another tab.
     let mut tab = w.browser();
     let _ = tab.start_sign_in("/owa/?tab=2", &w.provider).await;
@@ -945,7 +952,7 @@ async fn exchange_never_sees_gateway_cookies_or_spoofed_identity_but_gets_its_ow
         "PrivateComputer=true".to_owned(),
     ];
     let cookie_header = format!(
-        "{SESSION_COOKIE}={session}; {}; {}; {login_name}={login_value}; {}; {}; {}",
+        "{SESSION_COOKIE}={session}; {}; {}; {login_name}={login_value}; {}; {binding_name}={binding}; {}; {}",
         exchange_cookies[0],
         exchange_cookies[1],
         exchange_cookies[2],
@@ -1039,6 +1046,16 @@ async fn over_http2_cookies_split_across_fields_reach_exchange_without_the_gatew
     let mut alice = TlsBrowser::new(&w);
     alice.sign_in_ok("/owa/", &w.provider, "alice").await;
     let session = alice.jar.get(SESSION_COOKIE).expect("signed in").0.clone();
+    // The first page sets Exchange's canary, which binds Exchange's cookies to this session.
+    let page = alice.navigate("/owa/").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.describe());
+    let binding_name = format!("{SESSION_COOKIE}-exchange");
+    let binding = alice
+        .jar
+        .get(&binding_name)
+        .expect("Exchange's cookies bound to the session")
+        .0
+        .clone();
     let h2 = support::client(
         w.pki.as_ref().unwrap(),
         &[MAIL_HOST],
@@ -1052,6 +1069,7 @@ async fn over_http2_cookies_split_across_fields_reach_exchange_without_the_gatew
             .header("cookie", format!("X-OWA-CANARY={CANARY}"))
             .header("cookie", format!("{SESSION_COOKIE}={session}"))
             .header("cookie", "cadata=\"2Fh+Xy/Qk8LmNp0RsTuVwX1yZ3aB=\"")
+            .header("cookie", format!("{binding_name}={binding}"))
             .headers(xhr_headers())
             .send()
             .await

@@ -42,7 +42,10 @@ impl SignIn {
                 clear_login: None,
             };
         };
-        let outcome = match self.finish(&params, &login_cookies, ctx).await {
+        let outcome = match self
+            .finish(&params, &login_cookies, &request.headers, ctx)
+            .await
+        {
             Ok(response) => Ok(response),
             Err(Refused { error, facts }) => {
                 crate::observe::audit::sign_in_refused(
@@ -68,6 +71,7 @@ impl SignIn {
         &self,
         params: &HashMap<String, String>,
         login_cookies: &[(String, String)],
+        request: &http::HeaderMap,
         ctx: &RequestContext<'_>,
     ) -> Result<Response<ResponseBody>, Refused> {
         let now = self.clock.now();
@@ -218,12 +222,15 @@ impl SignIn {
                 .cloned()
                 .collect(),
         };
-        let cookie = self
-            .session_cookie(&session)
+        // A new session starts with none of Exchange's identity cookies from before it.
+        let cookies = self
+            .session_started_cookies(&session, request)
             .map_err(|_| unavailable(&login.return_path))?;
         crate::observe::audit::sign_in_succeeded(&identity, ctx.client, ctx.host);
         let mut response = redirect(&login.return_path);
-        response.headers_mut().append(SET_COOKIE, cookie);
+        for cookie in cookies {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
         Ok(response)
     }
 

@@ -10,7 +10,7 @@ use super::{redirect, RequestContext, SignIn, DEFAULT_RETURN};
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::pages::Page;
-use crate::session::{clear_cookie_header, find_cookie, Session};
+use crate::session::{find_cookie, Session};
 
 impl SignIn {
     /// The session in the request when it is live (opens, not expired, not revoked), whatever
@@ -35,6 +35,7 @@ impl SignIn {
     pub fn end_session(
         &self,
         session: Option<&Session>,
+        request: &HeaderMap,
         ctx: &RequestContext<'_>,
         how: &'static str,
     ) -> Response<ResponseBody> {
@@ -62,9 +63,9 @@ impl SignIn {
             })
             .unwrap_or(signed_out);
         let mut response = redirect(&location);
-        response
-            .headers_mut()
-            .append(SET_COOKIE, clear_cookie_header(self.seal.cookie_name()));
+        for cookie in self.session_ended_cookies(request) {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
         response
     }
 
@@ -96,10 +97,12 @@ impl SignIn {
         );
         let mut response =
             Page::new("Signed out", "You have been signed out.").response(StatusCode::OK);
+        // Entra calls this in a hidden frame: with third-party cookies blocked the browser may
+        // ignore these, and the revocation above ends the session on its next request anyway.
         if session.is_some() {
-            response
-                .headers_mut()
-                .append(SET_COOKIE, clear_cookie_header(self.seal.cookie_name()));
+            for cookie in self.session_ended_cookies(headers) {
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
         }
         Ok(response)
     }

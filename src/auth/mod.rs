@@ -22,6 +22,7 @@ pub mod client_auth;
 pub mod id_token;
 mod logout;
 pub mod provider;
+mod session_cookies;
 
 pub use authorize::{is_navigation, safe_return_path, sign_in_return_path};
 pub use logout::{is_sign_out_path, signed_out_page};
@@ -222,8 +223,9 @@ impl SignIn {
         self.mfa.max_auth_age
     }
 
-    /// Judges the request's session against the route ([`policy::decide`]).
-    pub fn admit(&self, headers: &HeaderMap, route: &RoutePolicy) -> Admission {
+    /// Judges the request's session against the route ([`policy::decide`]). Only `activity`
+    /// (not background traffic, see [`crate::activity`]) moves the idle timeout.
+    pub fn admit(&self, headers: &HeaderMap, route: &RoutePolicy, activity: bool) -> Admission {
         let now = self.clock.now();
         let opened = find_cookie(headers, self.seal.cookie_name()).map(|v| self.open_session(v));
         let state = match &opened {
@@ -241,7 +243,7 @@ impl SignIn {
         let verdict = policy::decide(route, state, rules, now);
         match (verdict, opened.flatten()) {
             (Verdict::Allow { touch }, Some(session)) => {
-                let reseal = touch
+                let reseal = (touch && activity)
                     .then(|| {
                         let mut touched = Session::clone(&session);
                         touched.touch(now);

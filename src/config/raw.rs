@@ -96,6 +96,8 @@ pub(crate) struct RawRoute {
     pub max_auth_age: Option<Text>,
     pub acrs_any_of: Option<Spanned<Vec<Text>>>,
     pub groups_any_of: Option<Spanned<Vec<Text>>>,
+    /// Requests that do not count as activity for the idle timeout, beyond Exchange's list.
+    pub background_requests: Option<Spanned<Vec<Text>>>,
     /// WebSocket upgrades forwarded on this route; off unless the route says so.
     pub websocket: Option<Spanned<bool>>,
     /// How Exchange signs the user in after MFA; kept as text so validation can list the

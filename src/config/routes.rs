@@ -16,6 +16,7 @@ use super::sign_in::SignInSections;
 use super::sso::{Sso, SsoConfig};
 use super::upstreams::UpstreamId;
 use super::validate::Checker;
+use crate::activity::BackgroundRequest;
 use crate::session::Guid;
 
 /// One `[[routes]]` entry. Requests match on host (without port, any case) and the longest
@@ -44,6 +45,9 @@ pub struct RouteConfig {
     /// `groups_any_of`, `access = "mfa"` only: Entra group object ids; the session must carry
     /// one of them.
     pub groups_any_of: Vec<Guid>,
+    /// Extension `background_requests`, `access = "mfa"` only: requests that do not move the
+    /// idle timeout, in addition to Exchange's list ([`crate::activity`]).
+    pub background_requests: Vec<BackgroundRequest>,
     /// Extension `websocket`: forward WebSocket upgrades (`Upgrade: websocket`) on this route.
     /// Off by default: any other upgrade (`h2c`) is never forwarded, and neither is this one
     /// elsewhere.
@@ -201,6 +205,7 @@ impl Checker {
                     max_auth_age: policy.max_auth_age,
                     acrs_any_of: policy.acrs_any_of,
                     groups_any_of: policy.groups_any_of,
+                    background_requests: policy.background_requests,
                     websocket: route.websocket.as_ref().is_some_and(|w| *w.get_ref()),
                     sso: route_sso,
                     allow_from,

@@ -12,6 +12,7 @@ use super::oidc::parse_issuer;
 use super::raw::{RawConfig, RawRoute};
 use super::validate::{is_guid, Checker};
 use super::{Access, MfaConfig, OidcConfig, TokenVersion};
+use crate::activity::BackgroundRequest;
 use crate::session::Guid;
 
 /// What the routes need to know about the sign-in sections.
@@ -27,6 +28,7 @@ pub(super) struct RoutePolicy {
     pub(super) max_auth_age: Option<Duration>,
     pub(super) acrs_any_of: Vec<String>,
     pub(super) groups_any_of: Vec<Guid>,
+    pub(super) background_requests: Vec<BackgroundRequest>,
 }
 
 impl Checker {
@@ -44,6 +46,7 @@ impl Checker {
             max_auth_age: None,
             acrs_any_of: Vec::new(),
             groups_any_of: Vec::new(),
+            background_requests: Vec::new(),
         };
         if let Some(access @ (Access::Public | Access::Deny)) = access {
             let message = format!(
@@ -66,6 +69,10 @@ impl Checker {
                 (
                     "groups_any_of",
                     route.groups_any_of.as_ref().map(|v| self.line(v)),
+                ),
+                (
+                    "background_requests",
+                    route.background_requests.as_ref().map(|v| self.line(v)),
                 ),
             ];
             for (key, line) in present {
@@ -111,6 +118,22 @@ impl Checker {
         }
         if let Some(list) = &route.acrs_any_of {
             policy.acrs_any_of = self.auth_contexts(&format!("{path}.acrs_any_of"), list);
+        }
+        if let Some(list) = &route.background_requests {
+            for (i, entry) in list.get_ref().iter().enumerate() {
+                let key = format!("{path}.background_requests[{i}]");
+                match BackgroundRequest::parse(entry.get_ref().trim()) {
+                    Ok(parsed) => match route.path.get_ref().trim() {
+                        route_path if !parsed.within(route_path) => self.error(
+                            key,
+                            entry,
+                            format!("{:?} lies outside this route's path {route_path:?}: no request of the route could match it", entry.get_ref()),
+                        ),
+                        _ => policy.background_requests.push(parsed),
+                    },
+                    Err(problem) => self.error(key, entry, problem),
+                }
+            }
         }
         if let Some(list) = &route.groups_any_of {
             for (i, group) in list.get_ref().iter().enumerate() {
@@ -343,6 +366,36 @@ mod tests {
         assert_eq!(
             route.groups_any_of[0].to_string(),
             group.to_ascii_lowercase()
+        );
+    }
+
+    #[test]
+    fn background_requests_are_read_and_each_bad_entry_is_named() {
+        let config = load(&with_route_policy(
+            "background_requests = [\"/owa/custom.ashx?poll=1\", \"/owa/timer.ashx\"]",
+        ))
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+        let route = &config.routes[0];
+        assert_eq!(route.background_requests.len(), 2);
+        assert!(route.background_requests[0].matches("/owa/custom.ashx", Some("poll=1")));
+        assert!(!route.background_requests[0].matches("/owa/custom.ashx", None));
+        let errors = errors(&with_route_policy(
+            "background_requests = [\"owa/x\", \"/owa/x?flag\", \"/ecp/poll\"]",
+        ));
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(
+            errors[0].starts_with(
+                "routes[0].background_requests[0] (line 12): \"owa/x\" does not start with a path"
+            ),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].starts_with("routes[0].background_requests[1] (line 12): the query of"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[2].contains("lies outside this route's path \"/owa\""),
+            "{errors:#?}"
         );
     }
 

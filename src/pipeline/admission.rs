@@ -79,30 +79,52 @@ pub(super) fn decide(
                 sign_in: sign_in.clone(),
                 session,
             }),
-            None => Decision::Answer(Box::new(sign_in.end_session(None, ctx, "owa_logoff"))),
+            None => Decision::Answer(Box::new(sign_in.end_session(
+                None,
+                request.headers(),
+                ctx,
+                "owa_logoff",
+            ))),
         });
     }
-    match sign_in.admit(request.headers(), policy) {
+    let navigation = auth::is_navigation(request.method(), request.headers());
+    // A page load is always the user's doing; anything else may be OWA's background traffic.
+    let activity = navigation
+        || !policy
+            .background_requests
+            .is_background(request.uri().path(), request.uri().query());
+    match sign_in.admit(request.headers(), policy, activity) {
         Admission::Allowed { reseal, session } => Ok(Decision::Forward(Admitted::Session {
             reseal,
             session: Some(session),
         })),
         Admission::SignInRequired { step_up, why } => {
-            if !auth::is_navigation(request.method(), request.headers()) {
+            let mut response = if navigation {
+                record.set_failure(Side::Downstream, format!("sign-in required: {why}"));
+                sign_in.start(
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                    &step_up,
+                    ctx,
+                )?
+            } else {
                 // A script's request: a redirect to Entra would only break it.
-                return Err(GatewayError::SignInRequired {
+                let error = GatewayError::SignInRequired {
                     status: policy.unauthenticated_status,
                     why,
-                });
+                };
+                record.set_failure(error.side(), error.to_string());
+                error.response()
+            };
+            if session_ended(why) {
+                // The session is over: so is the Exchange session that was opened under it.
+                for cookie in sign_in.session_ended_cookies(request.headers()) {
+                    response
+                        .headers_mut()
+                        .append(http::header::SET_COOKIE, cookie);
+                }
             }
-            record.set_failure(Side::Downstream, format!("sign-in required: {why}"));
-            let response = sign_in.start(
-                request.method(),
-                request.uri(),
-                request.headers(),
-                &step_up,
-                ctx,
-            )?;
             Ok(Decision::Answer(Box::new(response)))
         }
         Admission::Denied { session, why } => Err(denied(policy, &session, why, ctx)),
@@ -133,6 +155,17 @@ fn source_allowed(networks: &[IpNet], client: IpAddr) -> bool {
     networks
         .iter()
         .any(|net| net.contains(&canonical) || net.contains(&client))
+}
+
+/// Whether the request's session has ended (as opposed to never existing, or needing a
+/// fresher sign-in): its Exchange cookies must go with it.
+fn session_ended(why: auth::SignInReason) -> bool {
+    matches!(
+        why,
+        auth::SignInReason::Expired(_)
+            | auth::SignInReason::Revoked
+            | auth::SignInReason::TenantNoLongerAllowed
+    )
 }
 
 /// Exchange never sees the gateway's own cookies.

@@ -145,7 +145,7 @@ pub(super) fn sign_out(
 ) -> Response<ResponseBody> {
     if is_same_origin(request.headers(), ctx) {
         let session = sign_in.session_of(request.headers());
-        return sign_in.end_session(session.as_ref(), ctx, how);
+        return sign_in.end_session(session.as_ref(), request.headers(), ctx, how);
     }
     let status = if *request.method() == Method::POST {
         StatusCode::FORBIDDEN

@@ -15,6 +15,7 @@
 
 mod admission;
 mod endpoints;
+mod exchange_cookies;
 mod forms_logon;
 mod framing;
 mod wsfed;
@@ -33,8 +34,10 @@ use crate::observe::access::AccessRecord;
 use crate::proxy::{self, headers, BrowserBody, Downstream};
 use crate::routing::{host_without_port, RouteMatch};
 use crate::server::{Connection, Shared, Snapshot};
+use crate::session::exchange::sets_exchange_identity_cookie;
 use admission::Admitted;
 use endpoints::GatewayEndpoint;
+use exchange_cookies::ExchangeCookies;
 
 pub(crate) use endpoints::MAX_GATEWAY_BODIES_PER_CONNECTION;
 
@@ -174,6 +177,26 @@ async fn serve(
         admission::Decision::Answer(response) => return Ok(*response),
     };
 
+    let mut request = request;
+    // Signing out expires the Exchange cookies the request names.
+    let request_headers = match admitted {
+        Admitted::SigningOut { .. } => request.headers().clone(),
+        Admitted::Session { .. } => http::HeaderMap::new(),
+    };
+    // Exchange's identity cookies go to Exchange only under the session they were set in.
+    let exchange_cookies = match (&admitted, &snapshot.sign_in) {
+        (
+            Admitted::Session {
+                session: Some(session),
+                ..
+            },
+            Some(sign_in),
+        ) => Some(ExchangeCookies::check(&mut request, sign_in, session)),
+        (Admitted::SigningOut { session, .. }, Some(sign_in)) => {
+            Some(ExchangeCookies::check(&mut request, sign_in, session))
+        }
+        _ => None,
+    };
     let mut request = match &admitted {
         Admitted::Session {
             session: Some(session),
@@ -205,15 +228,39 @@ async fn serve(
         (Ok(forwarded), Admitted::SigningOut { sign_in, session }) => {
             record.set_upstream(forwarded.server);
             // Exchange has cleared its own cookies; keep those Set-Cookie headers and end the
-            // gateway session and the Entra session too.
-            let mut response = sign_in.end_session(Some(&session), &ctx, "owa_logoff");
-            for cookie in forwarded.response.headers().get_all(SET_COOKIE) {
-                response.headers_mut().append(SET_COOKIE, cookie.clone());
+            // gateway session and the Entra session too. Whatever identity cookie Exchange
+            // would set here is not kept: the session is over.
+            let mut response =
+                sign_in.end_session(Some(&session), &request_headers, &ctx, "owa_logoff");
+            let mut ours: Vec<HeaderValue> = response
+                .headers_mut()
+                .get_all(SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
+            response.headers_mut().remove(SET_COOKIE);
+            let theirs = forwarded
+                .response
+                .headers()
+                .get_all(SET_COOKIE)
+                .iter()
+                .filter(|cookie| !sets_exchange_identity_cookie(cookie))
+                .cloned();
+            // Exchange's first, then the gateway's expiries, which win for the same cookie.
+            let mut all: Vec<HeaderValue> = theirs.collect();
+            all.append(&mut ours);
+            for cookie in all {
+                response.headers_mut().append(SET_COOKIE, cookie);
             }
             Ok(response)
         }
-        (Ok(mut forwarded), Admitted::Session { reseal, .. }) => {
+        (Ok(mut forwarded), Admitted::Session { reseal, session }) => {
             record.set_upstream(forwarded.server);
+            if let (Some(check), Some(session), Some(sign_in)) =
+                (exchange_cookies, &session, &snapshot.sign_in)
+            {
+                check.answer(&mut forwarded.response, sign_in, session);
+            }
             if let Some(cookie) = reseal {
                 forwarded.response.headers_mut().append(SET_COOKIE, cookie);
             }
@@ -226,7 +273,7 @@ async fn serve(
             // Exchange could not be reached: the user still signs out of the gateway and
             // Entra — on a shared computer the mailbox must not stay open.
             record.set_failure(failure.error.side(), failure.error.to_string());
-            Ok(sign_in.end_session(Some(&session), &ctx, "owa_logoff"))
+            Ok(sign_in.end_session(Some(&session), &request_headers, &ctx, "owa_logoff"))
         }
         (Err(failure), Admitted::Session { .. }) => {
             if let Some(server) = failure.server {

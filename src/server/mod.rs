@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::BackgroundRequests;
 use crate::auth::{RoutePolicy, SignIn, SignInError};
 use crate::clock::Clock;
 use crate::config::{Access, Config, ServerConfig, Sso};
@@ -188,6 +189,9 @@ impl Snapshot {
                     acrs_any_of: route.acrs_any_of.clone(),
                     groups_any_of: route.groups_any_of.clone(),
                     unauthenticated_status: route.unauthenticated_status,
+                    background_requests: BackgroundRequests::with_exchange_defaults(
+                        &route.background_requests,
+                    ),
                     name: name.clone(),
                 }),
                 // Validation refuses mfa routes without [oidc]; closed is the only safe answer.

@@ -21,6 +21,8 @@
 //! - [`Revocations`]: sessions ended before their cookie expires (sign-out, front-channel
 //!   logout), kept so that made-up front-channel logouts can never push a genuine one out.
 //! - [`UsedStates`]: login states already finished with, so a callback cannot be replayed.
+//! - [`exchange`]: Exchange's own identity cookies, expired when a gateway session starts or
+//!   ends and forwarded only under the session they were set in.
 //! - [`cookie`]: `Set-Cookie` values, finding a cookie among several `Cookie` fields, and
 //!   taking the gateway's cookies out of what goes to Exchange.
 //!
@@ -28,6 +30,7 @@
 //! tested with fixed times and every gateway judges a cookie the same way.
 
 pub mod cookie;
+pub mod exchange;
 mod expiring;
 mod login;
 mod model;

@@ -72,6 +72,15 @@ impl SealedValue for LoginTransaction {
     }
 }
 
+impl SealedValue for SessionId {
+    fn decode(version: u8, plain: &[u8]) -> Option<SessionId> {
+        // Exchange bindings were first sealed in version 2.
+        (version == FORMAT_VERSION)
+            .then(|| decode_exactly(plain))
+            .flatten()
+    }
+}
+
 /// Fewer random bytes than this is refused: the AES-256 key must have 256 bits of entropy.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -92,6 +101,7 @@ const HKDF_SALT: &[u8] = b"mfa-gateway session key ring";
 enum Purpose {
     Session,
     Login,
+    ExchangeBinding,
 }
 
 impl Purpose {
@@ -99,6 +109,7 @@ impl Purpose {
         match self {
             Purpose::Session => b'S',
             Purpose::Login => b'L',
+            Purpose::ExchangeBinding => b'X',
         }
     }
 }
@@ -218,6 +229,8 @@ impl fmt::Debug for SessionKey {
 pub struct SessionSeal {
     cookie_name: String,
     login_prefix: String,
+    /// `<cookie_name>-exchange`: see [`SessionSeal::seal_binding`].
+    binding_cookie_name: String,
     keys: Vec<SessionKey>,
     rng: SystemRandom,
 }
@@ -245,6 +258,7 @@ impl SessionSeal {
         Ok(SessionSeal {
             cookie_name: cookie_name.to_owned(),
             login_prefix: format!("{cookie_name}-login-"),
+            binding_cookie_name: format!("{cookie_name}-exchange"),
             keys,
             rng: SystemRandom::new(),
         })
@@ -294,7 +308,23 @@ impl SessionSeal {
     /// Whether `name` is a cookie of the gateway (session or pending login): these are never
     /// forwarded to Exchange.
     pub fn is_gateway_cookie(&self, name: &str) -> bool {
-        name == self.cookie_name || self.is_login_cookie(name)
+        name == self.cookie_name || name == self.binding_cookie_name || self.is_login_cookie(name)
+    }
+
+    /// The cookie that names the session under which the browser's Exchange identity cookies
+    /// were set (see [`super::exchange`]).
+    pub fn binding_cookie_name(&self) -> &str {
+        &self.binding_cookie_name
+    }
+
+    /// The value of the binding cookie for `session`.
+    pub fn seal_binding(&self, session: &SessionId) -> Result<String, SealError> {
+        self.seal_value(Purpose::ExchangeBinding, &self.binding_cookie_name, session)
+    }
+
+    /// The session a binding cookie's value names; `None` for anything this ring did not seal.
+    pub fn open_binding(&self, value: &str) -> Option<SessionId> {
+        self.open_value(Purpose::ExchangeBinding, &self.binding_cookie_name, value)
     }
 
     /// The value of the cookie named [`SessionSeal::login_cookie_name`]`(&login.state)`.

@@ -418,3 +418,27 @@ fn sealed_cookies_round_trip_through_the_headers() {
     strip_cookies(&mut headers, |name| seal.is_gateway_cookie(name));
     assert_eq!(headers[http::header::COOKIE], "X-OWA-CANARY=x");
 }
+
+#[test]
+fn exchange_binding_names_one_session_and_cannot_be_made_or_moved() {
+    let seal = ring(vec![key(1)]);
+    assert_eq!(seal.binding_cookie_name(), "__Host-mfagw-exchange");
+    assert!(seal.is_gateway_cookie(seal.binding_cookie_name()));
+    assert!(!seal.is_login_cookie(seal.binding_cookie_name()));
+    let a = session(0);
+    let b = Session {
+        id: SessionId([9; 16]),
+        ..session(0)
+    };
+    let binding = seal.seal_binding(&a.id).unwrap();
+    assert_eq!(seal.open_binding(&binding), Some(a.id));
+    assert_ne!(seal.open_binding(&binding), Some(b.id));
+    // Another key ring's binding, a session cookie's value, a binding as a session: nothing.
+    let other = ring(vec![key(2)]);
+    assert_eq!(seal.open_binding(&other.seal_binding(&a.id).unwrap()), None);
+    assert_eq!(seal.open_binding(&seal.seal(&a).unwrap()), None);
+    assert_eq!(seal.open(&binding), None);
+    // Rotation: a binding sealed with the old first key still opens.
+    let rotated = ring(vec![key(2), key(1)]);
+    assert_eq!(rotated.open_binding(&binding), Some(a.id));
+}

@@ -5,7 +5,11 @@
 //   /owa/healthcheck.htm, /ecp/healthcheck.htm   the load balancer's probe (as Exchange answers it)
 //   /owa/ …                                     an OWA-like mailbox page; sets Exchange's own
 //                                               cookies cadata (HttpOnly) and X-OWA-CANARY
-//                                               (read by script), as OWA's forms auth does
+//                                               (read by script), as OWA's forms auth does;
+//                                               shows whose mailbox it is when cadata names a user
+//   POST /owa/auth.owa                          OWA's logon form: cadata names the `username`
+//                                               posted, then back to /owa/
+//   /owa/ev.owa2?ns=PendingRequest…             OWA's notification poll: JSON
 //   /owa/service.svc?action=…                   OWA's XHR endpoint: JSON
 //   /owa/logoff.owa                             OWA sign-out: clears cadata and X-OWA-CANARY
 //   /ecp/ …                                     an Exchange admin center page
@@ -22,7 +26,13 @@ const STYLE = `
   section{flex:1;padding:16px 24px} .mail{background:#fff;border-bottom:1px solid #e1dfdd;padding:10px 14px}
   .mail b{display:block} code{background:#eee;padding:2px 4px;font-size:12px;word-break:break-all}`;
 
-function owaPage(url, method) {
+/** The user a forms logon's cadata names ("u." + base64url of the user name), or null. */
+function mailboxOwner(cookies) {
+  const m = cookies.match(/(?:^|; )cadata=u\.([A-Za-z0-9_-]+)/);
+  return m ? Buffer.from(m[1], 'base64url').toString('utf8') : null;
+}
+
+function owaPage(url, method, owner) {
   const mails = [
     ['Contoso IT', 'Your mailbox is published through mfa-gateway'],
     ['Alice Admin', 'Quarterly numbers'],
@@ -31,7 +41,7 @@ function owaPage(url, method) {
   return `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Mail - Outlook</title><style>${STYLE}</style></head>
 <body><header><span>Outlook</span><span>ex01.e2e.contoso.local</span></header>
 <main><nav><div class="sel">Inbox</div><div>Sent Items</div><div>Drafts</div><div>Deleted Items</div></nav>
-<section><h1 id="owa-inbox">Inbox</h1>${mails}
+<section><h1 id="owa-inbox">Inbox</h1><p>Mailbox of <b id="mailbox-owner">${escape(owner || 'nobody')}</b></p>${mails}
 <p>Exchange received: <code id="received">${method} ${escape(url)}</code></p>
 <p>Canary seen by script: <code id="canary"></code></p>
 <script>document.getElementById('canary').textContent =
@@ -85,6 +95,17 @@ export async function startExchange() {
     if (path === '/ecp/logoff.aspx') {
       return html(302, '', { location: '/owa/logoff.owa' });
     }
+    if (req.method === 'POST' && path === '/owa/auth.owa') {
+      const user = new URLSearchParams(Buffer.concat(chunks).toString('utf8')).get('username') || '';
+      return html(302, '', {
+        location: '/owa/',
+        'set-cookie': [`cadata=u.${Buffer.from(user).toString('base64url')}; path=/; HttpOnly`],
+      });
+    }
+    if (path === '/owa/ev.owa2') {
+      res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+      return res.end(JSON.stringify({ notifications: [] }));
+    }
     if (path.startsWith('/owa/service.svc')) {
       res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
       return res.end(JSON.stringify({ exchange: true, action: new URL(req.url, 'http://x').searchParams.get('action') }));
@@ -97,7 +118,7 @@ export async function startExchange() {
       if (!/(^|; )X-OWA-CANARY=/.test(cookies)) {
         setCookies.push(`X-OWA-CANARY=${crypto.randomBytes(24).toString('hex')}; path=/`);
       }
-      return html(200, owaPage(req.url, req.method), setCookies.length ? { 'set-cookie': setCookies } : {});
+      return html(200, owaPage(req.url, req.method, mailboxOwner(cookies)), setCookies.length ? { 'set-cookie': setCookies } : {});
     }
     if (path === '/ecp' || path.startsWith('/ecp/')) {
       return html(200, ecpPage(req.url, req.method));

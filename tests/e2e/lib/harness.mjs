@@ -208,12 +208,12 @@ function probeTls(url, servername) {
 /**
  * Starts `mfa-gateway run` with a configuration written to a temporary directory, and waits until
  * it is ready (provider metadata and keys loaded, Exchange healthy). `ecp` and `owa` are extra
- * TOML of those routes, `extra` of the file. With `tls` ({ cert, key }) the gateway listens for
+ * TOML of those routes, `extra` of the file; `lifetime` and `idleTimeout` those of [session]. With `tls` ({ cert, key }) the gateway listens for
  * HTTPS only and publishes `host`.
  */
 export async function startGateway({
   name, port, issuer, clientId, secret, method, sessionKeys, exchangePort, ecp = '', owa = '',
-  extra = '', host = '127.0.0.1', tls = null,
+  extra = '', host = '127.0.0.1', tls = null, lifetime = '10h', idleTimeout = '1h',
 }) {
   const dir = tempDir(name);
   fs.writeFileSync(path.join(dir, 'client-secret'), `${secret}\n`, { mode: 0o600 });
@@ -247,8 +247,8 @@ max_auth_age = "12h"
 
 [session]
 keys = [${keyFiles.map((f) => `{ file = "${f}" }`).join(', ')}]
-lifetime = "10h"
-idle_timeout = "1h"
+lifetime = "${lifetime}"
+idle_timeout = "${idleTimeout}"
 
 [upstreams.exchange]
 servers = ["http://127.0.0.1:${exchangePort}"]
