@@ -17,6 +17,7 @@ const result = spawnSync(process.execPath, [
   ...process.argv.slice(2),
   path.join(here, 'suite.test.mjs'),
   path.join(here, 'adfs.test.mjs'),
+  path.join(here, 'hma.test.mjs'),
 ], { cwd: here, stdio: 'inherit' });
 
 let counts;
