@@ -68,7 +68,10 @@ impl Fixture {
     /// alice signs in to the gateway (interactively), opens OWA, and Exchange sends her to the
     /// provider, which answers at once from its browser session: the `form_post` page's target
     /// and fields.
-    async fn exchange_sign_in_answer(&self, browser: &mut Browser) -> (String, Vec<(String, String)>) {
+    async fn exchange_sign_in_answer(
+        &self,
+        browser: &mut Browser,
+    ) -> (String, Vec<(String, String)>) {
         browser.sign_in_ok("/owa/", &self.provider, "alice").await;
         let to_exchange_sign_in = browser.navigate("/owa/").await;
         assert_eq!(
@@ -170,6 +173,7 @@ async fn one_interactive_sign_in_then_exchange_signs_in_silently_and_shows_the_m
 
     // The page posts the same form from this site: with the session cookie, through the
     // ordinary admission, to Exchange, which validates the ID token and signs alice in.
+    let own_origin = browser.origin().to_owned();
     let delivered = browser
         .request(
             Method::POST,
@@ -178,13 +182,18 @@ async fn one_interactive_sign_in_then_exchange_signs_in_silently_and_shows_the_m
                 ("accept", "text/html"),
                 ("sec-fetch-mode", "navigate"),
                 ("sec-fetch-site", "same-origin"),
-                ("origin", &browser.origin().to_owned()),
+                ("origin", own_origin.as_str()),
             ],
             Some((form(&relayed), "application/x-www-form-urlencoded")),
             false,
         )
         .await;
-    assert_eq!(delivered.status, StatusCode::FOUND, "{}", delivered.describe());
+    assert_eq!(
+        delivered.status,
+        StatusCode::FOUND,
+        "{}",
+        delivered.describe()
+    );
     assert_eq!(
         fixture.exchange.verdicts(),
         vec![HmaVerdict::Accepted {
@@ -202,10 +211,10 @@ async fn one_interactive_sign_in_then_exchange_signs_in_silently_and_shows_the_m
     let posts = fixture.exchange.sign_in_posts();
     assert_eq!(posts.len(), 1);
     assert!(
-        posts[0].headers.get("cookie").is_some_and(|c| !c
-            .to_str()
-            .unwrap()
-            .contains("__Host-mfagw")),
+        posts[0]
+            .headers
+            .get("cookie")
+            .is_some_and(|c| !c.to_str().unwrap().contains("__Host-mfagw")),
         "Exchange never sees the gateway's cookie"
     );
 }
@@ -286,10 +295,7 @@ async fn a_form_that_is_not_an_authorization_response_or_not_to_the_reply_url_is
         .request(
             Method::POST,
             &url,
-            &[
-                ("sec-fetch-site", "same-site"),
-                ("origin", origin.as_str()),
-            ],
+            &[("sec-fetch-site", "same-site"), ("origin", origin.as_str())],
             Some((form(&fields), "application/x-www-form-urlencoded")),
             true,
         )

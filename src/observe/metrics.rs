@@ -480,6 +480,9 @@ mfagw_config_reloads_total 1
 # HELP mfagw_config_reload_failures_total Configuration reloads refused (the running configuration was kept).
 # TYPE mfagw_config_reload_failures_total counter
 mfagw_config_reload_failures_total 2
+# HELP mfagw_hma_relays_total Entra answers to Exchange's hybrid modern authentication relayed to the same address as a same-site POST.
+# TYPE mfagw_hma_relays_total counter
+mfagw_hma_relays_total 0
 # HELP mfagw_draining 1 while the gateway is shutting down.
 # TYPE mfagw_draining gauge
 mfagw_draining 0

@@ -199,9 +199,10 @@ mod tests {
 
     #[test]
     fn an_entra_answer_is_read_field_by_field() {
-        let fields =
-            authorization_response(b"code=0.AX&id_token=eyJ.eyJ.sig&state=OpenIdConnect.Auth%3Dx&session_state=5f-1")
-                .unwrap();
+        let fields = authorization_response(
+            b"code=0.AX&id_token=eyJ.eyJ.sig&state=OpenIdConnect.Auth%3Dx&session_state=5f-1",
+        )
+        .unwrap();
         assert_eq!(
             fields,
             vec![

@@ -245,11 +245,11 @@ impl AuthorizeRequest {
         // and `c_hash` instead (a code issued without a challenge cannot be redeemed here).
         let code_challenge = match (&response_type, params.get("code_challenge")?) {
             (ResponseType::CodeIdToken, None) => "",
-            (_, challenge) => {
+            _ => {
                 if params.require("code_challenge_method")? != "S256" {
                     return Err("code_challenge_method must be S256".into());
                 }
-                let challenge = challenge.ok_or("code_challenge is required")?;
+                let challenge = params.require("code_challenge")?;
                 if jwt::unb64(challenge).map(|d| d.len()) != Ok(32) {
                     return Err("code_challenge must be a base64url SHA-256 digest".into());
                 }
@@ -514,7 +514,11 @@ fn grant(
                 username: user.username.clone(),
                 mfa,
                 auth_time: granted_auth_time,
-                acrs: if mfa { request.acrs.clone() } else { Vec::new() },
+                acrs: if mfa {
+                    request.acrs.clone()
+                } else {
+                    Vec::new()
+                },
             },
         );
         let cookie = format!(

@@ -124,12 +124,11 @@ fn exchange(
     let user = shared
         .user(&grant.username)
         .ok_or_else(|| invalid_grant("the user no longer exists"))?;
-    let id_token =
-        signed_id_token(shared, &grant, user, now, None).map_err(|e| TokenError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: "server_error",
-            description: e,
-        })?;
+    let id_token = signed_id_token(shared, &grant, user, now, None).map_err(|e| TokenError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        error: "server_error",
+        description: e,
+    })?;
     let lifetime = shared.token_lifetime.as_secs();
     Ok(json!({
         "token_type": "Bearer",
