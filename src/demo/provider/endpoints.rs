@@ -405,14 +405,7 @@ fn signed_in_browser(
     if !shared.single_sign_on || request.prompt.as_deref() == Some("login") {
         return None;
     }
-    let id = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SSO_COOKIE)
-        .map(|(_, value)| value.to_owned())?;
+    let id = browser_session_id(headers)?;
     let state = shared.lock();
     let session = state.browser_sessions.get(&id)?;
     if !request.acrs.iter().all(|id| session.acrs.contains(id)) {
@@ -420,6 +413,18 @@ fn signed_in_browser(
     }
     let user = shared.user(&session.username)?.clone();
     Some((user, session.mfa, session.auth_time))
+}
+
+/// The value of this browser's [`SSO_COOKIE`].
+fn browser_session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SSO_COOKIE)
+        .map(|(_, value)| value.to_owned())
 }
 
 /// Issues the code (and, in the hybrid flow, the ID token) of a sign-in and sends it to the
@@ -535,8 +540,26 @@ fn grant(
 // ---------------------------------------------------------------------------------------------
 // Logout
 
-/// GET: end-session. Goes back to `post_logout_redirect_uri` (with `state`) when given.
-pub(super) fn logout(params: &Params) -> Reply {
+/// GET: end-session. Ends this browser's session here (single sign-on) and goes back to
+/// `post_logout_redirect_uri` (with `state`) when given.
+pub(super) fn logout(shared: &Shared, params: &Params, headers: &HeaderMap) -> Reply {
+    let mut reply = logout_reply(params);
+    if shared.single_sign_on {
+        if let Some(id) = browser_session_id(headers) {
+            shared.lock().browser_sessions.remove(&id);
+        }
+        let clear = format!(
+            "{SSO_COOKIE}=; Path=/{}/; HttpOnly; SameSite=Lax; Max-Age=0",
+            shared.tenant_id
+        );
+        if let Ok(clear) = HeaderValue::from_str(&clear) {
+            reply.headers_mut().append(http::header::SET_COOKIE, clear);
+        }
+    }
+    reply
+}
+
+fn logout_reply(params: &Params) -> Reply {
     let target = match params.get("post_logout_redirect_uri") {
         Ok(target) => target,
         Err(message) => return text(StatusCode::BAD_REQUEST, &message),
@@ -648,7 +671,7 @@ pub(super) fn answer(
         (ProviderEndpoint::Token, &Method::POST) => {
             return super::token::token(shared, headers, params)
         }
-        (ProviderEndpoint::Logout, &Method::GET) => logout(params),
+        (ProviderEndpoint::Logout, &Method::GET) => logout(shared, params, headers),
         (ProviderEndpoint::Other(_), _) => text(StatusCode::NOT_FOUND, "Not found."),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
     };

@@ -112,3 +112,29 @@ async fn single_sign_on_is_off_unless_asked_for() {
     let provider = start_with_single_sign_on(false).await;
     assert_eq!(sign_in_on_the_page(&http(), &provider).await, None);
 }
+
+#[tokio::test]
+async fn signing_out_at_the_provider_ends_the_browser_session() {
+    let provider = start_with_single_sign_on(true).await;
+    let http = http();
+    let cookie = sign_in_on_the_page(&http, &provider).await.unwrap();
+    let logout = http
+        .get(provider.end_session_endpoint())
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let cleared = logout.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cleared.starts_with(&format!("{SSO_COOKIE}=;")) && cleared.contains("Max-Age=0"));
+    let again = http
+        .get(exchange_authorize(&provider, "n", &[]))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let html = again.text().await.unwrap();
+    assert!(
+        parse_form_post(&html).is_none_or(|(action, _)| action != EXCHANGE_REPLY),
+        "the old session cookie no longer signs anyone in"
+    );
+}
