@@ -3,7 +3,9 @@
 //! Exchange, nothing the browser sent (so nothing can be reflected into the page).
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -112,6 +114,91 @@ text-decoration:none;border:0;font:inherit;cursor:pointer}}</style></head>\
             "content-security-policy",
             HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
         );
+        response
+    }
+}
+
+/// A page that posts a form to a same-site address at once: submitted by its script, or by its
+/// button when scripts are off. It carries the WS-Federation token to Exchange (AD FS mode) and
+/// relays Entra's answer to Exchange's own sign-in (hybrid modern authentication). Every name
+/// and value is escaped; the Content-Security-Policy allows exactly the one script, by its
+/// hash, and posting only to this site (`form-action 'self'`).
+pub struct AutoPost<'a> {
+    /// The `<h1>`, e.g. "Signing in".
+    pub title: &'static str,
+    /// The line above the button, for a browser that does not run the script.
+    pub message: &'static str,
+    /// Where the form goes: an address on this site.
+    pub action: &'a str,
+    /// The hidden fields, in order.
+    pub fields: &'a [(&'a str, &'a str)],
+}
+
+/// The script that submits the form at once. The page's Content-Security-Policy allows exactly
+/// this script, by its hash.
+pub(crate) const AUTO_SUBMIT: &str = "document.forms[0].submit();";
+
+pub(crate) static AUTO_SUBMIT_HASH: LazyLock<String> = LazyLock::new(|| {
+    let digest = ring::digest::digest(&ring::digest::SHA256, AUTO_SUBMIT.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+});
+
+impl AutoPost<'_> {
+    pub fn render(&self) -> String {
+        let inputs: String = self
+            .fields
+            .iter()
+            .map(|(name, value)| {
+                format!(
+                    "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                    escape(name),
+                    escape(value)
+                )
+            })
+            .collect();
+        format!(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title}</title><style>\
+body{{font-family:\"Segoe UI\",system-ui,sans-serif;background:#f3f2f1;color:#201f1e;margin:0}}\
+main{{max-width:34rem;margin:12vh auto;background:#fff;padding:2rem 2.5rem;border-radius:4px;\
+box-shadow:0 1px 4px rgba(0,0,0,.15)}}h1{{font-size:1.5rem;font-weight:600;margin:0 0 1rem}}\
+button{{background:#0f6cbd;color:#fff;padding:.5rem 1.2rem;border-radius:4px;border:0;font:inherit;cursor:pointer}}\
+</style></head><body><main><h1>{title}</h1>\
+<form method=\"post\" action=\"{action}\">{inputs}\
+<p>{message}</p>\
+<p><button type=\"submit\">Continue</button></p></form></main>\
+<script>{AUTO_SUBMIT}</script></body></html>\n",
+            title = escape(self.title),
+            message = escape(self.message),
+            action = escape(self.action),
+        )
+    }
+
+    /// The page as a complete `200 OK`: never cached, never framed, no address of this site
+    /// sent to any other (`Referrer-Policy: same-origin`).
+    pub fn response(&self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::full(Bytes::from(self.render())));
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert("pragma", HeaderValue::from_static("no-cache"));
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+        headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+        let policy = format!(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'",
+            *AUTO_SUBMIT_HASH
+        );
+        if let Ok(policy) = HeaderValue::from_str(&policy) {
+            headers.insert("content-security-policy", policy);
+        }
         response
     }
 }

@@ -218,6 +218,23 @@ impl SignIn {
         self.seal.is_gateway_cookie(name)
     }
 
+    /// Whether the request carries the gateway's session cookie at all (valid or not).
+    pub fn has_session_cookie(&self, headers: &HeaderMap) -> bool {
+        find_cookie(headers, self.seal.cookie_name()).is_some()
+    }
+
+    /// The origin (`scheme://host[:port]`) of the provider's authorization endpoint, from its
+    /// loaded metadata: the site whose page posts a `form_post` answer, and so the `Origin` a
+    /// browser sends with it. `None` until the metadata is loaded.
+    pub fn authorization_origin(&self) -> Option<String> {
+        let state = self.provider.state()?;
+        let url = url::Url::parse(&state.endpoints.authorization_endpoint).ok()?;
+        match url.origin() {
+            origin @ url::Origin::Tuple(..) => Some(origin.ascii_serialization()),
+            url::Origin::Opaque(_) => None,
+        }
+    }
+
     /// The route policy for a route's configuration.
     pub fn default_max_auth_age(&self) -> Duration {
         self.mfa.max_auth_age

@@ -13,7 +13,12 @@
 //!   200), `amr`, `acrs`, `sid`, `auth_time`, `ver` "1.0";
 //! - client authentication by secret (`client_secret_post` or `client_secret_basic`) or by
 //!   certificate (`private_key_jwt`), checked as Entra checks it;
-//! - the end-session endpoint with `post_logout_redirect_uri`.
+//! - the end-session endpoint with `post_logout_redirect_uri`;
+//! - on request ([`ProviderOptions::single_sign_on`]), Entra's browser session: after one
+//!   sign-in, further authorization requests from that browser — for any client, such as
+//!   Exchange's own sign-in with hybrid modern authentication — are answered without a page,
+//!   and `response_type=code id_token` (the hybrid flow Exchange uses) returns the ID token
+//!   with the code.
 //!
 //! The tests steer it and read it back through its test kit (cargo feature `test-kit`, which
 //! only the tests turn on): forged ID tokens, an outage, key rotation, backdated sign-ins and
@@ -140,7 +145,16 @@ pub struct ProviderOptions {
     pub users: Vec<TestUser>,
     /// ID token lifetime (`exp` − `iat`) and the token response's `expires_in`.
     pub token_lifetime: Duration,
+    /// Keep a browser session after a sign-in (cookie [`SSO_COOKIE`], as Entra's `ESTSAUTH`):
+    /// a later authorization request from that browser, for any client, is answered at once
+    /// unless it asks for `prompt=login` or an authentication context the sign-in did not
+    /// satisfy. Off by default, so that every sign-in in the demo and the tests is a choice
+    /// made on the page.
+    pub single_sign_on: bool,
 }
+
+/// The provider's browser-session cookie (with [`ProviderOptions::single_sign_on`]).
+pub const SSO_COOKIE: &str = "ESTSAUTH";
 
 impl Default for ProviderOptions {
     fn default() -> ProviderOptions {
@@ -149,6 +163,7 @@ impl Default for ProviderOptions {
             addr: None,
             users: vec![TestUser::alice(), TestUser::bob(), TestUser::carol()],
             token_lifetime: Duration::from_secs(3600),
+            single_sign_on: false,
         }
     }
 }
@@ -199,6 +214,7 @@ struct Shared {
     issuer: String,
     users: Vec<TestUser>,
     token_lifetime: Duration,
+    single_sign_on: bool,
     state: Mutex<State>,
 }
 
@@ -207,6 +223,8 @@ struct State {
     keys: Vec<Arc<SigningKey>>,
     clients: HashMap<String, ClientCredential>,
     codes: HashMap<String, CodeGrant>,
+    /// Browser sessions by the value of their [`SSO_COOKIE`].
+    browser_sessions: HashMap<String, endpoints::BrowserSession>,
     seen_jtis: HashSet<String>,
     #[cfg(feature = "test-kit")]
     test_kit: test_kit::Controls,
@@ -257,10 +275,12 @@ impl TestProvider {
             tenant_id: options.tenant_id,
             users: options.users,
             token_lifetime: options.token_lifetime,
+            single_sign_on: options.single_sign_on,
             state: Mutex::new(State {
                 keys: vec![key],
                 clients: HashMap::new(),
                 codes: HashMap::new(),
+                browser_sessions: HashMap::new(),
                 seen_jtis: HashSet::new(),
                 #[cfg(feature = "test-kit")]
                 test_kit: test_kit::Controls::default(),

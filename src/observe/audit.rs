@@ -51,6 +51,21 @@ pub fn policy_denied(reason: &str, oid: &str, upn: Option<&str>, route: &str, cl
     );
 }
 
+/// Entra's `form_post` answer to Exchange's own sign-in (hybrid modern authentication) arrived
+/// cross-site without the gateway's cookie and was relayed as a same-site POST; `fields` are
+/// the names of the form fields (never their values).
+pub fn hma_relayed(route: &str, fields: &str, client: IpAddr, host: &str) {
+    tracing::info!(
+        target: "audit",
+        event = "hma_relay",
+        outcome = "relayed",
+        route,
+        fields,
+        client = %client,
+        host,
+    );
+}
+
 /// A user signed out (`how`: `owa_logoff`, `gateway_logout`).
 pub fn signed_out(how: &str, oid: &str, upn: Option<&str>, client: IpAddr, host: &str) {
     tracing::info!(

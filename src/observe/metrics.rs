@@ -68,6 +68,8 @@ pub struct Metrics {
     reload_failures: Counter,
     /// Tokens for Exchange by single sign-on mode and result (`issued`, `refused`).
     sso_tokens: Family<[(&'static str, &'static str); 2], Counter>,
+    /// Entra answers to Exchange's own sign-in relayed as a same-site POST.
+    hma_relays: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,7 @@ impl Default for Metrics {
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             sso_tokens: Family::default(),
+            hma_relays: Counter::default(),
         }
     }
 }
@@ -176,6 +179,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Entra's `form_post` answer to Exchange's hybrid modern authentication was relayed.
+    pub fn hma_relayed(&self) {
+        self.hma_relays.inc();
+    }
+
     /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]).
     pub fn render(&self, scrape: Scrape) -> String {
         let mut out = String::with_capacity(4096);
@@ -253,6 +261,11 @@ impl Metrics {
             "mfagw_sso_tokens",
             "Tokens for Exchange's single sign-on, by mode and result (issued, refused)",
             self.sso_tokens.clone(),
+        );
+        registry.register(
+            "mfagw_hma_relays",
+            "Entra answers to Exchange's hybrid modern authentication relayed to the same address as a same-site POST",
+            self.hma_relays.clone(),
         );
         registry.register(
             "mfagw_draining",
@@ -467,6 +480,9 @@ mfagw_config_reloads_total 1
 # HELP mfagw_config_reload_failures_total Configuration reloads refused (the running configuration was kept).
 # TYPE mfagw_config_reload_failures_total counter
 mfagw_config_reload_failures_total 2
+# HELP mfagw_hma_relays_total Entra answers to Exchange's hybrid modern authentication relayed to the same address as a same-site POST.
+# TYPE mfagw_hma_relays_total counter
+mfagw_hma_relays_total 0
 # HELP mfagw_draining 1 while the gateway is shutting down.
 # TYPE mfagw_draining gauge
 mfagw_draining 0

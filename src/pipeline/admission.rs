@@ -99,6 +99,14 @@ pub(super) fn decide(
             session: Some(session),
         })),
         Admission::SignInRequired { step_up, why } => {
+            if !navigation && !session_ended(why) {
+                // A script's request: a redirect to Entra would only break it. (Returned as the
+                // error itself, so the HMA relay can still recognise Entra's cross-site POST.)
+                return Err(GatewayError::SignInRequired {
+                    status: policy.unauthenticated_status,
+                    why,
+                });
+            }
             let mut response = if navigation {
                 record.set_failure(Side::Downstream, format!("sign-in required: {why}"));
                 sign_in.start(

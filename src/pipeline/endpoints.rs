@@ -81,7 +81,8 @@ pub(super) async fn serve(
     match endpoint {
         GatewayEndpoint::Callback => {
             let (parts, body) = request.into_parts();
-            let body = read_gateway_body(&parts, body, connection, server).await?;
+            let body =
+                read_gateway_body(&parts, body, connection, server, MAX_GATEWAY_BODY).await?;
             let answer = sign_in.callback(parts, body, ctx).await;
             let mut response = match answer.outcome {
                 Ok(response) => response,
@@ -177,16 +178,19 @@ fn is_same_origin(headers: &http::HeaderMap, ctx: &RequestContext<'_>) -> bool {
         })
 }
 
-/// Reads a body the gateway consumes itself (the sign-in callback's form): small, whole, and
+/// Reads a body the gateway consumes itself (the sign-in callback's form, Exchange's logon
+/// form, Entra's answer to Exchange): small, whole, and
 /// in time. Without a deadline a client that announces a body and never sends it would hold
 /// its connection — and over HTTP/2 hundreds of streams each buffering — for ever; so the body
-/// must arrive within `header_read_timeout`, be at most [`MAX_GATEWAY_BODY`] bytes, and only
-/// [`MAX_GATEWAY_BODIES_PER_CONNECTION`] such bodies are read at once on one connection.
+/// must arrive within `header_read_timeout`, be at most `limit` bytes ([`MAX_GATEWAY_BODY`] for
+/// the callback), and only [`MAX_GATEWAY_BODIES_PER_CONNECTION`] such bodies are read at once
+/// on one connection.
 pub(super) async fn read_gateway_body(
     parts: &http::request::Parts,
     body: Incoming,
     connection: &Connection,
     server: &crate::config::ServerConfig,
+    limit: usize,
 ) -> Result<Bytes, GatewayError> {
     use http_body_util::{BodyExt, Limited};
     if parts.method != Method::POST {
@@ -197,7 +201,7 @@ pub(super) async fn read_gateway_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_GATEWAY_BODY as u64) {
+    if announced.is_some_and(|length| length > limit as u64) {
         return Err(GatewayError::BodyTooLarge);
     }
     let Ok(_permit) = connection.gateway_bodies.clone().try_acquire_owned() else {
@@ -205,7 +209,7 @@ pub(super) async fn read_gateway_body(
     };
     let collected = tokio::time::timeout(
         server.header_read_timeout,
-        Limited::new(body, MAX_GATEWAY_BODY).collect(),
+        Limited::new(body, limit).collect(),
     )
     .await;
     match collected {
@@ -236,9 +240,9 @@ pub(super) fn health(shared: &Shared) -> Response<ResponseBody> {
     response
 }
 
-/// Largest body the gateway reads itself: Entra's form_post answer (`code`, `state`,
-/// `session_state`) is a few kilobytes.
-const MAX_GATEWAY_BODY: usize = 16 * 1024;
+/// Largest body the gateway reads itself unless told otherwise: Entra's form_post answer
+/// (`code`, `state`, `session_state`) and Exchange's logon form are a few kilobytes.
+pub(super) const MAX_GATEWAY_BODY: usize = 16 * 1024;
 /// Gateway-read bodies in progress at once on one connection; more are refused at once, so an
 /// HTTP/2 connection cannot make the gateway buffer hundreds of them.
 pub(crate) const MAX_GATEWAY_BODIES_PER_CONNECTION: usize = 4;

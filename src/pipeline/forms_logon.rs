@@ -13,7 +13,7 @@ use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{Method, Request};
 use hyper::body::Incoming;
 
-use super::endpoints::read_gateway_body;
+use super::endpoints::{read_gateway_body, MAX_GATEWAY_BODY};
 use crate::auth::RequestContext;
 use crate::config::{OidcConfig, ServerConfig};
 use crate::error::{FormsLogonRefusal, GatewayError};
@@ -122,7 +122,7 @@ pub(super) async fn bind(
         }
     };
     let (parts, body) = request.into_parts();
-    let body = match read_gateway_body(&parts, body, connection, server).await {
+    let body = match read_gateway_body(&parts, body, connection, server, MAX_GATEWAY_BODY).await {
         Ok(body) => body,
         Err(error) => {
             // Too large, too slow: nothing is forwarded; the audit says a logon was refused.

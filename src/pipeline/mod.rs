@@ -6,8 +6,10 @@
 //! 3. plain HTTP with TLS configured: redirect to HTTPS.
 //! 4. the router: (host, path) → route, after IIS's path normalisation.
 //! 5. [`admission`]: the route's source networks (`allow_from`), then its access rule —
-//!    `public`, `deny`, or `mfa` with the session and the route's policy; and
-//!    [`forms_logon`]: Exchange's logon form only for the signed-in user.
+//!    `public`, `deny`, or `mfa` with the session and the route's policy; [`hma`]: Entra's
+//!    cross-site answer to Exchange's own sign-in, which cannot carry the session cookie,
+//!    relayed once as a same-site POST that can; and [`forms_logon`]: Exchange's logon form
+//!    only for the signed-in user.
 //! 6. the proxy: forward to a healthy Exchange server and stream the answer back.
 //!
 //! Every outcome, forwarded or refused, leaves one access log line and one metric sample: the
@@ -18,6 +20,7 @@ mod endpoints;
 mod exchange_cookies;
 mod forms_logon;
 mod framing;
+mod hma;
 mod wsfed;
 
 use std::sync::Arc;
@@ -172,9 +175,16 @@ async fn serve(
         RouteMatch::BadPath => return Err(GatewayError::BadPath),
     };
     record.set_route(entry.metrics.clone());
-    let admitted = match admission::decide(&request, entry, snapshot, &ctx, record)? {
-        admission::Decision::Forward(admitted) => admitted,
-        admission::Decision::Answer(response) => return Ok(*response),
+    let admitted = match admission::decide(&request, entry, snapshot, &ctx, record) {
+        Ok(admission::Decision::Forward(admitted)) => admitted,
+        Ok(admission::Decision::Answer(response)) => return Ok(*response),
+        Err(refusal @ GatewayError::SignInRequired { .. }) => {
+            // Perhaps Entra's answer to Exchange's own sign-in, which came cross-site without
+            // the session cookie: relayed as a same-site POST, judged again on arrival.
+            return hma::relay_or(refusal, request, entry, snapshot, &ctx, connection, shared)
+                .await;
+        }
+        Err(refusal) => return Err(refusal),
     };
 
     let mut request = request;

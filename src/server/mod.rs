@@ -105,6 +105,9 @@ pub struct Connection {
 
 /// What a route resolves to at request time.
 pub struct RouteEntry {
+    /// The route's `path` as configured (`/owa`): Exchange's reply URL for hybrid modern
+    /// authentication is this path with a slash.
+    pub path: String,
     pub access: Access,
     /// WebSocket upgrades are forwarded on this route.
     pub websocket: bool,
@@ -198,6 +201,7 @@ impl Snapshot {
                 _ => None,
             };
             let entry = RouteEntry {
+                path: route.path.clone(),
                 access: route.access,
                 websocket: route.websocket,
                 pool,

@@ -18,6 +18,7 @@ const result = spawnSync(process.execPath, [
   path.join(here, 'suite.test.mjs'),
   path.join(here, 'adfs.test.mjs'),
   path.join(here, 'exchange-session.test.mjs'),
+  path.join(here, 'hma.test.mjs'),
 ], { cwd: here, stdio: 'inherit' });
 
 let counts;

@@ -5,6 +5,8 @@
 //! - `adfs_exchange`: Exchange's OWA and ECP in AD FS mode, validating WS-Federation tokens as
 //!   Exchange and WIF do (with `xmlsec1`), recording every verdict.
 //! - `xmlsec1`: the reference XML-signature verifier, run as a subprocess.
+//! - `hma_exchange`: Exchange's OWA and ECP with hybrid modern authentication, a second OpenID
+//!   client of the test provider that validates the ID token Entra posts to `/owa/`.
 //! - `gateway`: the gateway started in this process on pre-bound 127.0.0.1:0 listeners.
 //! - `process`: the real `mfa-gateway` binary, on ports reserved for it.
 //! - `ports`: loopback ports held for listeners that something else binds.
@@ -23,6 +25,7 @@ pub mod clients;
 pub mod config;
 pub mod fake_exchange;
 pub mod gateway;
+pub mod hma_exchange;
 pub mod logging;
 pub mod pki;
 pub mod ports;
@@ -36,6 +39,7 @@ pub use clients::*;
 pub use config::*;
 pub use fake_exchange::*;
 pub use gateway::*;
+pub use hma_exchange::*;
 pub use logging::*;
 pub use pki::*;
 pub use ports::*;

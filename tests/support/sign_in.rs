@@ -102,6 +102,8 @@ pub struct Browser {
     client: reqwest::Client,
     origin: String,
     jar: BTreeMap<String, JarCookie>,
+    /// The provider's cookies (its browser session, with single sign-on).
+    provider_jar: std::sync::Mutex<BTreeMap<String, String>>,
     /// Every `Set-Cookie` received, in order.
     pub cookie_log: Vec<SetCookie>,
 }
@@ -112,6 +114,7 @@ impl Browser {
             client: browser_client(gateway),
             origin: format!("http://{MAIL_HOST}:{}", gateway.port()),
             jar: BTreeMap::new(),
+            provider_jar: Default::default(),
             cookie_log: Vec::new(),
         }
     }
@@ -285,21 +288,51 @@ impl Browser {
         self.submit_provider_form(&url, &form).await
     }
 
+    /// The provider's `Cookie` header, and its `Set-Cookie`s kept.
+    fn provider_cookie_header(&self) -> Option<String> {
+        let jar = self.provider_jar.lock().unwrap();
+        let pairs: Vec<String> = jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        (!pairs.is_empty()).then(|| pairs.join("; "))
+    }
+
+    fn absorb_provider(&self, reply: &Reply) {
+        let mut jar = self.provider_jar.lock().unwrap();
+        for cookie in reply.set_cookies() {
+            if cookie.is_removal() {
+                jar.remove(&cookie.name);
+            } else {
+                jar.insert(cookie.name.clone(), cookie.value.clone());
+            }
+        }
+    }
+
+    /// Follows a redirect to the provider's authorization endpoint with the provider's cookies,
+    /// as a browser does; returns the provider's answer (its sign-in page, or — signed in there
+    /// already — the answer for the client).
+    pub async fn visit_provider(&self, authorize_url: &str) -> Reply {
+        let mut request = self.client.get(authorize_url).header("accept", "text/html");
+        if let Some(cookie) = self.provider_cookie_header() {
+            request = request.header("cookie", cookie);
+        }
+        let reply = read_reply(request.send().await.expect("provider answers")).await;
+        self.absorb_provider(&reply);
+        reply
+    }
+
     async fn submit_provider_form(&self, url: &str, form: &[(String, String)]) -> Callback {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let reply = read_reply(
-            self.client
-                .post(url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("accept", "text/html")
-                .body(body)
-                .send()
-                .await
-                .expect("provider answers"),
-        )
-        .await;
+        let mut request = self
+            .client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "text/html");
+        if let Some(cookie) = self.provider_cookie_header() {
+            request = request.header("cookie", cookie);
+        }
+        let reply = read_reply(request.body(body).send().await.expect("provider answers")).await;
+        self.absorb_provider(&reply);
         match reply.status {
             StatusCode::OK => {
                 let (url, fields) = parse_form_post(&reply.body)

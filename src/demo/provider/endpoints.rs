@@ -14,8 +14,8 @@ use super::form::{self, Params};
 use super::jwt::{self, b64};
 use super::pages;
 use super::{
-    unix_now, ClientAuthMethod, ProviderEndpoint, Reply, Shared, AUTHORIZE_PATH, DISCOVERY_PATH,
-    KEYS_PATH, LOGOUT_PATH, MAX_BODY, TOKEN_PATH,
+    unix_now, ClientAuthMethod, ProviderEndpoint, Reply, Shared, TestUser, AUTHORIZE_PATH,
+    DISCOVERY_PATH, KEYS_PATH, LOGOUT_PATH, MAX_BODY, SSO_COOKIE, TOKEN_PATH,
 };
 
 /// An authorization code is good for this long, and once.
@@ -35,6 +35,15 @@ pub(super) struct CodeGrant {
     pub(super) acrs: Vec<String>,
     pub(super) sid: String,
     pub(super) issued_at: u64,
+}
+
+/// A browser's session at the provider (with single sign-on): who signed in, and how.
+pub(super) struct BrowserSession {
+    username: String,
+    mfa: bool,
+    auth_time: u64,
+    /// Authentication contexts that sign-in satisfied.
+    acrs: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,7 +141,7 @@ pub(super) fn discovery(shared: &Shared) -> Reply {
             "token_endpoint": shared.url(TOKEN_PATH),
             "jwks_uri": shared.url(KEYS_PATH),
             "end_session_endpoint": shared.url(LOGOUT_PATH),
-            "response_types_supported": ["code"],
+            "response_types_supported": ["code", "code id_token"],
             "response_modes_supported": ["query", "form_post"],
             "scopes_supported": ["openid"],
             "subject_types_supported": ["pairwise"],
@@ -176,10 +185,20 @@ enum ResponseMode {
     FormPost,
 }
 
+#[derive(PartialEq, Eq)]
+enum ResponseType {
+    /// `code`: the code only, redeemed at the token endpoint with PKCE.
+    Code,
+    /// `code id_token`: the hybrid flow of Exchange's own sign-in — the ID token comes with
+    /// the code.
+    CodeIdToken,
+}
+
 /// A validated authorization request.
 struct AuthorizeRequest {
     client_id: String,
     redirect_uri: String,
+    response_type: ResponseType,
     response_mode: ResponseMode,
     scope: String,
     state: String,
@@ -208,9 +227,11 @@ impl AuthorizeRequest {
         if !is_http_url(redirect_uri) {
             return Err("redirect_uri must be an absolute http(s) URL without a fragment".into());
         }
-        if params.require("response_type")? != "code" {
-            return Err("response_type must be code".into());
-        }
+        let response_type = match params.require("response_type")? {
+            "code" => ResponseType::Code,
+            "code id_token" | "id_token code" => ResponseType::CodeIdToken,
+            _ => return Err("response_type must be code or code id_token".into()),
+        };
         let response_mode = match params.get("response_mode")? {
             None | Some("query") => ResponseMode::Query,
             Some("form_post") => ResponseMode::FormPost,
@@ -220,13 +241,21 @@ impl AuthorizeRequest {
         if !scope.split(' ').any(|s| s == "openid") {
             return Err("scope must include openid".into());
         }
-        if params.require("code_challenge_method")? != "S256" {
-            return Err("code_challenge_method must be S256".into());
-        }
-        let code_challenge = params.require("code_challenge")?;
-        if jwt::unb64(code_challenge).map(|d| d.len()) != Ok(32) {
-            return Err("code_challenge must be a base64url SHA-256 digest".into());
-        }
+        // PKCE is required for the code flow; the hybrid flow's ID token is bound by `nonce`
+        // and `c_hash` instead (a code issued without a challenge cannot be redeemed here).
+        let code_challenge = match (&response_type, params.get("code_challenge")?) {
+            (ResponseType::CodeIdToken, None) => "",
+            _ => {
+                if params.require("code_challenge_method")? != "S256" {
+                    return Err("code_challenge_method must be S256".into());
+                }
+                let challenge = params.require("code_challenge")?;
+                if jwt::unb64(challenge).map(|d| d.len()) != Ok(32) {
+                    return Err("code_challenge must be a base64url SHA-256 digest".into());
+                }
+                challenge
+            }
+        };
         let state = params.require("state")?;
         let nonce = params.require("nonce")?;
         if let Some(max_age) = params.get("max_age")? {
@@ -245,6 +274,7 @@ impl AuthorizeRequest {
         Ok(AuthorizeRequest {
             client_id: client_id.to_owned(),
             redirect_uri: redirect_uri.to_owned(),
+            response_type,
             response_mode,
             scope: scope.to_owned(),
             state: state.to_owned(),
@@ -289,14 +319,19 @@ fn requested_acrs(claims: &str) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
-/// GET: the sign-in page.
-pub(super) fn authorize_page(shared: &Shared, params: &Params) -> Reply {
+/// GET: the sign-in page, or — for a browser signed in here already (single sign-on) — the
+/// answer at once.
+pub(super) fn authorize_page(shared: &Shared, params: &Params, headers: &HeaderMap) -> Reply {
     let request = match AuthorizeRequest::parse(shared, params) {
         Ok(request) => request,
         Err(message) => return text(StatusCode::BAD_REQUEST, &message),
     };
+    if let Some((user, mfa, auth_time)) = signed_in_browser(shared, &request, headers) {
+        return grant(shared, &request, &user, mfa, Some(auth_time))
+            .unwrap_or_else(|message| text(StatusCode::BAD_REQUEST, &message));
+    }
     if request.prompt.as_deref() == Some("none") {
-        // Nobody is ever signed in here, so a silent request cannot succeed.
+        // Nobody is signed in in this browser, so a silent request cannot succeed.
         return request.respond(&[
             ("error", "login_required"),
             (
@@ -355,55 +390,176 @@ fn decide(shared: &Shared, params: &Params) -> Result<Reply, String> {
             )
         }
     };
+    let user = user.clone();
+    grant(shared, &request, &user, mfa, None)
+}
+
+/// The person this browser's session at the provider signed in, when single sign-on is on and
+/// the request may be answered from it: no `prompt=login`, and every authentication context
+/// asked for satisfied by that sign-in.
+fn signed_in_browser(
+    shared: &Shared,
+    request: &AuthorizeRequest,
+    headers: &HeaderMap,
+) -> Option<(TestUser, bool, u64)> {
+    if !shared.single_sign_on || request.prompt.as_deref() == Some("login") {
+        return None;
+    }
+    let id = browser_session_id(headers)?;
+    let state = shared.lock();
+    let session = state.browser_sessions.get(&id)?;
+    if !request.acrs.iter().all(|id| session.acrs.contains(id)) {
+        return None;
+    }
+    let user = shared.user(&session.username)?.clone();
+    Some((user, session.mfa, session.auth_time))
+}
+
+/// The value of this browser's [`SSO_COOKIE`].
+fn browser_session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SSO_COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// Issues the code (and, in the hybrid flow, the ID token) of a sign-in and sends it to the
+/// client; `auth_time` is the browser session's when answered from it. With single sign-on, a
+/// new sign-in starts a browser session.
+fn grant(
+    shared: &Shared,
+    request: &AuthorizeRequest,
+    user: &TestUser,
+    mfa: bool,
+    auth_time: Option<u64>,
+) -> Result<Reply, String> {
     let now = unix_now();
     let code = random_token(32);
     let sid = guid();
     let session_state = guid();
-    {
+    let granted = {
         let mut state = shared.lock();
         #[cfg(feature = "test-kit")]
-        let auth_time = state.test_kit.auth_time(now);
+        let auth_time = auth_time.unwrap_or_else(|| state.test_kit.auth_time(now));
         #[cfg(not(feature = "test-kit"))]
-        let auth_time = now;
+        let auth_time = auth_time.unwrap_or(now);
         state
             .codes
             .retain(|_, grant| grant.issued_at + CODE_LIFETIME >= now);
-        state.codes.insert(
-            code.clone(),
-            CodeGrant {
+        let grant = CodeGrant {
+            client_id: request.client_id.clone(),
+            redirect_uri: request.redirect_uri.clone(),
+            code_challenge: request.code_challenge.clone(),
+            nonce: request.nonce.clone(),
+            scope: request.scope.clone(),
+            username: user.username.clone(),
+            mfa,
+            auth_time,
+            // Entra grants an authentication context only when its policy (here: MFA) is met.
+            acrs: if mfa {
+                request.acrs.clone()
+            } else {
+                Vec::new()
+            },
+            sid: sid.clone(),
+            issued_at: now,
+        };
+        let id_token = match request.response_type {
+            ResponseType::Code => None,
+            ResponseType::CodeIdToken => Some((grant.nonce.clone(), grant.acrs.clone())),
+        };
+        state.codes.insert(code.clone(), grant);
+        #[cfg(feature = "test-kit")]
+        state.test_kit.signed_in(&user.username, &sid);
+        (auth_time, id_token)
+    };
+    let (granted_auth_time, hybrid) = granted;
+    let id_token = match hybrid {
+        None => None,
+        Some((nonce, acrs)) => {
+            let grant = CodeGrant {
                 client_id: request.client_id.clone(),
                 redirect_uri: request.redirect_uri.clone(),
-                code_challenge: request.code_challenge.clone(),
-                nonce: request.nonce.clone(),
+                code_challenge: String::new(),
+                nonce,
                 scope: request.scope.clone(),
                 username: user.username.clone(),
                 mfa,
-                auth_time,
-                // Entra grants an authentication context only when its policy (here: MFA) is met.
+                auth_time: granted_auth_time,
+                acrs,
+                sid: sid.clone(),
+                issued_at: now,
+            };
+            Some(super::token::signed_id_token(
+                shared,
+                &grant,
+                user,
+                now,
+                Some(&code),
+            )?)
+        }
+    };
+    let mut fields: Vec<(&str, &str)> = vec![("code", &code)];
+    if let Some(id_token) = &id_token {
+        fields.push(("id_token", id_token));
+    }
+    fields.push(("state", &request.state));
+    fields.push(("session_state", &session_state));
+    let mut reply = request.respond(&fields);
+    // A sign-in on the page starts a browser session; one answered from it does not renew it.
+    if shared.single_sign_on && auth_time.is_none() {
+        let id = random_token(32);
+        shared.lock().browser_sessions.insert(
+            id.clone(),
+            BrowserSession {
+                username: user.username.clone(),
+                mfa,
+                auth_time: granted_auth_time,
                 acrs: if mfa {
                     request.acrs.clone()
                 } else {
                     Vec::new()
                 },
-                sid: sid.clone(),
-                issued_at: now,
             },
         );
-        #[cfg(feature = "test-kit")]
-        state.test_kit.signed_in(&user.username, &sid);
+        let cookie = format!(
+            "{SSO_COOKIE}={id}; Path=/{}/; HttpOnly; SameSite=Lax",
+            shared.tenant_id
+        );
+        if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+            reply.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
     }
-    Ok(request.respond(&[
-        ("code", &code),
-        ("state", &request.state),
-        ("session_state", &session_state),
-    ]))
+    Ok(reply)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Logout
 
-/// GET: end-session. Goes back to `post_logout_redirect_uri` (with `state`) when given.
-pub(super) fn logout(params: &Params) -> Reply {
+/// GET: end-session. Ends this browser's session here (single sign-on) and goes back to
+/// `post_logout_redirect_uri` (with `state`) when given.
+pub(super) fn logout(shared: &Shared, params: &Params, headers: &HeaderMap) -> Reply {
+    let mut reply = logout_reply(params);
+    if shared.single_sign_on {
+        if let Some(id) = browser_session_id(headers) {
+            shared.lock().browser_sessions.remove(&id);
+        }
+        let clear = format!(
+            "{SSO_COOKIE}=; Path=/{}/; HttpOnly; SameSite=Lax; Max-Age=0",
+            shared.tenant_id
+        );
+        if let Ok(clear) = HeaderValue::from_str(&clear) {
+            reply.headers_mut().append(http::header::SET_COOKIE, clear);
+        }
+    }
+    reply
+}
+
+fn logout_reply(params: &Params) -> Reply {
     let target = match params.get("post_logout_redirect_uri") {
         Ok(target) => target,
         Err(message) => return text(StatusCode::BAD_REQUEST, &message),
@@ -510,12 +666,12 @@ pub(super) fn answer(
     let reply = match (endpoint, method) {
         (ProviderEndpoint::Discovery, &Method::GET) => discovery(shared),
         (ProviderEndpoint::Keys, &Method::GET) => keys(shared),
-        (ProviderEndpoint::Authorize, &Method::GET) => authorize_page(shared, params),
+        (ProviderEndpoint::Authorize, &Method::GET) => authorize_page(shared, params, headers),
         (ProviderEndpoint::Authorize, &Method::POST) => authorize_decision(shared, params),
         (ProviderEndpoint::Token, &Method::POST) => {
             return super::token::token(shared, headers, params)
         }
-        (ProviderEndpoint::Logout, &Method::GET) => logout(params),
+        (ProviderEndpoint::Logout, &Method::GET) => logout(shared, params, headers),
         (ProviderEndpoint::Other(_), _) => text(StatusCode::NOT_FOUND, "Not found."),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
     };

@@ -124,18 +124,7 @@ fn exchange(
     let user = shared
         .user(&grant.username)
         .ok_or_else(|| invalid_grant("the user no longer exists"))?;
-    let claims = id_token_claims(shared, &grant, user, now);
-    let current = shared
-        .lock()
-        .keys
-        .first()
-        .cloned()
-        .ok_or_else(|| invalid_grant("no signing key"))?;
-    #[cfg(feature = "test-kit")]
-    let id_token = super::test_kit::issue_id_token(shared, claims, &current);
-    #[cfg(not(feature = "test-kit"))]
-    let id_token = jwt::issue(&claims, &current);
-    let id_token = id_token.map_err(|e| TokenError {
+    let id_token = signed_id_token(shared, &grant, user, now, None).map_err(|e| TokenError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         error: "server_error",
         description: e,
@@ -279,6 +268,33 @@ fn check_secret(shared: &Shared, client_id: &str, secret: &str) -> Result<(), To
             "AADSTS700016: Application with identifier '{client_id}' was not found in the directory."
         ))),
     }
+}
+
+/// The signed ID token of a sign-in; with `code` (the hybrid flow, where the token comes with
+/// the code from the authorization endpoint) it carries the code's `c_hash`.
+pub(super) fn signed_id_token(
+    shared: &Shared,
+    grant: &CodeGrant,
+    user: &TestUser,
+    now: u64,
+    code: Option<&str>,
+) -> Result<String, String> {
+    let mut claims = id_token_claims(shared, grant, user, now);
+    if let Some(code) = code {
+        let digest = Sha256::digest(code.as_bytes());
+        claims.insert("c_hash".to_owned(), b64(&digest[..16]).into());
+    }
+    let current = shared
+        .lock()
+        .keys
+        .first()
+        .cloned()
+        .ok_or_else(|| "no signing key".to_owned())?;
+    #[cfg(feature = "test-kit")]
+    let id_token = super::test_kit::issue_id_token(shared, claims, &current);
+    #[cfg(not(feature = "test-kit"))]
+    let id_token = jwt::issue(&claims, &current);
+    id_token
 }
 
 /// The claims of an Entra v1.0 ID token for this sign-in.

@@ -7,15 +7,10 @@
 //! realm — never to an address the request names: `wreply`, when present, must be the realm
 //! itself.
 
-use std::sync::LazyLock;
-
-use base64::Engine;
-use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Response, StatusCode};
+use http::Response;
 
 use crate::body::ResponseBody;
-use crate::pages::escape;
+use crate::pages::AutoPost;
 
 /// What a request to the issuer endpoint asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,81 +156,43 @@ pub fn realm_path<'r>(realm: &'r str, browser_scheme: &str, request_host: &str) 
     normal.then_some(trimmed)
 }
 
-/// The script that submits the form at once. The page's Content-Security-Policy allows exactly
-/// this script, by its hash.
-const AUTO_SUBMIT: &str = "document.forms[0].submit();";
-
-static AUTO_SUBMIT_HASH: LazyLock<String> = LazyLock::new(|| {
-    let digest = ring::digest::digest(&ring::digest::SHA256, AUTO_SUBMIT.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-});
-
 /// The page that carries the token to Exchange: a form posted to the realm, submitted by script
 /// at once, or by its button when scripts are off. Never cached; the browser sends this page's
 /// full address as `Referer` (Exchange requires it to start with `AdfsIssuer`), and no address
 /// at all to any other site.
 pub fn post_page(realm: &str, wresult: &str, context: Option<&str>) -> Response<ResponseBody> {
-    let html = post_page_html(realm, wresult, context);
-    let mut response = Response::new(ResponseBody::full(Bytes::from(html)));
-    post_headers(&mut response);
-    response
+    let fields = post_fields(wresult, context);
+    auto_post(realm, &fields).response()
 }
 
 /// The HTML of [`post_page`].
 pub fn post_page_html(realm: &str, wresult: &str, context: Option<&str>) -> String {
-    let context = context.map_or_else(String::new, |context| {
-        format!(
-            "<input type=\"hidden\" name=\"wctx\" value=\"{}\">",
-            escape(context)
-        )
-    });
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>Signing in</title><style>\
-body{{font-family:\"Segoe UI\",system-ui,sans-serif;background:#f3f2f1;color:#201f1e;margin:0}}\
-main{{max-width:34rem;margin:12vh auto;background:#fff;padding:2rem 2.5rem;border-radius:4px;\
-box-shadow:0 1px 4px rgba(0,0,0,.15)}}h1{{font-size:1.5rem;font-weight:600;margin:0 0 1rem}}\
-button{{background:#0f6cbd;color:#fff;padding:.5rem 1.2rem;border-radius:4px;border:0;font:inherit;cursor:pointer}}\
-</style></head><body><main><h1>Signing in</h1>\
-<form method=\"post\" action=\"{action}\">\
-<input type=\"hidden\" name=\"wa\" value=\"wsignin1.0\">\
-<input type=\"hidden\" name=\"wresult\" value=\"{wresult}\">{context}\
-<p>You are signed in. If the next page does not open by itself, continue here.</p>\
-<p><button type=\"submit\">Continue</button></p></form></main>\
-<script>{AUTO_SUBMIT}</script></body></html>\n",
-        action = escape(realm),
-        wresult = escape(wresult),
-    )
+    let fields = post_fields(wresult, context);
+    auto_post(realm, &fields).render()
 }
 
-fn post_headers(response: &mut Response<ResponseBody>) {
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("pragma", HeaderValue::from_static("no-cache"));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
-    let policy = format!(
-        "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'",
-        *AUTO_SUBMIT_HASH
-    );
-    if let Ok(policy) = HeaderValue::from_str(&policy) {
-        headers.insert("content-security-policy", policy);
+fn post_fields<'a>(wresult: &'a str, context: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut fields = vec![("wa", "wsignin1.0"), ("wresult", wresult)];
+    if let Some(context) = context {
+        fields.push(("wctx", context));
     }
-    *response.status_mut() = StatusCode::OK;
+    fields
+}
+
+fn auto_post<'a>(realm: &'a str, fields: &'a [(&'a str, &'a str)]) -> AutoPost<'a> {
+    AutoPost {
+        title: "Signing in",
+        message: "You are signed in. If the next page does not open by itself, continue here.",
+        action: realm,
+        fields,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pages::{AUTO_SUBMIT, AUTO_SUBMIT_HASH};
+    use base64::Engine;
 
     fn sign_in(query: &str) -> Result<WsFedAction, WsFedRefusal> {
         parse(Some(query))

@@ -132,7 +132,8 @@ function buildProvider({ issuer, clients, keys, cookieKeys }) {
     conformIdTokenClaims: false,
     acrValues: ['1'],
     pkce: { required: () => true },
-    responseTypes: ['code'],
+    // 'code id_token': the hybrid flow of Exchange's own sign-in (hybrid modern authentication).
+    responseTypes: ['code', 'code id_token'],
     clientAuthMethods: ['client_secret_post', 'client_secret_basic'],
     enabledJWA: { idTokenSigningAlgValues: ['RS256'] },
     features: {

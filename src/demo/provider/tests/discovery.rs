@@ -22,7 +22,10 @@ async fn discovery_document_names_the_v1_endpoints_under_the_tenant() {
     assert_eq!(doc["token_endpoint"], format!("{base}oauth2/token"));
     assert_eq!(doc["jwks_uri"], format!("{base}discovery/keys"));
     assert_eq!(doc["end_session_endpoint"], format!("{base}oauth2/logout"));
-    assert_eq!(doc["response_types_supported"], json!(["code"]));
+    assert_eq!(
+        doc["response_types_supported"],
+        json!(["code", "code id_token"])
+    );
     assert_eq!(
         doc["response_modes_supported"],
         json!(["query", "form_post"])

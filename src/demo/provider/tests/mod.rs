@@ -4,6 +4,7 @@ mod availability;
 mod client_assertion;
 mod discovery;
 mod forgeries;
+mod single_sign_on;
 mod token;
 
 use std::sync::OnceLock;
