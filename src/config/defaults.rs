@@ -75,8 +75,8 @@ pub(super) const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10 * MINU
 
 // ── [mfa] ───────────────────────────────────────────────────────────────────────────────────
 
-/// `mfa.amr_any_of`: Entra writes `mfa` after a second factor and `ngcmfa` after Windows Hello
-/// for Business and similar.
+/// `mfa.amr_any_of`: Entra writes `mfa` after a second factor, and `ngcmfa`, which Microsoft
+/// documents as equivalent to `mfa`, used for provisioning of certain advanced credential types.
 pub(super) const DEFAULT_AMR_ANY_OF: [&str; 2] = ["mfa", "ngcmfa"];
 
 /// `mfa.max_auth_age`: older sign-ins sign in again, however recent the session.

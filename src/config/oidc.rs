@@ -75,7 +75,8 @@ impl std::fmt::Debug for OidcConfig {
 pub enum TokenVersion {
     /// `https://sts.windows.net/<tid>/`: ID tokens carry `amr`.
     EntraV1,
-    /// `https://login.microsoftonline.com/<tid>/v2.0`: no `amr`; MFA only through `acrs`.
+    /// `https://login.microsoftonline.com/<tid>/v2.0`: observed without `amr` (not a documented
+    /// contract either way); MFA only through `acrs`.
     EntraV2,
     /// Any other issuer (a test provider on loopback, another OpenID provider).
     Other,

@@ -222,7 +222,7 @@ impl Checker {
             self.error(
                 "oidc.issuer",
                 &raw_oidc.get_ref().issuer,
-                format!("Entra v2.0 ID tokens carry no amr claim, so MFA could not be verified: use the v1.0 issuer https://sts.windows.net/{tid}/ or set mfa.acrs_any_of to an authentication context"),
+                format!("Entra v2.0 ID tokens carry no amr claim in observed sign-ins (not a documented contract), so MFA could not be verified: use the v1.0 issuer https://sts.windows.net/{tid}/ or set mfa.acrs_any_of to an authentication context"),
             );
             return;
         }
@@ -328,7 +328,7 @@ mod tests {
         let v2 = format!("https://login.microsoftonline.com/{TENANT}/v2.0");
         assert_eq!(
             errors(&oidc_issuer(&v2, "")),
-            [format!("oidc.issuer (line 14): Entra v2.0 ID tokens carry no amr claim, so MFA could not be verified: use the v1.0 issuer https://sts.windows.net/{TENANT}/ or set mfa.acrs_any_of to an authentication context")]
+            [format!("oidc.issuer (line 14): Entra v2.0 ID tokens carry no amr claim in observed sign-ins (not a documented contract), so MFA could not be verified: use the v1.0 issuer https://sts.windows.net/{TENANT}/ or set mfa.acrs_any_of to an authentication context")]
         );
         // An authentication context on the route itself is a way to verify MFA there …
         let text = signed_in(
