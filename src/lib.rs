@@ -45,6 +45,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod sso;
+pub mod worker;
 
 pub use server::{Gateway, Listeners, StartError};
 
