@@ -183,6 +183,20 @@ async fn logon(browser: &mut Browser, user: &TestUser) -> Reply {
 }
 
 /// Every Exchange identity cookie is expired by this answer, on the paths Exchange uses.
+/// Bob signs in in the browser Alice used: Exchange asks him to log on (his own session), and
+/// none of Alice's Exchange cookies reaches it.
+async fn bob_signs_in_to_his_own_logon_page(w: &World, browser: &mut Browser) {
+    browser.sign_in_ok("/owa/", &w.provider, "bob").await;
+    let page = browser.navigate("/owa/").await;
+    assert_eq!(
+        page.location(),
+        Some("/owa/auth/logon.aspx"),
+        "{}",
+        page.describe()
+    );
+    assert!(!w.last_exchange_cookies().contains("alice"));
+}
+
 fn assert_expires_exchange_cookies(reply: &Reply, what: &str) {
     let sent: Vec<&str> = reply
         .headers
@@ -476,15 +490,7 @@ async fn signing_out_expires_exchange_cookies_and_the_next_user_does_not_reach_t
         .is_some_and(|c| c.is_removal()));
     assert!(browser.cookie("cadata").is_none());
 
-    browser.sign_in_ok("/owa/", &w.provider, "bob").await;
-    let page = browser.navigate("/owa/").await;
-    assert_eq!(
-        page.location(),
-        Some("/owa/auth/logon.aspx"),
-        "{}",
-        page.describe()
-    );
-    assert!(!w.last_exchange_cookies().contains("alice"));
+    bob_signs_in_to_his_own_logon_page(&w, &mut browser).await;
 }
 
 #[tokio::test]
@@ -539,15 +545,7 @@ async fn an_idle_session_seen_on_a_request_expires_exchange_cookies_and_the_next
     assert_eq!(w.exchange.user_requests().len(), before);
 
     // Bob sits down and signs in: his own logon page, never Alice's mailbox.
-    browser.sign_in_ok("/owa/", &w.provider, "bob").await;
-    let page = browser.navigate("/owa/").await;
-    assert_eq!(
-        page.location(),
-        Some("/owa/auth/logon.aspx"),
-        "{}",
-        page.describe()
-    );
-    assert!(!w.last_exchange_cookies().contains("alice"));
+    bob_signs_in_to_his_own_logon_page(&w, &mut browser).await;
 }
 
 #[tokio::test]
