@@ -646,7 +646,7 @@ ratio() { # a b -> a/b with 2 decimals, or n/a
         fi
     fi
     echo
-    [ "$ROUNDS" = 1 ] || echo "Rounds: the rows ran $ROUNDS times, in order (1, 2, …, 4c${WORKERS:+, at each thread count}, then again); each figure is the median of the rounds (peak RSS: the largest, errors: the sum). Half-load rows: once, after the rounds, at half of row 4's median."
+    [ "$ROUNDS" = 1 ] || echo "Rounds: the rows ran $ROUNDS times, in order (1, 2, …, 4c${WORKERS:+, at each thread count}, then again); each figure is the median of the rounds (peak RSS: the largest, errors: the sum).${WORKERS:- Half-load rows: once, after the rounds, at half of row 4's median.}"
     echo "Load: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after ${WARMUP}s warm-up); HTTP/2: h2load -t$THREADS -c$CONNS -m$H2_STREAMS -D $DURATION (after ${WARMUP}s warm-up); ½ load: h2load --h1 -m1 --rps per connection."
     echo "Latency: wrk --latency percentiles; for h2load rows, percentiles of its per-request log."
     echo "CPU (user + system time from /proc/PID/stat, in ms per 1,000 requests answered) and peak RSS are those of the server under test only (for rows 2–4 not the upstream nginx, whose CPU is the next column); all processes (master and workers). Rest of machine: busy time of all CPUs (/proc/stat) minus the server's and the upstream's, in % of all CPUs during the row — the load generator and whatever else ran. Errors: non-2xx/3xx answers and socket errors."

@@ -547,8 +547,11 @@ async fn a_gateway_with_one_worker_thread_serves_and_says_so() {
     let exchange = exchange().await;
     let dir = tempfile::tempdir().unwrap();
     let (gateway, ports) = GatewayProcess::start(dir.path(), &[], |ports| {
-        gateway_toml(&Ports(ports), &cert, "0s", &exchange, &["/owa"])
-            .replacen("[server]\n", "[server]\nworkers = 1\n", 1)
+        gateway_toml(&Ports(ports), &cert, "0s", &exchange, &["/owa"]).replacen(
+            "[server]\n",
+            "[server]\nworkers = 1\n",
+            1,
+        )
     })
     .await;
     let ports = Ports(ports);
@@ -562,12 +565,19 @@ async fn a_gateway_with_one_worker_thread_serves_and_says_so() {
 
     let http = browser(&pki, &ports);
     for i in 0..20 {
-        let response = http.get(ports.url(&format!("/owa/{i}"))).send().await.unwrap();
+        let response = http
+            .get(ports.url(&format!("/owa/{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.text().await.unwrap(), format!("/owa/{i}"));
     }
     let (mut held, _) = open_connection(&pki, &ports).await;
-    assert_eq!(send(&mut held, "/owa/held").await, (StatusCode::OK, "/owa/held".to_owned()));
+    assert_eq!(
+        send(&mut held, "/owa/held").await,
+        (StatusCode::OK, "/owa/held".to_owned())
+    );
 }
 
 /// The binary writes one access line per request, in the chosen log format, with the fields

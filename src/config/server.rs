@@ -7,8 +7,8 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::defaults::{
-    default_workers, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    default_workers, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
 };
 use super::error::ConfigError;
 use super::raw::{RawCertificate, RawServer, Text};
