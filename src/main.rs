@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Demo { listen, sso } => {
-            let Some(runtime) = runtime() else {
+            let Some(runtime) = runtime(None) else {
                 return ExitCode::FAILURE;
             };
             let sso = match sso {
@@ -95,20 +95,26 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
-            let Some(runtime) = runtime() else {
+        Command::Run { config: path } => {
+            // Read before the runtime exists: `server.workers` says how many threads it gets.
+            let Some(config) = load_or_log(&path) else {
                 return ExitCode::FAILURE;
             };
-            runtime.block_on(run(config))
+            let Some(runtime) = runtime(Some(config.server.workers)) else {
+                return ExitCode::FAILURE;
+            };
+            runtime.block_on(run(path, config))
         }
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// The runtime that serves connections: `workers` threads (`server.workers`), or one per CPU.
+fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    match builder.enable_all().build() {
         Ok(runtime) => Some(runtime),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -201,16 +207,20 @@ fn check_config(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(config) => config,
+fn load_or_log(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
         Err(errors) => {
             for error in &errors.0 {
                 tracing::error!("{error}");
             }
-            return ExitCode::FAILURE;
+            None
         }
-    };
+    }
+}
+
+async fn run(path: PathBuf, config: Config) -> ExitCode {
+    let workers = config.server.workers;
     let (mut terminate, mut hangup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
@@ -240,7 +250,7 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "mfa-gateway started");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers, "mfa-gateway started");
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
