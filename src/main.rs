@@ -96,8 +96,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let Some(runtime) = runtime() else {
-                return ExitCode::FAILURE;
+            // Connections are served on the worker threads, each with a runtime of its own;
+            // this one runs the signals, the admin listener, health checks, the provider
+            // refresh and the drain: one thread is plenty.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
             runtime.block_on(run(config))
         }
@@ -170,7 +180,7 @@ fn check_config(path: &Path) -> ExitCode {
     }
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
-    let metrics = mfa_gateway::observe::metrics::Metrics::default();
+    let metrics = std::sync::Arc::new(mfa_gateway::observe::metrics::Metrics::default());
     let snapshot = match mfa_gateway::server::Snapshot::build(
         config,
         &metrics,
@@ -229,7 +239,7 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gateway = match Gateway::start(config, listeners, async move {
+    let gateway = match Gateway::start_workers(config, listeners, async move {
         let _ = stop_rx.await;
     })
     .await
