@@ -39,12 +39,13 @@ wait_port() {
     die "nothing answers at $url (see the logs in $work; KEEP=1 keeps them)"
 }
 
-# The top of an nginx configuration: NAME [WORKER_CONNECTIONS [NOFILE]].
+# The top of an nginx configuration: NAME [WORKER_CONNECTIONS [NOFILE [WORKER_PROCESSES]]]
+# (worker processes: "auto", one per CPU, when not given or empty).
 nginx_common() {
     cat <<CONF
 daemon off;
 master_process on;
-worker_processes auto;
+worker_processes ${4:-auto};
 ${3:+worker_rlimit_nofile $3;}
 pid $work/$1.pid;
 error_log $work/$1.error.log warn;
@@ -86,4 +87,18 @@ cpu_ticks() {
         total=$((total + ${12} + ${13} + ${14} + ${15}))
     done
     echo "$total"
+}
+
+# Busy ticks of the whole machine (all CPUs, everything but idle and iowait), from /proc/stat.
+machine_busy_ticks() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# Stops one server started in the background (SIGTERM, then waits for it) and forgets its PID.
+stop_server() { # PID
+    local pid="$1" p keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${pids[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    pids=("${keep[@]}")
 }

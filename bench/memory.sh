@@ -25,7 +25,9 @@
 # Environment (all optional):
 #   IDLE_CONNS=10000     idle connections per proxy   IDLE_STEPS="1000"  intermediate counts
 #   CONCURRENCY=200      handshakes in flight          SETTLE=2           seconds before reading RSS
-#   IDLE_TIMEOUT=300     seconds an idle keep-alive connection may stay (both proxies)
+#   IDLE_TIMEOUT=300     seconds an idle keep-alive connection may stay: nginx keepalive_timeout
+#                        and the gateway's header_read_timeout (its idle keep-alive lifetime),
+#                        always equal (checked)
 #   TRANSFER_SIZE=1G     size of the download and the upload (truncate -s syntax; 0 skips them)
 #   PROXIES="nginx gw"   which proxies (ids: nginx, gw)
 #   NGINX_BUFFERING=off  nginx proxy_buffering for the download: off, or "memory" (on, with
@@ -262,6 +264,13 @@ access = "public"
 EOF
     "$gw_bin" check-config --config "$work/gateway.toml" >"$work/check-config.log" 2>&1 ||
         die "gateway configuration refused: $(cat "$work/check-config.log")"
+    # The same idle-connection lifetime for both: the gateway closes an idle keep-alive
+    # connection after header_read_timeout (docs/configuration.md), nginx after keepalive_timeout.
+    # A shorter lifetime on one side would make it close connections the other still holds.
+    gw_idle="$(awk -F'"' '/^header_read_timeout = / { print $2 }' "$work/gateway.toml")"
+    nginx_idle="$(awk '/^ *keepalive_timeout / { sub(";", "", $2); print $2; exit }' "$work/proxy.conf")"
+    [ "$gw_idle" = "$nginx_idle" ] && [ "$gw_idle" = "${IDLE_TIMEOUT}s" ] ||
+        die "idle lifetimes differ: gateway header_read_timeout '$gw_idle', nginx keepalive_timeout '$nginx_idle'"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -95,10 +95,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
-            // Connections are served on the worker threads, each with a runtime of its own;
-            // this one runs the signals, the admin listener, health checks, the provider
-            // refresh and the drain: one thread is plenty.
+        Command::Run { config: path } => {
+            let Some(config) = load_or_log(&path) else {
+                return ExitCode::FAILURE;
+            };
+            // Connections are served on `server.workers` threads, each with a runtime of its
+            // own (`Gateway::start_workers`); this one runs the signals, the admin listener,
+            // health checks, the provider refresh and the drain: one thread is plenty.
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -109,11 +112,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config))
+            runtime.block_on(run(path, config))
         }
     }
 }
 
+/// The runtime of `demo`: one thread per CPU.
 fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -211,16 +215,20 @@ fn check_config(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(config) => config,
+fn load_or_log(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
         Err(errors) => {
             for error in &errors.0 {
                 tracing::error!("{error}");
             }
-            return ExitCode::FAILURE;
+            None
         }
-    };
+    }
+}
+
+async fn run(path: PathBuf, config: Config) -> ExitCode {
+    let workers = config.server.workers;
     let (mut terminate, mut hangup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
@@ -250,7 +258,7 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "mfa-gateway started");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers, "mfa-gateway started");
     loop {
         tokio::select! {
             _ = terminate.recv() => break,

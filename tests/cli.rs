@@ -353,6 +353,53 @@ fn check_config_of_a_file_that_does_not_exist_fails_and_says_so() {
     assert!(stdout.contains(path.to_str().unwrap()), "{stdout}");
 }
 
+/// `server.workers` sizes the runtime, so `run` reads it before anything starts: a bad value
+/// stops both commands with the key's path, and `run` exits without serving.
+#[test]
+fn workers_of_zero_or_not_a_number_is_refused_by_check_config_and_by_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for (value, says) in [
+        ("0", "server.workers (line 4): must be between 1 and 1024"),
+        ("\"auto\"", "server.workers (line 4): invalid type"),
+    ] {
+        let path = write(
+            dir.path(),
+            "gateway.toml",
+            &format!(
+                r#"
+[server]
+http_listen = "127.0.0.1:0"
+workers = {value}
+
+[upstreams.exchange]
+servers = ["http://127.0.0.1:8081"]
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "public"
+"#
+            ),
+        );
+        let (code, stdout, stderr) = check_config(&path);
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "workers = {value} passed check-config: {stdout}"
+        );
+        assert_eq!(lines(&stdout), [says], "stderr:\n{stderr}");
+
+        let output = mfa_gateway(&["run", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "run started with workers = {value}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!stderr.contains("mfa-gateway started"), "{stderr}");
+    }
+}
+
 #[test]
 fn version_prints_the_version() {
     let output = mfa_gateway(&["--version"]);

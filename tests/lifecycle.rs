@@ -537,6 +537,49 @@ async fn a_broken_file_on_sighup_is_refused_and_the_running_configuration_keeps_
     );
 }
 
+/// `server.workers = 1`: the whole gateway on one serving thread still answers browsers, and
+/// says at start how many threads it runs.
+#[tokio::test]
+async fn a_gateway_with_one_worker_thread_serves_and_says_so() {
+    support::init();
+    let pki = TestPki::new();
+    let cert = pki.issue(&[HOST]);
+    let exchange = exchange().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, ports) = GatewayProcess::start(dir.path(), &[], |ports| {
+        gateway_toml(&Ports(ports), &cert, "0s", &exchange, &["/owa"]).replacen(
+            "[server]\n",
+            "[server]\nworkers = 1\n",
+            1,
+        )
+    })
+    .await;
+    let ports = Ports(ports);
+    let started = gateway
+        .log()
+        .lines()
+        .find(|l| l.contains("mfa-gateway started"))
+        .map(str::to_owned)
+        .unwrap();
+    assert!(started.contains("workers=1"), "{started}");
+
+    let http = browser(&pki, &ports);
+    for i in 0..20 {
+        let response = http
+            .get(ports.url(&format!("/owa/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.text().await.unwrap(), format!("/owa/{i}"));
+    }
+    let (mut held, _) = open_connection(&pki, &ports).await;
+    assert_eq!(
+        send(&mut held, "/owa/held").await,
+        (StatusCode::OK, "/owa/held".to_owned())
+    );
+}
+
 /// The binary writes one access line per request, in the chosen log format, with the fields
 /// docs/operations.md lists and never the query string (OWA puts its canary there).
 #[tokio::test]

@@ -37,7 +37,12 @@ async fn exchange() -> FakeExchange {
         .await
 }
 
-fn gateway_toml(ports: ProcessPorts, cert: &IssuedCert, exchange: &FakeExchange, paths: &[&str]) -> String {
+fn gateway_toml(
+    ports: ProcessPorts,
+    cert: &IssuedCert,
+    exchange: &FakeExchange,
+    paths: &[&str],
+) -> String {
     let quoted = |p: &std::path::Path| format!("{:?}", p.display().to_string());
     let mut toml = format!(
         r#"
@@ -102,7 +107,10 @@ async fn send(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> (StatusCode
 async fn requests_on_new_connections(pki: &TestPki, port: u16, path: &str, count: usize) {
     for _ in 0..count {
         let mut sender = connect(pki, port).await;
-        assert_eq!(send(&mut sender, path).await, (StatusCode::OK, path.to_owned()));
+        assert_eq!(
+            send(&mut sender, path).await,
+            (StatusCode::OK, path.to_owned())
+        );
     }
 }
 
@@ -196,8 +204,11 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
         Some(connections as f64)
     );
     assert_eq!(
-        metric(ports.admin, "mfagw_requests_total{route=\"mail.contoso.com/owa\",status=\"200\"}")
-            .await,
+        metric(
+            ports.admin,
+            "mfagw_requests_total{route=\"mail.contoso.com/owa\",status=\"200\"}"
+        )
+        .await,
         Some(connections as f64)
     );
 
@@ -228,8 +239,11 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
     requests_on_new_connections(&pki, ports.https, "/ecp/", connections).await;
     each_worker_read(&before, &worker_reads(pid), 200).unwrap();
     assert_eq!(
-        metric(ports.admin, "mfagw_requests_total{route=\"mail.contoso.com/ecp\",status=\"200\"}")
-            .await,
+        metric(
+            ports.admin,
+            "mfagw_requests_total{route=\"mail.contoso.com/ecp\",status=\"200\"}"
+        )
+        .await,
         Some(connections as f64 + 1.0)
     );
 
@@ -254,7 +268,10 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
             .is_err()
     })
     .await;
-    assert!(refused, "new connections are still accepted during the drain");
+    assert!(
+        refused,
+        "new connections are still accepted during the drain"
+    );
     assert!(!in_flight.is_finished(), "the slow request ended early");
     assert_eq!(
         in_flight.await.unwrap(),
@@ -265,7 +282,11 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
         .wait_exit(Duration::from_secs(8))
         .await
         .unwrap_or_else(|| panic!("still running 8 s after SIGTERM; log:\n{}", gateway.log()));
-    assert!(status.success(), "exit status {status}; log:\n{}", gateway.log());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        gateway.log()
+    );
     assert!(
         terminated.elapsed() < Duration::from_secs(4),
         "the drain took {:?} for a request of 2 s",
@@ -281,8 +302,9 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
         "one access line per request; log:\n{log}"
     );
     assert!(
-        log.lines()
-            .any(|l| l.contains(" access: ") && l.contains("/owa/slow-2s") && l.contains("status=200")),
+        log.lines().any(|l| l.contains(" access: ")
+            && l.contains("/owa/slow-2s")
+            && l.contains("status=200")),
         "no access line for the request finished during the drain:\n{log}"
     );
 }

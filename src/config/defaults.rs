@@ -29,6 +29,12 @@ pub(super) const DEFAULT_MAX_HEADER_BYTES: usize = 65_536;
 /// `server.request_body_timeout`: the longest pause a client may make within a request body.
 pub(super) const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `server.workers`: one per CPU the process may use (its affinity mask and cgroup quota, as
+/// `std::thread::available_parallelism` reads them), or 1 when that cannot be told.
+pub(super) fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 // ── [upstreams.<name>] ──────────────────────────────────────────────────────────────────────
 
 /// `upstreams.<name>.connect_timeout`: TCP and TLS connection to one Exchange server.
@@ -116,6 +122,10 @@ mod tests {
         assert_eq!(s.max_connections, 20_000);
         assert_eq!(s.header_read_timeout, Duration::from_secs(10));
         assert_eq!(s.max_header_bytes, 65_536);
+        assert_eq!(
+            s.workers,
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
         assert!(s.trusted_proxies.is_empty());
         let u = &config.upstreams[0];
         assert_eq!(u.connect_timeout, Duration::from_secs(5));

@@ -45,6 +45,7 @@ pub(crate) struct RawServer {
     pub header_read_timeout: Option<Text>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub request_body_timeout: Option<Text>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -474,6 +475,16 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
             errors[0].starts_with("server.max_connections (line 3): invalid type"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn workers_that_is_not_an_integer_is_refused_with_its_path_and_line() {
+        let errors = errors("[server]\nhttp_listen = \"127.0.0.1:8080\"\nworkers = \"auto\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("server.workers (line 3): invalid type"),
             "{errors:?}"
         );
     }

@@ -7,8 +7,8 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::defaults::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    default_workers, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
 };
 use super::error::ConfigError;
 use super::raw::{RawCertificate, RawServer, Text};
@@ -45,11 +45,16 @@ pub struct ServerConfig {
     /// sends (to Exchange or to the gateway itself). A client that stops sending mid-body gives
     /// its slot back after this, not after the upstream's much longer `idle_timeout`.
     pub request_body_timeout: Duration,
+    /// Extension `server.workers`: threads that serve connections (today the worker threads of
+    /// the one multi-threaded runtime). Read once at start; a reload does not change it.
+    pub workers: usize,
 }
 
 /// The HTTP/1 parser's smallest read buffer: a lower limit could not be enforced.
 const MIN_HEADER_BYTES: usize = 8192;
 const MAX_HEADER_BYTES: usize = 1_048_576;
+/// More threads than this is a typo, not a machine: each costs a stack and a scheduler slot.
+const MAX_WORKERS: usize = 1024;
 
 impl Checker {
     pub(super) fn server(
@@ -153,6 +158,20 @@ impl Checker {
                 }
             },
         };
+        let workers = match &server.workers {
+            None => default_workers(),
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(n) if (1..=MAX_WORKERS).contains(&n) => n,
+                _ => {
+                    self.error(
+                        "server.workers",
+                        n,
+                        format!("must be between 1 and {MAX_WORKERS}"),
+                    );
+                    1
+                }
+            },
+        };
 
         ServerConfig {
             https_listen,
@@ -164,6 +183,7 @@ impl Checker {
             header_read_timeout,
             max_header_bytes,
             request_body_timeout,
+            workers,
         }
     }
 
@@ -344,6 +364,25 @@ mod tests {
             &with_server("http_listen = \"127.0.0.1:8080\"\nmax_connections = 0", ""),
             &["server.max_connections (line 3): must be at least 1"],
         );
+    }
+
+    #[test]
+    fn workers_outside_1_to_1024_is_refused() {
+        for value in ["0", "-2", "1025"] {
+            refused(
+                &with_server(
+                    &format!("http_listen = \"127.0.0.1:8080\"\nworkers = {value}"),
+                    "",
+                ),
+                &["server.workers (line 3): must be between 1 and 1024"],
+            );
+        }
+        let config = load(&with_server(
+            "http_listen = \"127.0.0.1:8080\"\nworkers = 3",
+            "",
+        ))
+        .unwrap();
+        assert_eq!(config.server.workers, 3);
     }
 
     #[test]

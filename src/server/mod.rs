@@ -526,8 +526,7 @@ impl Gateway {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Gateway, StartError> {
-        // Until `[server] workers` is in the configuration: the cores available.
-        let workers = crate::worker::available_cores();
+        let workers = config.server.workers;
         Gateway::launch(
             config,
             listeners,
@@ -680,7 +679,7 @@ impl Gateway {
 
     /// Applies a new configuration to new requests and new TLS handshakes. On error the running
     /// configuration stays in force. Listen addresses are bound at start: changing them needs a
-    /// restart, and a reload that changes them says so.
+    /// restart, and a reload that changes them (or `server.workers`) says so.
     pub fn reload(&self, config: Config) -> Result<(), StartError> {
         let result = self.try_reload(config);
         self.shared.metrics.reloaded(result.is_ok());
@@ -697,6 +696,13 @@ impl Gateway {
         {
             tracing::warn!(
                 "listen addresses changed in the file; they take effect only after a restart"
+            );
+        }
+        if old.workers != new.workers {
+            tracing::warn!(
+                running = old.workers,
+                file = new.workers,
+                "server.workers changed in the file; it takes effect only after a restart"
             );
         }
         if self.shared.certs.is_none() && !config.tls.certificates.is_empty() {
