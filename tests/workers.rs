@@ -114,9 +114,10 @@ async fn requests_on_new_connections(pki: &TestPki, port: u16, path: &str, count
     }
 }
 
-/// The process's worker threads by name, with the bytes each has read from sockets so far
-/// (`rchar` of /proc/PID/task/TID/io: what that thread's read calls returned).
-fn worker_reads(pid: u32) -> BTreeMap<String, u64> {
+/// The process's worker threads by name, with the CPU time each has used so far, in
+/// nanoseconds (the first field of /proc/PID/task/TID/schedstat). A worker with nothing to do
+/// sleeps in epoll and uses none.
+fn worker_cpu(pid: u32) -> BTreeMap<String, u64> {
     let mut workers = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
@@ -127,20 +128,15 @@ fn worker_reads(pid: u32) -> BTreeMap<String, u64> {
         if !name.starts_with("mfagw-worker") {
             continue;
         }
-        let io = std::fs::read_to_string(task.join("io")).unwrap();
-        let rchar = io
-            .lines()
-            .find_map(|l| l.strip_prefix("rchar: "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        workers.insert(name, rchar);
+        let schedstat = std::fs::read_to_string(task.join("schedstat")).unwrap();
+        let on_cpu = schedstat.split(' ').next().unwrap().parse().unwrap();
+        workers.insert(name, on_cpu);
     }
     workers
 }
 
-/// Every worker read more than `at_least` bytes between `before` and `after`.
-fn each_worker_read(
+/// Every worker used more than `at_least` ns of CPU between `before` and `after`.
+fn each_worker_worked(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
     at_least: u64,
@@ -149,7 +145,7 @@ fn each_worker_read(
         let grew = read - before.get(name).copied().unwrap_or(0);
         if grew < at_least {
             return Err(format!(
-                "{name} read {grew} bytes (before {before:?}, after {after:?})"
+                "{name} used {grew} ns of CPU (before {before:?}, after {after:?})"
             ));
         }
     }
@@ -184,7 +180,7 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
     let pid = gateway.pid();
 
     // Two worker threads, by name.
-    let before = worker_reads(pid);
+    let before = worker_cpu(pid);
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         ["mfagw-worker-0", "mfagw-worker-1"],
@@ -193,11 +189,12 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
 
     // Connections land on both workers (the kernel spreads them over the two sockets by
     // address and port: all 40 on one has odds of 2^-39), and each worker serves what it
-    // accepted: a TLS ClientHello alone is over 200 bytes read.
+    // accepted: TLS handshakes and requests, over a millisecond of CPU for its share.
     let connections = 40;
     requests_on_new_connections(&pki, ports.https, "/owa/", connections).await;
-    let after = worker_reads(pid);
-    each_worker_read(&before, &after, 200).unwrap();
+    let after = worker_cpu(pid);
+    println!("worker CPU ns before {before:?}, after {after:?}");
+    each_worker_worked(&before, &after, 1_000_000).unwrap();
     // Counted by each worker in its own shard, summed when scraped.
     assert_eq!(
         metric(ports.admin, "mfagw_connections_total").await,
@@ -235,9 +232,9 @@ async fn two_workers_both_serve_reload_together_and_drain_together() {
         send(&mut held, "/ecp/").await,
         (StatusCode::OK, "/ecp/".to_owned())
     );
-    let before = worker_reads(pid);
+    let before = worker_cpu(pid);
     requests_on_new_connections(&pki, ports.https, "/ecp/", connections).await;
-    each_worker_read(&before, &worker_reads(pid), 200).unwrap();
+    each_worker_worked(&before, &worker_cpu(pid), 1_000_000).unwrap();
     assert_eq!(
         metric(
             ports.admin,
