@@ -343,4 +343,3 @@ impl Drop for ClosedGuard {
         self.0.metrics.connection_closed();
     }
 }
-

@@ -373,6 +373,8 @@ impl LocalSnapshot {
 /// reference count that only that worker writes; the snapshot's own count moves once per
 /// worker and reload.
 #[derive(Clone)]
+// The second allocation is the point: a reference count of this worker's own.
+#[allow(clippy::redundant_allocation)]
 pub(crate) struct Current(Arc<Arc<Snapshot>>);
 
 impl std::ops::Deref for Current {
