@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use mfa_gateway::body::{ObservedBody, ResponseBody};
 use mfa_gateway::config::{Access, Config, MapSecrets, RouteConfig};
 use mfa_gateway::observe::access::AccessRecord;
-use mfa_gateway::observe::metrics::{Metrics, Scrape};
+use mfa_gateway::observe::metrics::{Counters, Metrics, RouteSlot, Scrape};
 use mfa_gateway::proxy::headers;
 use mfa_gateway::routing::{normalize_path, RouteMatch, Router};
 use mfa_gateway::session::{strip_cookies, SessionKey, SessionSeal};
@@ -393,20 +393,20 @@ static OWA_ANSWER: [u8; 4096] = [b' '; 4096];
 /// subscriber is installed, so the line itself is not formatted.
 fn response_body(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::default());
-    let route = metrics.route("mail.contoso.com/owa");
+    let counters = Counters::new(&metrics, [metrics.route("mail.contoso.com/owa")]).for_worker();
     let uri: Uri = "/owa/service.svc?action=GetItem".parse().unwrap();
     let client = headers::address_text(BROWSER);
     let mut cx = Context::from_waker(Waker::noop());
     let mut answer = || {
         let mut record = AccessRecord::new(
             Instant::now(),
-            metrics.clone(),
-            route.clone(),
+            counters.clone(),
             Method::POST,
             uri.clone(),
             Version::HTTP_11,
             client.clone(),
         );
+        record.set_route(RouteSlot::route(0));
         record.set_status(200);
         let body = ObservedBody::new(ResponseBody::full(Bytes::from_static(&OWA_ANSWER)), record);
         let mut body = pin!(black_box(body));

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Demo { listen, sso } => {
-            let Some(runtime) = runtime(None) else {
+            let Some(runtime) = runtime() else {
                 return ExitCode::FAILURE;
             };
             let sso = match sso {
@@ -96,25 +96,33 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config: path } => {
-            // Read before the runtime exists: `server.workers` says how many threads it gets.
             let Some(config) = load_or_log(&path) else {
                 return ExitCode::FAILURE;
             };
-            let Some(runtime) = runtime(Some(config.server.workers)) else {
-                return ExitCode::FAILURE;
+            // Connections are served on `server.workers` threads, each with a runtime of its
+            // own (`Gateway::start_workers`); this one runs the signals, the admin listener,
+            // health checks, the provider refresh and the drain: one thread is plenty.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
             runtime.block_on(run(path, config))
         }
     }
 }
 
-/// The runtime that serves connections: `workers` threads (`server.workers`), or one per CPU.
-fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
-    match builder.enable_all().build() {
+/// The runtime of `demo`: one thread per CPU.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => Some(runtime),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -176,7 +184,7 @@ fn check_config(path: &Path) -> ExitCode {
     }
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
-    let metrics = mfa_gateway::observe::metrics::Metrics::default();
+    let metrics = std::sync::Arc::new(mfa_gateway::observe::metrics::Metrics::default());
     let snapshot = match mfa_gateway::server::Snapshot::build(
         config,
         &metrics,
@@ -239,7 +247,7 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gateway = match Gateway::start(config, listeners, async move {
+    let gateway = match Gateway::start_workers(config, listeners, async move {
         let _ = stop_rx.await;
     })
     .await

@@ -360,7 +360,10 @@ fn workers_of_zero_or_not_a_number_is_refused_by_check_config_and_by_run() {
     let dir = tempfile::tempdir().unwrap();
     for (value, says) in [
         ("0", "server.workers (line 4): must be between 1 and 1024"),
-        ("\"auto\"", "server.workers (line 4): invalid type"),
+        (
+            "\"auto\"",
+            "server.workers (line 4): invalid type: string \"auto\", expected i64",
+        ),
     ] {
         let path = write(
             dir.path(),

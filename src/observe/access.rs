@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Method, Uri, Version};
 use tracing::Level;
 
-use super::metrics::{Metrics, RouteMetrics};
+use super::metrics::{Counters, RouteSlot};
 use crate::body::{BodyError, BodyObserver};
 use crate::error::Side;
 
@@ -51,8 +51,9 @@ pub fn install(format: Format, write: impl Fn(&[u8]) + Send + Sync + 'static) {
 
 pub struct AccessRecord {
     start: Instant,
-    metrics: Arc<Metrics>,
-    route: Arc<RouteMetrics>,
+    /// The serving worker's counters, and which route's this request counts in.
+    counters: Counters,
+    route: RouteSlot,
     method: Method,
     uri: Uri,
     version: Version,
@@ -68,10 +69,11 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// The record of a request counted as unrouted until [`AccessRecord::set_route`] says
+    /// otherwise.
     pub fn new(
         start: Instant,
-        metrics: Arc<Metrics>,
-        route: Arc<RouteMetrics>,
+        counters: Counters,
         method: Method,
         uri: Uri,
         version: Version,
@@ -79,8 +81,8 @@ impl AccessRecord {
     ) -> AccessRecord {
         AccessRecord {
             start,
-            metrics,
-            route,
+            counters,
+            route: RouteSlot::UNROUTED,
             method,
             uri,
             version,
@@ -93,7 +95,7 @@ impl AccessRecord {
         }
     }
 
-    pub fn set_route(&mut self, route: Arc<RouteMetrics>) {
+    pub fn set_route(&mut self, route: RouteSlot) {
         self.route = route;
     }
 
@@ -141,8 +143,7 @@ impl AccessRecord {
             return;
         }
         let elapsed = self.start.elapsed();
-        self.route.count(self.status);
-        self.metrics.observe_latency(elapsed);
+        self.counters.count(self.route, self.status, elapsed);
         let level = if self.failure.is_some() {
             Level::WARN
         } else {
@@ -160,9 +161,34 @@ impl AccessRecord {
             self.emit_event(elapsed);
             return;
         };
+        let now = SystemTime::now();
+        // A worker's own buffer: lines go to the log writer in batches, with no write to
+        // memory another core writes per line.
+        let buffered = PENDING
+            .try_with(|pending| match pending.try_borrow_mut() {
+                Ok(mut pending) => match pending.as_mut() {
+                    Some(batch) => {
+                        let first = batch.is_empty();
+                        self.write_line(batch, sink.format, level, now, elapsed);
+                        if batch.len() >= BATCH_BYTES {
+                            (sink.write)(batch);
+                            batch.clear();
+                        } else if first {
+                            schedule_flush();
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if buffered {
+            return;
+        }
         let write = |line: &mut Vec<u8>| {
             line.clear();
-            self.write_line(line, sink.format, level, SystemTime::now(), elapsed);
+            self.write_line(line, sink.format, level, now, elapsed);
             (sink.write)(line);
         };
         // The reused buffer, unless this thread is shutting down (or, which nothing does
@@ -182,7 +208,55 @@ impl AccessRecord {
     }
 }
 
+/// A worker hands its buffered access lines to the log writer once they reach this size...
+const BATCH_BYTES: usize = 32 * 1024;
+/// ...or at the latest this long after the first of them was written.
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
+
+/// Keeps the access lines written on this thread in a buffer of its own, handed to the log
+/// writer in batches ([`BATCH_BYTES`], or [`FLUSH_AFTER`] after the first line of a batch).
+/// For a worker thread whose tokio runtime is single-threaded: the flush is a task spawned on
+/// it. The worker calls [`flush_this_thread`] when its runtime has stopped.
+pub fn buffer_on_this_thread() {
+    let _ = PENDING.try_with(|pending| {
+        if let Ok(mut pending) = pending.try_borrow_mut() {
+            pending.get_or_insert_with(|| Vec::with_capacity(BATCH_BYTES));
+        }
+    });
+}
+
+/// Hands this thread's buffered access lines to the log writer.
+pub fn flush_this_thread() {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let _ = PENDING.try_with(|pending| {
+        if let Ok(mut pending) = pending.try_borrow_mut() {
+            if let Some(batch) = pending.as_mut().filter(|batch| !batch.is_empty()) {
+                (sink.write)(batch);
+                batch.clear();
+            }
+        }
+    });
+}
+
+/// Flushes this thread's batch after [`FLUSH_AFTER`], from a task on this thread's runtime
+/// (at once when there is none).
+fn schedule_flush() {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async {
+                tokio::time::sleep(FLUSH_AFTER).await;
+                flush_this_thread();
+            });
+        }
+        Err(_) => flush_this_thread(),
+    }
+}
+
 thread_local! {
+    /// A worker's batch of access lines (see [`buffer_on_this_thread`]); `None` elsewhere.
+    static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
     /// The line being formatted, reused: no allocation per request once it has grown.
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
     /// The date and time to the second, formatted once per second per thread.
@@ -217,7 +291,7 @@ impl AccessRecord {
                 let _ = write!(out, " method={} path=", self.method);
                 text_string(out, self.uri.path());
                 let _ = write!(out, " version={:?} route=", self.version);
-                text_string(out, &self.route.name);
+                text_string(out, self.counters.name(self.route));
                 let _ = write!(out, " status={} upstream=", self.status);
                 text_string(out, upstream);
                 let _ = write!(out, " duration_ms={duration_ms} bytes={}", self.bytes);
@@ -239,7 +313,7 @@ impl AccessRecord {
                 out.extend_from_slice(b",\"path\":");
                 json_string(out, self.uri.path());
                 let _ = write!(out, ",\"version\":\"{:?}\",\"route\":", self.version);
-                json_string(out, &self.route.name);
+                json_string(out, self.counters.name(self.route));
                 let _ = write!(out, ",\"status\":{},\"upstream\":", self.status);
                 json_string(out, upstream);
                 let _ = write!(
@@ -267,7 +341,7 @@ impl AccessRecord {
                 method = %self.method,
                 path = self.uri.path(),
                 version = ?self.version,
-                route = &*self.route.name,
+                route = self.counters.name(self.route),
                 status = self.status,
                 upstream,
                 duration_ms,
@@ -279,7 +353,7 @@ impl AccessRecord {
                 method = %self.method,
                 path = self.uri.path(),
                 version = ?self.version,
-                route = &*self.route.name,
+                route = self.counters.name(self.route),
                 status = self.status,
                 upstream,
                 duration_ms,
@@ -353,20 +427,21 @@ fn quoted(out: &mut Vec<u8>, text: &str, escape: impl FnOnce(&mut Vec<u8>, &str)
 
 #[cfg(test)]
 mod tests {
+    use super::super::metrics::Metrics;
     use super::*;
 
     fn record(path: &str) -> AccessRecord {
         let metrics = Arc::new(Metrics::default());
-        let route = metrics.route("mail.contoso.com/owa");
+        let counters = Counters::new(&metrics, [metrics.route("mail.contoso.com/owa")]);
         let mut record = AccessRecord::new(
             Instant::now(),
-            metrics,
-            route,
+            counters,
             Method::GET,
             path.parse().unwrap(),
             Version::HTTP_11,
             HeaderValue::from_static("203.0.113.7"),
         );
+        record.set_route(RouteSlot::route(0));
         record.set_status(200);
         record.set_upstream(Arc::from("https://ex01.corp.contoso.com"));
         record.sent(857);
@@ -469,15 +544,16 @@ mod tests {
     #[test]
     fn a_request_is_counted_once_when_its_body_is_done_and_its_record_dropped() {
         let metrics = Arc::new(Metrics::default());
+        let counters = Counters::new(&metrics, [metrics.route("mail.contoso.com/owa")]);
         let mut record = AccessRecord::new(
             Instant::now(),
-            metrics.clone(),
-            metrics.route("mail.contoso.com/owa"),
+            counters.for_worker(),
             Method::GET,
             "/owa/".parse().unwrap(),
             Version::HTTP_11,
             HeaderValue::from_static("203.0.113.7"),
         );
+        record.set_route(RouteSlot::route(0));
         record.set_status(200);
         record.done();
         drop(record);

@@ -4,6 +4,11 @@
 //! in a registry that outlives configuration reloads: a route keeps its counts when the file is
 //! reloaded, as long as its host and path stay the same.
 //!
+//! Every counter a request or a connection writes is kept once per worker ([`PerWorker`]): a
+//! worker writes only its own cache lines, and a scrape sums the shards. A request reaches its
+//! counters through [`Counters`], a handle the worker serving it owns, so taking it per request
+//! writes no reference count another core writes too.
+//!
 //! What the gateway is at the moment of a scrape (which Exchange servers are in rotation,
 //! what sign-in keeps in memory, draining) is handed in as plain data, a [`Scrape`].
 
@@ -14,11 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::worker::PerWorker;
 
 /// The `Content-Type` of what [`Metrics::render`] writes: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -29,41 +36,69 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// Counters of one route (or of the pseudo-routes `none` for unrouted requests and `gateway`
-/// for the gateway's own endpoints), indexed by status code.
+/// for the gateway's own endpoints), indexed by status code, one set per worker.
 pub struct RouteMetrics {
     pub name: Arc<str>,
-    by_status: Box<[AtomicU64]>,
+    by_status: PerWorker<StatusCounts>,
+}
+
+/// A count per status code 100–599.
+struct StatusCounts([AtomicU64; 500]);
+
+impl Default for StatusCounts {
+    fn default() -> StatusCounts {
+        StatusCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 impl RouteMetrics {
-    fn new(name: &str) -> RouteMetrics {
+    fn new(name: &str, workers: usize) -> RouteMetrics {
         RouteMetrics {
             name: Arc::from(name),
-            by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            by_status: PerWorker::new(workers, StatusCounts::default),
         }
     }
 
     pub fn count(&self, status: u16) {
         let index = usize::from(status.clamp(100, 599) - 100);
-        if let Some(counter) = self.by_status.get(index) {
+        if let Some(counter) = self.by_status.local().0.get(index) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The count of `status`, summed over the workers.
+    fn total(&self, index: usize) -> u64 {
+        self.by_status
+            .iter()
+            .map(|shard| shard.0[index].load(Ordering::Relaxed))
+            .sum()
     }
 }
 
 /// Request durations: a count per bucket (not cumulative), the count and the sum of all.
+#[derive(Default)]
 struct Latency {
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
+/// What connections write: one per worker.
+#[derive(Default)]
+struct ConnectionCounts {
+    /// Opened minus closed on this worker (a connection opens and closes on the same worker,
+    /// but the sum is what is meaningful).
+    open: std::sync::atomic::AtomicI64,
+    accepted: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+}
+
 pub struct Metrics {
+    /// How many shards each per-worker counter has.
+    workers: usize,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
-    latency: Arc<Latency>,
-    open_connections: Gauge,
-    connections: Counter,
-    tls_handshake_failures: Counter,
+    latency: Arc<PerWorker<Latency>>,
+    connections: PerWorker<ConnectionCounts>,
     reloads: Counter,
     reload_failures: Counter,
     /// Tokens for Exchange by single sign-on mode and result (`issued`, `refused`).
@@ -73,17 +108,21 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// One shard per core the process may use.
     fn default() -> Self {
+        Metrics::new(crate::worker::available_cores())
+    }
+}
+
+impl Metrics {
+    /// Metrics whose per-worker counters have `workers` shards (at least one).
+    pub fn new(workers: usize) -> Metrics {
+        let workers = workers.max(1);
         Metrics {
+            workers,
             routes: Mutex::new(HashMap::new()),
-            latency: Arc::new(Latency {
-                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-                count: AtomicU64::new(0),
-                sum_micros: AtomicU64::new(0),
-            }),
-            open_connections: Gauge::default(),
-            connections: Counter::default(),
-            tls_handshake_failures: Counter::default(),
+            latency: Arc::new(PerWorker::new(workers, Latency::default)),
+            connections: PerWorker::new(workers, ConnectionCounts::default),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             sso_tokens: Family::default(),
@@ -134,12 +173,12 @@ impl Metrics {
         };
         routes
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(RouteMetrics::new(name)))
+            .or_insert_with(|| Arc::new(RouteMetrics::new(name, self.workers)))
             .clone()
     }
 
     pub fn observe_latency(&self, elapsed: Duration) {
-        let latency = &*self.latency;
+        let latency = self.latency.local();
         let secs = elapsed.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS.iter().position(|&bound| secs <= bound) {
             latency.buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -150,16 +189,23 @@ impl Metrics {
     }
 
     pub fn connection_opened(&self) {
-        self.open_connections.inc();
-        self.connections.inc();
+        let counts = self.connections.local();
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        counts.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self) {
-        self.open_connections.dec();
+        self.connections
+            .local()
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn tls_handshake_failed(&self) {
-        self.tls_handshake_failures.inc();
+        self.connections
+            .local()
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn reloaded(&self, ok: bool) {
@@ -232,20 +278,26 @@ impl Metrics {
                     .collect(),
             ),
         );
+        let (mut open, mut accepted, mut tls_failures) = (0i64, 0u64, 0u64);
+        for counts in self.connections.iter() {
+            open += counts.open.load(Ordering::Relaxed);
+            accepted += counts.accepted.load(Ordering::Relaxed);
+            tls_failures += counts.tls_handshake_failures.load(Ordering::Relaxed);
+        }
         registry.register(
             "mfagw_open_connections",
             "Browser connections open now",
-            self.open_connections.clone(),
+            ConstGauge::new(open),
         );
         registry.register(
             "mfagw_connections",
             "Browser connections accepted",
-            self.connections.clone(),
+            ConstCounter::new(accepted),
         );
         registry.register(
             "mfagw_tls_handshake_failures",
             "TLS handshakes that failed or timed out",
-            self.tls_handshake_failures.clone(),
+            ConstCounter::new(tls_failures),
         );
         registry.register(
             "mfagw_config_reloads",
@@ -305,6 +357,71 @@ impl Metrics {
     }
 }
 
+/// Where a request's counts go in a [`Counters`] table: the unrouted pseudo-route, the
+/// gateway's own endpoints, or a configured route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteSlot(pub usize);
+
+impl RouteSlot {
+    /// `none`: requests that matched no route.
+    pub const UNROUTED: RouteSlot = RouteSlot(0);
+    /// `gateway`: the gateway's own endpoints.
+    pub const GATEWAY: RouteSlot = RouteSlot(1);
+
+    /// The slot of `routes[index]` of the configuration.
+    pub fn route(index: usize) -> RouteSlot {
+        RouteSlot(index + 2)
+    }
+}
+
+/// The counters a request writes: the latency histogram and its route's counters, by
+/// [`RouteSlot`]. Each worker has its own table (see [`Counters::for_worker`]), so cloning the
+/// handle per request writes a reference count only that worker writes.
+#[derive(Clone)]
+pub struct Counters(Arc<CounterTable>);
+
+#[derive(Clone)]
+struct CounterTable {
+    metrics: Arc<Metrics>,
+    /// `none`, `gateway`, then one per configured route.
+    routes: Box<[Arc<RouteMetrics>]>,
+}
+
+impl Counters {
+    /// A table whose slots are `none`, `gateway`, then `routes` in order.
+    pub fn new(
+        metrics: &Arc<Metrics>,
+        routes: impl IntoIterator<Item = Arc<RouteMetrics>>,
+    ) -> Counters {
+        let fixed = [metrics.route("none"), metrics.route("gateway")];
+        Counters(Arc::new(CounterTable {
+            metrics: metrics.clone(),
+            routes: fixed.into_iter().chain(routes).collect(),
+        }))
+    }
+
+    /// A table of the same counters in an allocation of its own, for one worker.
+    pub fn for_worker(&self) -> Counters {
+        Counters(Arc::new((*self.0).clone()))
+    }
+
+    fn slot(&self, slot: RouteSlot) -> &RouteMetrics {
+        // Slots come from the snapshot that built this table; an unknown one counts as unrouted.
+        self.0.routes.get(slot.0).unwrap_or(&self.0.routes[0])
+    }
+
+    /// Counts a request answered with `status` on `slot`, and its duration.
+    pub fn count(&self, slot: RouteSlot, status: u16, elapsed: Duration) {
+        self.slot(slot).count(status);
+        self.0.metrics.observe_latency(elapsed);
+    }
+
+    /// The route's name as the metrics and the access log show it.
+    pub fn name(&self, slot: RouteSlot) -> &str {
+        &self.slot(slot).name
+    }
+}
+
 fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -324,8 +441,8 @@ impl fmt::Debug for RequestCounts {
 impl EncodeMetric for RequestCounts {
     fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
         for route in &self.0 {
-            for (status, counter) in (100u16..).zip(route.by_status.iter()) {
-                let n = counter.load(Ordering::Relaxed);
+            for (status, index) in (100u16..600).zip(0..) {
+                let n = route.total(index);
                 if n > 0 {
                     let labels = ([("route", &*route.name)], [("status", status)]);
                     encoder
@@ -342,8 +459,8 @@ impl EncodeMetric for RequestCounts {
     }
 }
 
-/// `mfagw_request_duration_seconds`, read from the live buckets.
-struct LatencyHistogram(Arc<Latency>);
+/// `mfagw_request_duration_seconds`, the live buckets summed over the workers.
+struct LatencyHistogram(Arc<PerWorker<Latency>>);
 
 impl fmt::Debug for LatencyHistogram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -353,14 +470,19 @@ impl fmt::Debug for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
-        let latency = &*self.0;
+        let sum_of = |value: &dyn Fn(&Latency) -> &AtomicU64| -> u64 {
+            self.0
+                .iter()
+                .map(|shard| value(shard).load(Ordering::Relaxed))
+                .sum()
+        };
         let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
             .iter()
-            .zip(&latency.buckets)
-            .map(|(&bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, &bound)| (bound, sum_of(&|l| &l.buckets[i])))
             .collect();
-        let count = latency.count.load(Ordering::Relaxed);
-        let sum = latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let count = sum_of(&|l| &l.count);
+        let sum = sum_of(&|l| &l.sum_micros) as f64 / 1e6;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 

@@ -23,7 +23,6 @@ mod framing;
 mod hma;
 mod wsfed;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, SET_COOKIE};
@@ -34,6 +33,7 @@ use crate::auth::RequestContext;
 use crate::body::{ObservedBody, ResponseBody};
 use crate::error::{GatewayError, Side};
 use crate::observe::access::AccessRecord;
+use crate::observe::metrics::RouteSlot;
 use crate::proxy::{self, headers, BrowserBody, Downstream};
 use crate::routing::{host_without_port, RouteMatch};
 use crate::server::{Connection, Shared, Snapshot};
@@ -50,10 +50,10 @@ const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 pub(crate) async fn handle(
     request: Request<Incoming>,
     connection: &Connection,
-    shared: &Arc<Shared>,
+    shared: &Shared,
 ) -> Response<ObservedBody<AccessRecord>> {
     let start = Instant::now();
-    let snapshot = shared.snapshot.load();
+    let (snapshot, counters) = shared.current();
     let trusted = &snapshot.config.server.trusted_proxies;
     let peer_trusted = headers::is_trusted(connection.peer.ip(), trusted);
     let client = headers::client_address(request.headers(), connection.peer.ip(), trusted);
@@ -64,8 +64,7 @@ pub(crate) async fn handle(
     };
     let mut record = AccessRecord::new(
         start,
-        shared.metrics.clone(),
-        shared.unrouted_metrics.clone(),
+        counters,
         request.method().clone(),
         request.uri().clone(),
         request.version(),
@@ -128,7 +127,7 @@ async fn serve(
     // The load balancer's probe may come without a Host header (HTTP/1.0): health is answered
     // for any host.
     if endpoint == Some(GatewayEndpoint::Health) {
-        record.set_route(shared.gateway_metrics.clone());
+        record.set_route(RouteSlot::GATEWAY);
         return Ok(endpoints::health(shared));
     }
     let host = framing::request_host(&request)?;
@@ -143,7 +142,7 @@ async fn serve(
     };
 
     if let Some(endpoint) = endpoint {
-        record.set_route(shared.gateway_metrics.clone());
+        record.set_route(RouteSlot::GATEWAY);
         // Sign-in and sign-out build Entra URLs from the Host header: answered only for hosts
         // this gateway publishes, never for whatever Host a client makes up.
         let (Some(sign_in), true) = (&snapshot.sign_in, snapshot.router.serves_host(host_text))
@@ -174,7 +173,7 @@ async fn serve(
         RouteMatch::NotFound => return Err(GatewayError::NoRoute),
         RouteMatch::BadPath => return Err(GatewayError::BadPath),
     };
-    record.set_route(entry.metrics.clone());
+    record.set_route(entry.slot);
     let admitted = match admission::decide(&request, entry, snapshot, &ctx, record) {
         Ok(admission::Decision::Forward(admitted)) => admitted,
         Ok(admission::Decision::Answer(response)) => return Ok(*response),

@@ -21,14 +21,33 @@ use tokio_util::task::TaskTracker;
 use super::{Connection, HttpBuilders, Shared};
 use crate::pipeline;
 
-pub(super) async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    drain: CancellationToken,
-    connections: TaskTracker,
-) {
+/// What every accept loop and connection of a gateway shares.
+#[derive(Clone)]
+pub(super) struct Serve {
+    pub(super) shared: Arc<Shared>,
+    /// `max_connections`, over every public listener and worker: a slot per connection.
+    pub(super) limit: Arc<Semaphore>,
+    pub(super) drain: CancellationToken,
+    pub(super) connections: TaskTracker,
+    pub(super) acceptors: TaskTracker,
+}
+
+impl Serve {
+    /// Accepts on `listener` from a task on the current runtime until the drain.
+    pub(super) fn accept(&self, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        self.acceptors
+            .spawn(accept_loop(listener, tls, self.clone()));
+    }
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, serve: Serve) {
+    let Serve {
+        shared,
+        limit,
+        drain,
+        connections,
+        ..
+    } = serve;
     loop {
         // Wait for a free slot before accepting: over the limit, new connections queue in the
         // kernel's backlog instead of costing the gateway memory.
@@ -73,7 +92,7 @@ async fn serve_connection(
 ) {
     shared.metrics.connection_opened();
     let _closed = ClosedGuard(shared.clone());
-    let snapshot = shared.snapshot.load_full();
+    let (snapshot, _) = shared.current();
     let builders = snapshot.http.clone();
     let handshake_deadline = snapshot.config.server.header_read_timeout;
     drop(snapshot);
@@ -124,6 +143,12 @@ async fn serve_connection(
     }
 }
 
+/// What a connection's requests share.
+struct ConnectionContext {
+    connection: Connection,
+    shared: Arc<Shared>,
+}
+
 /// How a connection's HTTP version is known.
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -147,11 +172,16 @@ async fn serve_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let connection = Arc::new(Connection {
-        peer,
-        peer_text: crate::proxy::headers::address_text(peer.ip()),
-        tls: !matches!(protocol, Protocol::Sniffed),
-        gateway_bodies: Arc::new(Semaphore::new(pipeline::MAX_GATEWAY_BODIES_PER_CONNECTION)),
+    // One reference-counted context per connection: a request clones it, and that count is
+    // written only by the worker serving this connection (never `Arc<Shared>` per request).
+    let context = Arc::new(ConnectionContext {
+        connection: Connection {
+            peer,
+            peer_text: crate::proxy::headers::address_text(peer.ip()),
+            tls: !matches!(protocol, Protocol::Sniffed),
+            gateway_bodies: Arc::new(Semaphore::new(pipeline::MAX_GATEWAY_BODIES_PER_CONNECTION)),
+        },
+        shared,
     });
     let watch = Watch {
         activity: activity.clone(),
@@ -161,15 +191,17 @@ async fn serve_http<I>(
     };
     let service = service_fn(move |req| {
         let in_flight = activity.begin();
-        let shared = shared.clone();
-        let connection = connection.clone();
+        let context = context.clone();
         // Boxed: hyper keeps room for the service's future in every connection for as long as
         // it lives; a box takes that memory only while a request is in flight.
         Box::pin(async move {
-            let mut response = pipeline::handle(req, &connection, &shared).await;
+            let mut response = pipeline::handle(req, &context.connection, &context.shared).await;
             // The request counts as in flight until its response body is done or dropped.
             response.body_mut().hold(in_flight);
-            Ok::<_, std::convert::Infallible>(response)
+            // Boxed too: an HTTP/1.1 connection keeps a slot for its response body (over 400
+            // bytes with the access record) from its first request to its close; a box takes
+            // that memory only while a response is being sent.
+            Ok::<_, std::convert::Infallible>(response.map(Box::pin))
         })
     });
     match protocol {

@@ -3,16 +3,23 @@
 //!
 //! Configuration is shared through an atomically swapped [`Snapshot`]: a request takes the
 //! snapshot current when it arrives and keeps it to the end, so a reload never changes the rules
-//! under a request in flight, and the hot path takes no lock.
+//! under a request in flight. Each worker keeps its own handle on the current snapshot,
+//! refreshed when a reload bumps the generation counter: a request writes no reference count
+//! that another core writes too.
+//!
+//! The binary serves on `[server] workers` threads, each with a single-threaded tokio runtime of
+//! its own that accepts and serves its connections from accept to close ([`Gateway::start_workers`]);
+//! the library's [`Gateway::start`] serves on the caller's runtime.
 
 mod admin;
 mod listener;
 pub mod tls;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,11 +34,14 @@ use crate::activity::BackgroundRequests;
 use crate::auth::{RoutePolicy, SignIn, SignInError};
 use crate::clock::Clock;
 use crate::config::{Access, Config, ServerConfig, Sso};
-use crate::observe::metrics::{Metrics, RouteMetrics};
+use crate::observe::metrics::{Counters, Metrics, RouteMetrics, RouteSlot};
 use crate::proxy::{PoolError, UpstreamPool};
 use crate::routing::Router;
 use crate::sso::adfs::issuer::{AdfsIssuer, TokenSigningError};
+use crate::worker::PerWorker;
+use listener::Serve;
 use tls::{CertError, CertSet, CertStore};
+use workers::{spawn_worker, worker_listeners};
 
 /// Why a configuration could not be put into service (at start or on reload): every problem
 /// found, displayed one per line, so an administrator fixes them all in one pass.
@@ -91,6 +101,9 @@ pub enum StartProblem {
         "tls.certificates: the HTTPS listener needs at least one certificate; keeping the running ones"
     )]
     CertificatesRemovedOnReload,
+    /// A worker's listener socket or runtime could not be made.
+    #[error("server.workers: cannot start worker {index}: {error}")]
+    Worker { index: usize, error: std::io::Error },
 }
 
 /// What a request knows of the browser connection it came on.
@@ -113,6 +126,8 @@ pub struct RouteEntry {
     pub websocket: bool,
     pub pool: Arc<UpstreamPool>,
     pub metrics: Arc<RouteMetrics>,
+    /// Where the route's requests are counted in the snapshot's [`Counters`].
+    pub slot: RouteSlot,
     /// For `access = "mfa"`: what a session must satisfy here.
     pub policy: Option<RoutePolicy>,
     /// How Exchange signs the user in behind this route.
@@ -136,6 +151,8 @@ pub struct Snapshot {
     pub sign_in: Option<Arc<SignIn>>,
     /// The WS-Federation issuer for routes with `sso = "adfs"`, when `[sso.adfs]` is configured.
     pub adfs: Option<Arc<AdfsIssuer>>,
+    /// The counters of `none`, `gateway` and each route; each worker copies the table.
+    pub counters: Counters,
 }
 
 impl Snapshot {
@@ -143,7 +160,7 @@ impl Snapshot {
     /// and CA files, so this is where a missing or mismatched file is found.
     pub fn build(
         config: Config,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
         clock: Clock,
     ) -> Result<(Snapshot, CertSet), StartError> {
@@ -179,6 +196,7 @@ impl Snapshot {
             return Err(StartError(problems));
         }
         let mut router = Router::new();
+        let mut route_metrics = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             // One pool per entry of `config.upstreams`, in its order: validation made
             // `route.upstream` an index into both.
@@ -200,12 +218,15 @@ impl Snapshot {
                 // Validation refuses mfa routes without [oidc]; closed is the only safe answer.
                 _ => None,
             };
+            let counted = metrics.route(&name);
+            route_metrics.push(counted.clone());
             let entry = RouteEntry {
                 path: route.path.clone(),
                 access: route.access,
                 websocket: route.websocket,
                 pool,
-                metrics: metrics.route(&name),
+                metrics: counted,
+                slot: RouteSlot::route(i),
                 policy,
                 sso: route.sso,
                 allow_from: route.allow_from.clone(),
@@ -231,6 +252,7 @@ impl Snapshot {
                 http,
                 sign_in,
                 adfs,
+                counters: Counters::new(metrics, route_metrics),
             },
             certs,
         ))
@@ -315,10 +337,12 @@ impl HttpBuilders {
 /// State shared by every connection of the gateway.
 pub struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Bumped by every reload once the new snapshot is stored; written by nothing else.
+    generation: AtomicU64,
+    /// Each worker's handle on the current snapshot and its own copy of the counter table.
+    local: PerWorker<Mutex<LocalSnapshot>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) draining: AtomicBool,
-    pub(crate) gateway_metrics: Arc<RouteMetrics>,
-    pub(crate) unrouted_metrics: Arc<RouteMetrics>,
     pub(crate) certs: Option<Arc<CertStore>>,
     /// Tells the health-check tasks of replaced pools and of shutdown to stop.
     health_stop: watch::Sender<bool>,
@@ -327,9 +351,58 @@ pub struct Shared {
     pub(crate) clock: Clock,
 }
 
+/// A worker's view of the current configuration.
+struct LocalSnapshot {
+    /// The generation `current` was taken at.
+    generation: u64,
+    current: Current,
+    counters: Counters,
+}
+
+impl LocalSnapshot {
+    fn new(generation: u64, snapshot: Arc<Snapshot>) -> LocalSnapshot {
+        LocalSnapshot {
+            generation,
+            counters: snapshot.counters.for_worker(),
+            current: Current(Arc::new(snapshot)),
+        }
+    }
+}
+
+/// A request's snapshot. The outer `Arc` is one worker's: cloning it per request writes a
+/// reference count that only that worker writes; the snapshot's own count moves once per
+/// worker and reload.
+#[derive(Clone)]
+// The second allocation is the point: a reference count of this worker's own.
+#[allow(clippy::redundant_allocation)]
+pub(crate) struct Current(Arc<Arc<Snapshot>>);
+
+impl std::ops::Deref for Current {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
+
 impl Shared {
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed) && self.snapshot.load().ready()
+    }
+
+    /// The current snapshot and the counters to count a request in, through this worker's
+    /// handles: refreshed when a reload has bumped the generation since this worker last
+    /// looked.
+    pub(crate) fn current(&self) -> (Current, Counters) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut local = match self.local.local().lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if local.generation != generation {
+            *local = LocalSnapshot::new(generation, self.snapshot.load_full());
+        }
+        (local.current.clone(), local.counters.clone())
     }
 }
 
@@ -342,29 +415,65 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses of `[server]`.
+    /// Binds the addresses of `[server]`. The public listeners are bound with `SO_REUSEPORT`,
+    /// so that each worker can bind a socket of its own to the same address and the kernel
+    /// spreads new connections over them.
     pub async fn bind(server: &ServerConfig) -> std::io::Result<Listeners> {
-        async fn bind(
+        fn bind(
             addr: Option<SocketAddr>,
             what: &str,
+            reuse_port: bool,
         ) -> std::io::Result<Option<TcpListener>> {
-            match addr {
-                Some(addr) => TcpListener::bind(addr).await.map(Some).map_err(|e| {
+            let Some(addr) = addr else {
+                return Ok(None);
+            };
+            bind_socket(addr, reuse_port)
+                .and_then(TcpListener::from_std)
+                .map(Some)
+                .map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
                         format!("server.{what}: cannot listen on {addr}: {e}"),
                     )
-                }),
-                None => Ok(None),
-            }
+                })
         }
         Ok(Listeners {
-            https: bind(server.https_listen, "https_listen").await?,
-            http: bind(server.http_listen, "http_listen").await?,
-            admin: bind(server.admin_listen, "admin_listen").await?,
+            https: bind(server.https_listen, "https_listen", true)?,
+            http: bind(server.http_listen, "http_listen", true)?,
+            admin: bind(server.admin_listen, "admin_listen", false)?,
         })
     }
 }
+
+/// A listening socket on `addr`, non-blocking, with `SO_REUSEADDR` (as std and tokio bind)
+/// and, when asked, `SO_REUSEPORT`.
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // tokio's (mio's) backlog.
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// One worker's copy of a public listener: a socket of its own on the same address when the
+/// listener was bound with `SO_REUSEPORT` (the kernel then spreads connections over the
+/// workers' sockets), else the same socket shared (the workers then take turns at accepting).
+fn listener_for_worker(listener: &std::net::TcpListener) -> std::io::Result<std::net::TcpListener> {
+    if socket2::SockRef::from(listener).reuse_port()? {
+        bind_socket(listener.local_addr()?, true)
+    } else {
+        listener.try_clone()
+    }
+}
+
+/// A public listener, the TLS acceptor of its connections (`None`: plain HTTP).
+type Public = (TcpListener, Option<tokio_rustls::TlsAcceptor>);
 
 /// A started gateway. Dropping it does not stop it; the shutdown future given to
 /// [`Gateway::start`] does.
@@ -376,10 +485,19 @@ pub struct Gateway {
     pub admin_addr: Option<SocketAddr>,
 }
 
+/// Where the public listeners' connections are served.
+enum Serving {
+    /// On the runtime that called [`Gateway::start`].
+    CallerRuntime,
+    /// On this many threads, each with a single-threaded runtime of its own.
+    Workers(usize),
+}
+
 impl Gateway {
     /// Starts serving on `listeners` with `config` until `shutdown` completes, then drains:
     /// readiness turns 503 at once, listeners stop accepting, requests in flight get up to
-    /// `shutdown_grace` to finish.
+    /// `shutdown_grace` to finish. Connections are served on the caller's runtime (tests, an
+    /// embedding program); the binary uses [`Gateway::start_workers`].
     pub async fn start(
         config: Config,
         listeners: Listeners,
@@ -396,56 +514,62 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
         clock: Clock,
     ) -> Result<Gateway, StartError> {
-        let metrics = Arc::new(Metrics::default());
+        Gateway::launch(config, listeners, shutdown, clock, Serving::CallerRuntime).await
+    }
+
+    /// [`Gateway::start`] with the worker model: `[server] workers` threads, each with a
+    /// single-threaded tokio runtime of its own (thread `mfagw-worker-<i>`), each accepting and
+    /// serving its own connections from accept to close — on a socket of its own when the
+    /// listener has `SO_REUSEPORT` (as [`Listeners::bind`] binds it), else on the shared one.
+    /// The admin listener, health checks, the provider refresh and the drain stay on the
+    /// caller's runtime.
+    pub async fn start_workers(
+        config: Config,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Gateway, StartError> {
+        let workers = config.server.workers;
+        Gateway::launch(
+            config,
+            listeners,
+            shutdown,
+            Clock::system(),
+            Serving::Workers(workers),
+        )
+        .await
+    }
+
+    async fn launch(
+        config: Config,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        clock: Clock,
+        serving: Serving,
+    ) -> Result<Gateway, StartError> {
+        let shards = match serving {
+            Serving::CallerRuntime => 1,
+            Serving::Workers(n) => n.max(1),
+        };
+        let metrics = Arc::new(Metrics::new(shards));
         let (snapshot, certs) = Snapshot::build(config, &metrics, None, clock.clone())?;
         if listeners.https.is_some() && certs.is_empty() {
             return Err(StartProblem::HttpsWithoutCertificates.into());
         }
         let cert_store = (!certs.is_empty()).then(|| CertStore::new(certs));
-        let (health_stop, _) = watch::channel(false);
-        for pool in &snapshot.pools {
-            pool.spawn_health_checks(health_stop.subscribe());
-        }
-        if let Some(sign_in) = &snapshot.sign_in {
-            sign_in.provider().spawn_refresh(health_stop.subscribe());
-        }
         let shutdown_grace = snapshot.config.server.shutdown_grace;
         let max_connections = snapshot.config.server.max_connections;
         let https_addr = listeners.https.as_ref().and_then(|l| l.local_addr().ok());
         let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
         let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
-        let shared = Arc::new(Shared {
-            gateway_metrics: metrics.route("gateway"),
-            unrouted_metrics: metrics.route("none"),
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-            draining: AtomicBool::new(false),
-            certs: cert_store.clone(),
-            health_stop,
-            https_port: https_addr.map(|a| a.port()),
-            clock,
-        });
 
-        let drain = CancellationToken::new();
-        let connections = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(max_connections));
-        let mut accept_loops = Vec::new();
-        let admin_stop = CancellationToken::new();
-        let mut admin_task = None;
+        let mut public: Vec<Public> = Vec::new();
         if let Some(listener) = listeners.https {
             let tls = match &cert_store {
                 Some(store) => tls::server_config(store.clone()).map_err(StartProblem::from)?,
                 None => return Err(StartProblem::HttpsWithoutCertificates.into()),
             };
             tracing::info!(address = %https_addr.map_or_else(String::new, |a| a.to_string()), "listening for HTTPS");
-            accept_loops.push(tokio::spawn(listener::accept_loop(
-                listener,
-                Some(tokio_rustls::TlsAcceptor::from(tls)),
-                shared.clone(),
-                limit.clone(),
-                drain.clone(),
-                connections.clone(),
-            )));
+            public.push((listener, Some(tokio_rustls::TlsAcceptor::from(tls))));
         }
         if let Some(listener) = listeners.http {
             if cert_store.is_some() {
@@ -453,24 +577,66 @@ impl Gateway {
             } else {
                 tracing::warn!(address = %http_addr.map_or_else(String::new, |a| a.to_string()), "listening for plain HTTP with no TLS configured: the load balancer in front must terminate TLS");
             }
-            accept_loops.push(tokio::spawn(listener::accept_loop(
-                listener,
-                None,
-                shared.clone(),
-                limit.clone(),
-                drain.clone(),
-                connections.clone(),
-            )));
+            public.push((listener, None));
         }
-        if let Some(listener) = listeners.admin {
+        // Each worker's listeners, made before anything starts: a failure is a start error.
+        let (here, per_worker) = match serving {
+            Serving::CallerRuntime => (public, None),
+            Serving::Workers(n) => (Vec::new(), Some(worker_listeners(public, n.max(1))?)),
+        };
+
+        let (health_stop, _) = watch::channel(false);
+        for pool in &snapshot.pools {
+            pool.spawn_health_checks(health_stop.subscribe());
+        }
+        if let Some(sign_in) = &snapshot.sign_in {
+            sign_in.provider().spawn_refresh(health_stop.subscribe());
+        }
+        let snapshot = Arc::new(snapshot);
+        let shared = Arc::new(Shared {
+            local: PerWorker::new(shards, || {
+                Mutex::new(LocalSnapshot::new(0, snapshot.clone()))
+            }),
+            snapshot: ArcSwap::new(snapshot),
+            generation: AtomicU64::new(0),
+            metrics,
+            draining: AtomicBool::new(false),
+            certs: cert_store,
+            health_stop,
+            https_port: https_addr.map(|a| a.port()),
+            clock,
+        });
+
+        let drain = CancellationToken::new();
+        let serve = Serve {
+            shared: shared.clone(),
+            limit: Arc::new(Semaphore::new(max_connections)),
+            drain: drain.clone(),
+            connections: TaskTracker::new(),
+            acceptors: TaskTracker::new(),
+        };
+        // Workers run until `stopped`: after the drain, once the connections are done or
+        // shutdown_grace has passed.
+        let stopped = CancellationToken::new();
+        let mut worker_exits = Vec::new();
+        match per_worker {
+            None => {
+                for (listener, tls) in here {
+                    serve.accept(listener, tls);
+                }
+            }
+            Some(per_worker) => {
+                for (index, listeners) in per_worker.into_iter().enumerate() {
+                    worker_exits.push(spawn_worker(index, listeners, &serve, stopped.clone())?);
+                }
+            }
+        }
+        let admin_stop = CancellationToken::new();
+        let admin_task = listeners.admin.map(|listener| {
             tracing::info!(address = %admin_addr.map_or_else(String::new, |a| a.to_string()), "admin listener (healthz, readyz, metrics)");
             // The admin listener outlives the drain, so /readyz can be read while it happens.
-            admin_task = Some(tokio::spawn(admin::serve(
-                listener,
-                shared.clone(),
-                admin_stop.clone(),
-            )));
-        }
+            tokio::spawn(admin::serve(listener, shared.clone(), admin_stop.clone()))
+        });
 
         let done = {
             let shared = shared.clone();
@@ -479,17 +645,21 @@ impl Gateway {
                 shared.draining.store(true, Ordering::SeqCst);
                 tracing::info!(grace = ?shutdown_grace, "shutting down: readiness is now 503, finishing requests in flight");
                 drain.cancel();
-                for task in accept_loops {
-                    let _ = task.await;
-                }
-                connections.close();
-                if tokio::time::timeout(shutdown_grace, connections.wait())
+                serve.acceptors.close();
+                serve.acceptors.wait().await;
+                serve.connections.close();
+                if tokio::time::timeout(shutdown_grace, serve.connections.wait())
                     .await
                     .is_err()
                 {
                     tracing::warn!(
                         "shutdown_grace elapsed with requests still in flight; closing them"
                     );
+                }
+                // Workers drop their runtimes, and with them any connection still open.
+                stopped.cancel();
+                for exited in worker_exits {
+                    let _ = exited.await;
                 }
                 let _ = shared.health_stop.send(true);
                 admin_stop.cancel();
@@ -567,6 +737,8 @@ impl Gateway {
             }
         }
         self.shared.snapshot.store(Arc::new(snapshot));
+        // Workers see the new generation at their next request and take the new snapshot.
+        self.shared.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -625,7 +797,8 @@ access = "public"
             ca = file("corp-root.pem"),
         );
         let config = Config::from_toml(&toml, &MapSecrets::new()).unwrap();
-        let Err(error) = Snapshot::build(config, &Metrics::default(), None, Clock::system()) else {
+        let metrics = Arc::new(Metrics::default());
+        let Err(error) = Snapshot::build(config, &metrics, None, Clock::system()) else {
             panic!("a configuration naming absent files was put into service");
         };
 
