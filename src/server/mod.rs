@@ -404,7 +404,7 @@ impl Gateway {
         let cert_store = (!certs.is_empty()).then(|| CertStore::new(certs));
         let (health_stop, _) = watch::channel(false);
         for pool in &snapshot.pools {
-            pool.spawn_health_checks(health_stop.subscribe());
+            pool.spawn_background(health_stop.subscribe());
         }
         if let Some(sign_in) = &snapshot.sign_in {
             sign_in.provider().spawn_refresh(health_stop.subscribe());
@@ -546,7 +546,7 @@ impl Gateway {
             store.replace(certs);
         }
         for pool in &snapshot.pools {
-            pool.spawn_health_checks(self.shared.health_stop.subscribe());
+            pool.spawn_background(self.shared.health_stop.subscribe());
         }
         if let Some(sign_in) = &snapshot.sign_in {
             let kept = current
