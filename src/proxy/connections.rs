@@ -135,10 +135,7 @@ impl Connector {
                 let Some(tls) = &self.tls else {
                     return Err(ConnectError::ServerName(target.host.to_string()));
                 };
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(ConnectError::Tls)?;
+                let stream = tls.connect(name, tcp).await.map_err(ConnectError::Tls)?;
                 self.http1_over(stream).await
             }
         }

@@ -2,8 +2,8 @@
 //! there and the response back. HTTP/2 from the browser becomes HTTP/1.1 toward Exchange, which
 //! is what IIS serves OWA and ECP with.
 
-pub mod headers;
 mod connections;
+pub mod headers;
 mod pool;
 mod websocket;
 
@@ -421,7 +421,10 @@ fn pass_response(
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::upstream(body, idle_timeout, Some(lease)))
+    Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, idle_timeout, Some(lease)),
+    )
 }
 
 /// Exchange agreed to switch to WebSocket: answer the browser with the same 101 and relay

@@ -270,7 +270,11 @@ impl UpstreamPool {
         if n == 0 {
             return None;
         }
-        let start = self.connections.local().next.fetch_add(1, Ordering::Relaxed);
+        let start = self
+            .connections
+            .local()
+            .next
+            .fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         (0..n).map(|offset| (start + offset) % n).find(|&i| {
             let untried = i >= 64 || tried & (1 << i) == 0;
@@ -557,12 +561,13 @@ mod tests {
             .header(http::header::HOST, "mail.contoso.com")
             .body(RequestBody::empty())
             .unwrap();
-        let response = lease.send(request).await.map_err(|e| e.into_error()).unwrap();
-        let body = ResponseBody::upstream(
-            response.into_body(),
-            Duration::from_secs(5),
-            Some(lease),
-        );
+        let response = lease
+            .send(request)
+            .await
+            .map_err(|e| e.into_error())
+            .unwrap();
+        let body =
+            ResponseBody::upstream(response.into_body(), Duration::from_secs(5), Some(lease));
         let text = body.collect().await.unwrap().to_bytes();
         (String::from_utf8(text.to_vec()).unwrap(), reused)
     }
@@ -610,7 +615,11 @@ mod tests {
             .header(http::header::HOST, "mail.contoso.com")
             .body(RequestBody::empty())
             .unwrap();
-        let response = lease.send(request).await.map_err(|e| e.into_error()).unwrap();
+        let response = lease
+            .send(request)
+            .await
+            .map_err(|e| e.into_error())
+            .unwrap();
         // The head arrived, the body was never read.
         drop(lease);
         drop(response);
