@@ -290,6 +290,14 @@ impl Shard {
             let Some(entry) = idle.get_mut(server) else {
                 return;
             };
+            // An owner without room for its connection gets no (empty) list.
+            if entry.count >= MAX_IDLE_PER_SERVER
+                && owner
+                    .as_ref()
+                    .is_some_and(|o| !entry.owned.contains_key(&**o))
+            {
+                return;
+            }
             let list = match owner {
                 None => &mut entry.shared,
                 Some(owner) => entry.owned.entry(owner).or_default(),
