@@ -15,6 +15,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::Lease;
+
 /// Error of a body stream, with the side that failed.
 #[derive(Debug)]
 pub enum BodyError {
@@ -141,6 +143,9 @@ pin_project! {
             #[pin]
             idle: Sleep,
             idle_timeout: Duration,
+            // The connection the body arrives on, given back for reuse once the body is read
+            // to the end; closed with the body otherwise.
+            lease: Option<Lease>,
         },
     }
 }
@@ -162,12 +167,22 @@ impl ResponseBody {
 
     /// Exchange's body, failing when no data arrives for `idle_timeout`: a silent server must
     /// not hold a browser connection forever, yet OWA long polls that trickle data stay open.
-    pub fn upstream(body: Incoming, idle_timeout: Duration) -> ResponseBody {
+    /// `lease`, the connection it arrives on, goes back for reuse when the body has been read
+    /// to the end (at once for an empty body), and is closed if the body is dropped before.
+    pub fn upstream(body: Incoming, idle_timeout: Duration, lease: Option<Lease>) -> ResponseBody {
+        let lease = match lease {
+            Some(lease) if body.is_end_stream() => {
+                lease.reuse();
+                None
+            }
+            lease => lease,
+        };
         ResponseBody {
             kind: ResponseKind::Upstream {
                 body,
                 idle: tokio::time::sleep(idle_timeout),
                 idle_timeout,
+                lease,
             },
             held: None,
         }
@@ -190,20 +205,36 @@ impl Body for ResponseBody {
         match self.project().kind.project() {
             ResponseKindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseKindProj::Upstream {
-                body,
+                mut body,
                 mut idle,
                 idle_timeout,
-            } => match body.poll_frame(cx) {
+                lease,
+            } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     idle.as_mut().reset(Instant::now() + *idle_timeout);
+                    // The browser's side stops polling once the body says it is complete
+                    // (a Content-Length reached): that is the end too.
+                    if body.is_end_stream() {
+                        if let Some(lease) = lease.take() {
+                            lease.reuse();
+                        }
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    // Broken mid-body: never reused.
+                    drop(lease.take());
                     Poll::Ready(Some(Err(BodyError::Upstream(e.to_string()))))
                 }
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(None) => {
+                    if let Some(lease) = lease.take() {
+                        lease.reuse();
+                    }
+                    Poll::Ready(None)
+                }
                 Poll::Pending => {
                     ready!(idle.poll(cx));
+                    drop(lease.take());
                     Poll::Ready(Some(Err(BodyError::Upstream(
                         "no data from Exchange within idle_timeout".into(),
                     ))))

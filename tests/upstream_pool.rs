@@ -492,6 +492,287 @@ async fn a_post_is_not_retried_when_its_exchange_server_fails_after_receiving_it
 }
 
 // ---------------------------------------------------------------------------------------------
+// Keep-alive connections to Exchange
+
+/// What a [`RawExchange`] does with the requests of a connection after the first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// Answers them, like IIS within its `connectionTimeout`.
+    Answer,
+    /// Reads the next request and closes the connection without an answer: a server closing
+    /// an idle keep-alive connection just as the gateway sends into it.
+    CloseOnNext,
+}
+
+/// An HTTP/1.1 server written on the socket, so that what goes over each connection is in
+/// the test's hands: it counts the connections it accepts and those closed by the gateway,
+/// records every request head, and answers `GET <path>` with `connection <c> request <r>
+/// <path>` (`/owa/big`: 4 MiB of it, more than any buffer in between holds), keeping the
+/// connection alive.
+struct RawExchange {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed_by_peer: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawExchange {
+    async fn start(reuse: Reuse) -> RawExchange {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed_by_peer = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, c, h) = (accepted.clone(), closed_by_peer.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let number = a.fetch_add(1, Ordering::SeqCst) + 1;
+                let (c, h) = (c.clone(), h.clone());
+                tokio::spawn(async move {
+                    if serve_raw(stream, number, reuse, &h).await {
+                        c.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        RawExchange {
+            addr,
+            accepted,
+            closed_by_peer,
+            heads,
+        }
+    }
+
+    fn upstream(&self) -> String {
+        format!(
+            "[upstreams.exchange]\nservers = [\"http://{}\"]\n",
+            self.addr
+        )
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// Serves one connection; whether it ended by the gateway closing it.
+async fn serve_raw(
+    mut stream: tokio::net::TcpStream,
+    connection: usize,
+    reuse: Reuse,
+    heads: &std::sync::Mutex<Vec<String>>,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    let mut answered = 0;
+    loop {
+        // One request head, and its body if it announces one.
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        heads.lock().unwrap().push(head.clone());
+        if answered > 0 && reuse == Reuse::CloseOnNext {
+            return false;
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buffer.drain(..head_end + length);
+        answered += 1;
+        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+        let line = format!("connection {connection} request {answered} {path}");
+        let body = if path == "/owa/big" {
+            line.repeat(4 * 1024 * 1024 / line.len())
+        } else {
+            line
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return true;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sequential_requests_reach_exchange_over_one_kept_alive_connection() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&[HOST]);
+    let exchange = RawExchange::start(Reuse::Answer).await;
+    let gateway = TestGateway::start(&gateway_toml(
+        &cert,
+        &exchange.upstream(),
+        &route("/owa", "exchange"),
+    ))
+    .await;
+    let browser = Browser::new(&pki, &gateway);
+
+    for i in 1..=10 {
+        let (status, _, body) = browser.get(&format!("/owa/page{i}?view=inbox")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            format!("connection 1 request {i} /owa/page{i}?view=inbox")
+        );
+    }
+    assert_eq!(
+        exchange.accepted(),
+        1,
+        "one connection to Exchange for all ten"
+    );
+    // What IIS reads: the request target in origin form, the published host.
+    let heads = exchange.heads();
+    assert_eq!(heads.len(), 10);
+    assert!(
+        heads[0].starts_with("GET /owa/page1?view=inbox HTTP/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("\r\nhost: mail.contoso.com:"),
+        "{}",
+        heads[0]
+    );
+    let page = metrics(gateway.admin.unwrap()).await;
+    assert_eq!(
+        sample(
+            &page,
+            "mfagw_upstream_connections_opened_total{upstream=\"exchange\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mfagw_upstream_connections_reused_total{upstream=\"exchange\"}"
+        ),
+        Some(9.0),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn a_response_the_browser_abandons_half_read_never_answers_the_next_request() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&[HOST]);
+    let exchange = RawExchange::start(Reuse::Answer).await;
+    let gateway = TestGateway::start(&gateway_toml(
+        &cert,
+        &exchange.upstream(),
+        &route("/owa", "exchange"),
+    ))
+    .await;
+    let browser = Browser::new(&pki, &gateway);
+
+    let mut big = browser
+        .http
+        .get(browser.url("/owa/big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::OK);
+    let first = big.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"connection 1 request 1 /owa/big"));
+    drop(big);
+    // The rest of that answer is still on its connection: the gateway closes it.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            exchange.closed_by_peer.load(Ordering::SeqCst) == 1
+        })
+        .await,
+        "the connection with a half-read response was not closed"
+    );
+
+    let (status, _, body) = browser.get("/owa/next").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "connection 2 request 1 /owa/next");
+    assert_eq!(exchange.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_get_into_a_keep_alive_connection_exchange_closed_is_sent_again_on_a_new_one() {
+    let pki = TestPki::new();
+    let cert = pki.issue(&[HOST]);
+    let exchange = RawExchange::start(Reuse::CloseOnNext).await;
+    let gateway = TestGateway::start(&gateway_toml(
+        &cert,
+        &exchange.upstream(),
+        &route("/owa", "exchange"),
+    ))
+    .await;
+    let browser = Browser::new(&pki, &gateway);
+
+    for i in 1..=4 {
+        let (status, _, body) = browser.get(&format!("/owa/page{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, format!("connection {i} request 1 /owa/page{i}"));
+    }
+    // Pages 2 to 4 each went first into the connection of the page before, which Exchange
+    // closed on reading them, then on a new connection.
+    let heads = exchange.heads();
+    let lines: Vec<&str> = heads.iter().filter_map(|h| h.lines().next()).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /owa/page1 HTTP/1.1",
+            "GET /owa/page2 HTTP/1.1",
+            "GET /owa/page2 HTTP/1.1",
+            "GET /owa/page3 HTTP/1.1",
+            "GET /owa/page3 HTTP/1.1",
+            "GET /owa/page4 HTTP/1.1",
+            "GET /owa/page4 HTTP/1.1",
+        ]
+    );
+    assert_eq!(exchange.accepted(), 4);
+
+    // A POST may have been acted on: never sent twice, the browser gets the error.
+    let response = browser
+        .http
+        .post(browser.url("/owa/service.svc?action=CreateItem"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let posts = exchange
+        .heads()
+        .iter()
+        .filter(|h| h.starts_with("POST "))
+        .count();
+    assert_eq!(posts, 1);
+    assert_eq!(exchange.accepted(), 4);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Health
 
 fn health_checked(servers: &[&FakeExchange], extra: &str) -> String {

@@ -141,6 +141,19 @@ pub struct ServerHealth {
     pub up: bool,
 }
 
+/// The gateway's connections to one upstream's Exchange servers, summed over the workers.
+#[derive(Clone, Debug)]
+pub struct UpstreamConnections {
+    /// The `[upstreams.NAME]`.
+    pub upstream: String,
+    /// Connections opened since the upstream was configured (or last reloaded).
+    pub opened: u64,
+    /// Requests sent on a connection kept alive from an earlier one.
+    pub reused: u64,
+    /// Connections waiting idle for a request now.
+    pub idle: u64,
+}
+
 /// What sign-in keeps in memory, each part capped: an operator sees a flood fill it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SignInMemory {
@@ -158,6 +171,7 @@ pub struct SignInMemory {
 #[derive(Clone, Debug, Default)]
 pub struct Scrape {
     pub servers: Vec<ServerHealth>,
+    pub upstream_connections: Vec<UpstreamConnections>,
     /// `None` when no route signs users in.
     pub sign_in: Option<SignInMemory>,
     pub draining: bool,
@@ -284,6 +298,42 @@ impl Metrics {
             accepted += counts.accepted.load(Ordering::Relaxed);
             tls_failures += counts.tls_handshake_failures.load(Ordering::Relaxed);
         }
+        let connections = scrape.upstream_connections;
+        registry.register(
+            "mfagw_upstream_connections_opened",
+            "Connections opened to the upstream's Exchange servers",
+            CounterSamples(
+                connections
+                    .iter()
+                    .map(|c| ([("upstream", c.upstream.clone())], c.opened))
+                    .collect(),
+            ),
+        );
+        registry.register(
+            "mfagw_upstream_connections_reused",
+            "Requests sent to Exchange on a connection kept alive from an earlier request",
+            CounterSamples(
+                connections
+                    .iter()
+                    .map(|c| ([("upstream", c.upstream.clone())], c.reused))
+                    .collect(),
+            ),
+        );
+        registry.register(
+            "mfagw_upstream_idle_connections",
+            "Connections to Exchange kept alive, waiting for a request",
+            GaugeSamples(
+                connections
+                    .iter()
+                    .map(|c| {
+                        (
+                            [("upstream", c.upstream.clone())],
+                            i64::try_from(c.idle).unwrap_or(i64::MAX),
+                        )
+                    })
+                    .collect(),
+            ),
+        );
         registry.register(
             "mfagw_open_connections",
             "Browser connections open now",
@@ -508,6 +558,25 @@ impl<L: EncodeLabelSet> EncodeMetric for GaugeSamples<L> {
     }
 }
 
+/// A counter whose samples, one per label set, are known at scrape time.
+#[derive(Debug)]
+struct CounterSamples<L>(Vec<(L, u64)>);
+
+impl<L: EncodeLabelSet> EncodeMetric for CounterSamples<L> {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        for (labels, value) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashSet};
@@ -544,6 +613,12 @@ mod tests {
                 server("https://ex01.corp.contoso.com", true),
                 server("https://ex02.corp.contoso.com", false),
             ],
+            upstream_connections: vec![UpstreamConnections {
+                upstream: "exchange".to_owned(),
+                opened: 3,
+                reused: 40,
+                idle: 2,
+            }],
             sign_in: Some(SignInMemory {
                 used_login_states: 3,
                 protected_revocations: 1,
@@ -587,6 +662,15 @@ mfagw_request_duration_seconds_count 3
 # TYPE mfagw_upstream_server_up gauge
 mfagw_upstream_server_up{upstream=\"exchange\",server=\"https://ex01.corp.contoso.com\"} 1
 mfagw_upstream_server_up{upstream=\"exchange\",server=\"https://ex02.corp.contoso.com\"} 0
+# HELP mfagw_upstream_connections_opened_total Connections opened to the upstream's Exchange servers.
+# TYPE mfagw_upstream_connections_opened_total counter
+mfagw_upstream_connections_opened_total{upstream=\"exchange\"} 3
+# HELP mfagw_upstream_connections_reused_total Requests sent to Exchange on a connection kept alive from an earlier request.
+# TYPE mfagw_upstream_connections_reused_total counter
+mfagw_upstream_connections_reused_total{upstream=\"exchange\"} 40
+# HELP mfagw_upstream_idle_connections Connections to Exchange kept alive, waiting for a request.
+# TYPE mfagw_upstream_idle_connections gauge
+mfagw_upstream_idle_connections{upstream=\"exchange\"} 2
 # HELP mfagw_open_connections Browser connections open now.
 # TYPE mfagw_open_connections gauge
 mfagw_open_connections 1

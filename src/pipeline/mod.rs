@@ -231,6 +231,7 @@ async fn serve(
         scheme,
         websocket: entry.websocket,
         body_timeout: server.request_body_timeout,
+        owner: None,
     };
     let forwarded = proxy::forward(request, host.clone(), &entry.pool, &downstream).await;
     match (forwarded, admitted) {

@@ -2,6 +2,7 @@
 //! there and the response back. HTTP/2 from the browser becomes HTTP/1.1 toward Exchange, which
 //! is what IIS serves OWA and ECP with.
 
+mod connections;
 pub mod headers;
 mod pool;
 mod websocket;
@@ -15,6 +16,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+pub use connections::{ConnectionCounts, Lease, Owner};
 pub use pool::{PoolError, ServerStatus, UpstreamPool};
 
 use crate::body::{BodyError, RequestBody, ResponseBody};
@@ -32,6 +34,10 @@ pub struct Downstream {
     pub websocket: bool,
     /// `server.request_body_timeout`: longest pause within the browser's body.
     pub body_timeout: Duration,
+    /// Whose identity the connection to Exchange carries, for connections authenticated as
+    /// one user: such a connection only ever carries that user's requests. `None`: any
+    /// connection without an owner.
+    pub owner: Owner,
 }
 
 /// The browser's request body as the proxy gets it: still arriving, or read whole by the
@@ -127,7 +133,7 @@ pub async fn forward(
     }
 
     let progress = (!bodiless).then(|| Arc::new(AtomicU64::new(0)));
-    let mut body = Some(match (body, &progress) {
+    let body = match (body, &progress) {
         (BrowserBody::Streaming(body), Some(progress)) => RequestBody::new(
             body,
             limits.max_request_body,
@@ -136,115 +142,209 @@ pub async fn forward(
         ),
         (BrowserBody::Read(bytes), Some(_)) => RequestBody::read(bytes),
         (_, None) => RequestBody::empty(),
-    });
+    };
+    // Exchange gets the request in origin form (path and query) with the browser's Host.
+    let target = Uri::from(path_and_query);
+    // Kept to send the request again after a failure that lost it: only an idempotent,
+    // bodiless request is ever sent twice.
+    let spare_headers = retryable.then(|| headers.clone());
+    let build = |headers: http::HeaderMap, body: RequestBody| {
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = target.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        request
+    };
+    let mut pending = Some(build(headers, body));
+    let owner = downstream.owner.as_ref();
     let mut tried: u64 = 0;
     let mut last_error = GatewayError::NoHealthyServer;
     let mut last_server = None;
     let attempts = pool.len().min(64);
-    for _ in 0..attempts.max(1) {
+    'servers: for _ in 0..attempts.max(1) {
         let Some(index) = pool.pick(tried) else { break };
         tried |= 1 << index;
         let Some(server) = pool.server(index) else {
             break;
         };
-        let mut target = http::uri::Parts::default();
-        target.scheme = Some(server.scheme.clone());
-        target.authority = Some(server.server.authority.clone());
-        target.path_and_query = Some(path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(target) else {
-            return Err(GatewayError::BadRequest("request target").into());
-        };
-        let Some(this_body) = body.take() else { break };
-        let mut upstream_request = Request::new(this_body);
-        *upstream_request.method_mut() = parts.method.clone();
-        *upstream_request.uri_mut() = uri;
-        *upstream_request.version_mut() = Version::HTTP_11;
-        *upstream_request.headers_mut() = if retryable {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
-
-        let sent = until_idle(
-            pool.client().request(upstream_request),
-            limits.idle_timeout,
-            progress.as_deref(),
-        )
-        .await;
         let label = server.label.clone();
-        match sent {
-            Err(_elapsed) => {
+        // After a reused connection failed: a new one to the same server, once.
+        let mut fresh = false;
+        loop {
+            let request = match pending.take() {
+                Some(request) => request,
+                None => match &spare_headers {
+                    Some(headers) => build(headers.clone(), RequestBody::empty()),
+                    None => break 'servers,
+                },
+            };
+            let sent = until_idle(
+                attempt(pool, index, owner, fresh, request),
+                limits.idle_timeout,
+                progress.as_deref(),
+            )
+            .await;
+            let Ok(sent) = sent else {
                 return Err(ForwardError {
                     error: GatewayError::UpstreamTimeout,
                     server: Some(label),
-                })
-            }
-            Ok(Err(e)) => {
-                let connect_failed = e.is_connect();
-                if connect_failed {
+                });
+            };
+            match sent {
+                Attempt::ConnectFailed { error, request } => {
+                    // Nothing was sent: the request goes to the next server as it is.
                     pool.mark_unreachable(index);
+                    last_error = GatewayError::UpstreamConnect(error_chain(&error));
+                    last_server = Some(label);
+                    pending = Some(request);
+                    continue 'servers;
                 }
-                // A request that got no response head may be sent again elsewhere only when it
-                // is idempotent and bodiless (RFC 9110 section 9.2.2): a reused keep-alive
-                // connection reset by a server that just died is the common case. Anything
-                // else might have been acted on and is answered with the error.
-                if !connect_failed && !retryable {
-                    return Err(ForwardError {
-                        error: classify_send_error(&e),
-                        server: Some(label),
-                    });
-                }
-                last_error = if connect_failed {
-                    GatewayError::UpstreamConnect(error_chain(&e))
-                } else {
-                    classify_send_error(&e)
-                };
-                last_server = Some(label);
-                if !retryable {
-                    break;
-                }
-                body = Some(RequestBody::empty());
-            }
-            Ok(Ok(response)) => {
-                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                let response = match (downstream_upgrade, &websocket_key) {
-                    (Some(client_side), Some(key)) if switched => {
-                        if !websocket::handshake_accepted(key, response.headers()) {
+                Attempt::Failed {
+                    error,
+                    unsent,
+                    reused,
+                } => {
+                    // A reused keep-alive connection that the server closed while it was idle
+                    // is the common cause: the same server on a new connection, once.
+                    let again = reused && !fresh;
+                    match unsent {
+                        // Never written: safe to send anywhere, whatever the method.
+                        Some(request) => {
+                            pending = Some(request);
+                            if again {
+                                fresh = true;
+                                continue;
+                            }
+                        }
+                        // A request that got no response head may be sent again only when it
+                        // is idempotent and bodiless (RFC 9110 section 9.2.2). Anything else
+                        // might have been acted on and is answered with the error.
+                        None if !retryable => {
                             return Err(ForwardError {
-                                error: GatewayError::UpstreamProtocol(
-                                    "101 without a valid WebSocket handshake".into(),
-                                ),
+                                error: classify_send_error(&error),
                                 server: Some(label),
                             });
                         }
-                        bridge_upgrade(response, client_side)
+                        None if again => {
+                            fresh = true;
+                            continue;
+                        }
+                        None => {}
                     }
-                    _ if switched => {
-                        // Never a tunnel nobody asked for: past a 101 the gateway would relay
-                        // whatever the browser sends, unrouted and unchecked.
-                        return Err(ForwardError {
-                            error: GatewayError::UpstreamProtocol(
-                                "101 Switching Protocols without an allowed upgrade".into(),
-                            ),
-                            server: Some(label),
-                        });
-                    }
-                    _ => {
-                        let mut response = pass_response(response, limits.idle_timeout);
-                        rewrite_location(response.headers_mut(), pool, proto, &public_host);
-                        response
-                    }
-                };
-                return Ok(Forwarded {
-                    response,
-                    server: label,
-                });
+                    last_error = classify_send_error(&error);
+                    last_server = Some(label);
+                    continue 'servers;
+                }
+                Attempt::Answered { response, lease } => {
+                    return answered(
+                        response,
+                        lease,
+                        label,
+                        pool,
+                        proto,
+                        &public_host,
+                        &websocket_key,
+                        downstream_upgrade,
+                        limits.idle_timeout,
+                    );
+                }
             }
         }
     }
     Err(ForwardError {
         error: last_error,
         server: last_server,
+    })
+}
+
+/// What became of one try of a request on one connection.
+enum Attempt {
+    /// No connection could be made (TCP or TLS); the request is untouched.
+    ConnectFailed {
+        error: connections::ConnectError,
+        request: Request<RequestBody>,
+    },
+    /// The connection failed before a response head. `unsent`: the request was never
+    /// written, and comes back.
+    Failed {
+        error: hyper::Error,
+        unsent: Option<Request<RequestBody>>,
+        reused: bool,
+    },
+    Answered {
+        response: Response<Incoming>,
+        lease: Lease,
+    },
+}
+
+async fn attempt(
+    pool: &UpstreamPool,
+    index: usize,
+    owner: Option<&Arc<str>>,
+    fresh: bool,
+    request: Request<RequestBody>,
+) -> Attempt {
+    let mut lease = match pool.checkout(index, owner, fresh).await {
+        Ok(lease) => lease,
+        Err(error) => return Attempt::ConnectFailed { error, request },
+    };
+    match lease.send(request).await {
+        Ok(response) => Attempt::Answered { response, lease },
+        Err(mut failure) => Attempt::Failed {
+            unsent: failure.take_message(),
+            error: failure.into_error(),
+            reused: lease.reused(),
+        },
+    }
+}
+
+/// Exchange's response head arrived: a WebSocket switch, a refused switch, or a response whose
+/// body streams to the browser on the lent connection.
+#[allow(clippy::too_many_arguments)]
+fn answered(
+    response: Response<Incoming>,
+    lease: Lease,
+    label: Arc<str>,
+    pool: &UpstreamPool,
+    proto: &str,
+    public_host: &HeaderValue,
+    websocket_key: &Option<HeaderValue>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    idle_timeout: Duration,
+) -> Result<Forwarded, ForwardError> {
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let response = match (downstream_upgrade, websocket_key) {
+        (Some(client_side), Some(key)) if switched => {
+            if !websocket::handshake_accepted(key, response.headers()) {
+                return Err(ForwardError {
+                    error: GatewayError::UpstreamProtocol(
+                        "101 without a valid WebSocket handshake".into(),
+                    ),
+                    server: Some(label),
+                });
+            }
+            bridge_upgrade(response, client_side, lease)
+        }
+        _ if switched => {
+            // Never a tunnel nobody asked for: past a 101 the gateway would relay whatever the
+            // browser sends, unrouted and unchecked.
+            return Err(ForwardError {
+                error: GatewayError::UpstreamProtocol(
+                    "101 Switching Protocols without an allowed upgrade".into(),
+                ),
+                server: Some(label),
+            });
+        }
+        _ => {
+            let mut response = pass_response(response, lease, idle_timeout);
+            rewrite_location(response.headers_mut(), pool, proto, public_host);
+            response
+        }
+    };
+    Ok(Forwarded {
+        response,
+        server: label,
     })
 }
 
@@ -316,11 +416,15 @@ fn rewrite_location(
 
 fn pass_response(
     response: Response<Incoming>,
+    lease: Lease,
     idle_timeout: std::time::Duration,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::upstream(body, idle_timeout))
+    Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, idle_timeout, Some(lease)),
+    )
 }
 
 /// Exchange agreed to switch to WebSocket: answer the browser with the same 101 and relay
@@ -328,11 +432,15 @@ fn pass_response(
 fn bridge_upgrade(
     mut response: Response<Incoming>,
     client_side: hyper::upgrade::OnUpgrade,
+    lease: Lease,
 ) -> Response<ResponseBody> {
     let reserved_bits = websocket::allowed_reserved_bits(response.headers());
     let server_side = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
-        let (client, server) = match tokio::try_join!(client_side, server_side) {
+        let joined = tokio::try_join!(client_side, server_side);
+        // The connection now belongs to the relay, never to the pool.
+        drop(lease);
+        let (client, server) = match joined {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, "protocol upgrade did not complete");
@@ -348,7 +456,7 @@ fn bridge_upgrade(
 /// A failed exchange with Exchange after the connection was made. The browser's own body can
 /// be the cause (too large, or its connection dropped mid-upload): that is the browser's side,
 /// not Exchange's, and must be answered and logged as such.
-fn classify_send_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
+fn classify_send_error(error: &hyper::Error) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(body_error) = cause.downcast_ref::<BodyError>() {
@@ -379,8 +487,8 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The error and its causes on one line ("client error (Connect): tcp connect error: Connection
-/// refused"), for the log only: pages never show it.
+/// The error and its causes on one line ("tcp connect error: Connection refused (os error
+/// 111)"), for the log only: pages never show it.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

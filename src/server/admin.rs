@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::observe::metrics::{self, Scrape, ServerHealth, SignInMemory};
+use crate::observe::metrics::{self, Scrape, ServerHealth, SignInMemory, UpstreamConnections};
 
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: CancellationToken) {
     loop {
@@ -91,6 +91,19 @@ fn scrape(shared: &Shared) -> Scrape {
             })
         })
         .collect();
+    let upstream_connections = snapshot
+        .pools
+        .iter()
+        .map(|pool| {
+            let counts = pool.connection_counts();
+            UpstreamConnections {
+                upstream: pool.name().to_owned(),
+                opened: counts.opened,
+                reused: counts.reused,
+                idle: counts.idle,
+            }
+        })
+        .collect();
     let sign_in = snapshot.sign_in.as_deref().map(|sign_in| {
         let revocations = sign_in.revocation_counts();
         SignInMemory {
@@ -102,6 +115,7 @@ fn scrape(shared: &Shared) -> Scrape {
     });
     Scrape {
         servers,
+        upstream_connections,
         sign_in,
         draining: shared.draining.load(Ordering::Relaxed),
     }

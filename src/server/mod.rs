@@ -172,7 +172,7 @@ impl Snapshot {
         });
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
-            match UpstreamPool::new(upstream.clone()) {
+            match UpstreamPool::with_workers(upstream.clone(), config.server.workers) {
                 Ok(pool) => pools.push(pool),
                 Err(e) => problems.push(StartProblem::Upstream(e)),
             }
@@ -587,7 +587,7 @@ impl Gateway {
 
         let (health_stop, _) = watch::channel(false);
         for pool in &snapshot.pools {
-            pool.spawn_health_checks(health_stop.subscribe());
+            pool.spawn_background(health_stop.subscribe());
         }
         if let Some(sign_in) = &snapshot.sign_in {
             sign_in.provider().spawn_refresh(health_stop.subscribe());
@@ -723,7 +723,7 @@ impl Gateway {
             store.replace(certs);
         }
         for pool in &snapshot.pools {
-            pool.spawn_health_checks(self.shared.health_stop.subscribe());
+            pool.spawn_background(self.shared.health_stop.subscribe());
         }
         if let Some(sign_in) = &snapshot.sign_in {
             let kept = current
