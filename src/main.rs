@@ -72,7 +72,25 @@ enum DemoSsoArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the first thread (the log writer's): MIT Kerberos is configured through the
+    // process environment, which may only change while there is one thread.
+    let kerberos = match &cli.command {
+        Command::Run { config } => kerberos_environment(config),
+        _ => Ok(None),
+    };
     let _log_writer = init_logging(cli.log_format);
+    match kerberos {
+        Ok(Some(environment)) => tracing::info!(
+            krb5_config = %environment.krb5_config.display(),
+            generated = environment.generated,
+            "Kerberos configuration for sso.kerberos"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("sso.kerberos: cannot write the Kerberos configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     mfa_gateway::install_crypto_provider();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
@@ -101,6 +119,20 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config))
         }
+    }
+}
+
+/// Sets the Kerberos environment when the configuration file has `[sso.kerberos]`. A file that
+/// does not load is left for `run` to report.
+fn kerberos_environment(
+    path: &Path,
+) -> std::io::Result<Option<mfa_gateway::sso::kerberos::environment::KerberosEnvironment>> {
+    let Ok(config) = Config::load(path) else {
+        return Ok(None);
+    };
+    match &config.sso.kerberos {
+        Some(kerberos) => mfa_gateway::sso::kerberos::environment::prepare(kerberos).map(Some),
+        None => Ok(None),
     }
 }
 
