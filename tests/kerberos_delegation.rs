@@ -123,6 +123,8 @@ fn main() -> ExitCode {
         .build()
         .unwrap();
 
+    // One line per failed assertion, as libtest prints them without RUST_BACKTRACE.
+    std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
     println!("\nrunning {} tests", selected.len());
     let mut failed = Vec::new();
     for (name, test) in &selected {
@@ -177,9 +179,18 @@ async fn sign_in(lab: &Lab, engine: &KerberosSso, user: &str) -> support::Exchan
 async fn alice_and_bob_each_get_a_token_exchange_accepts_as_themselves(lab: &Lab) {
     let engine = lab.engine();
     for (user, seen) in [
-        ("alice@corp.contoso.test", "alice\\@corp.contoso.test@CORP.CONTOSO.TEST"),
-        ("bob@corp.contoso.test", "bob\\@corp.contoso.test@CORP.CONTOSO.TEST"),
-        ("alice@corp.contoso.test", "alice\\@corp.contoso.test@CORP.CONTOSO.TEST"),
+        (
+            "alice@corp.contoso.test",
+            "alice\\@corp.contoso.test@CORP.CONTOSO.TEST",
+        ),
+        (
+            "bob@corp.contoso.test",
+            "bob\\@corp.contoso.test@CORP.CONTOSO.TEST",
+        ),
+        (
+            "alice@corp.contoso.test",
+            "alice\\@corp.contoso.test@CORP.CONTOSO.TEST",
+        ),
     ] {
         let began = Instant::now();
         let answer = sign_in(lab, &engine, user).await;
@@ -194,7 +205,10 @@ async fn alice_and_bob_each_get_a_token_exchange_accepts_as_themselves(lab: &Lab
     assert_eq!(counters.s4u2self_requests, 2, "{counters:?}");
     assert_eq!(counters.cache_hits, 1, "{counters:?}");
     assert_eq!(counters.tokens, 3, "{counters:?}");
-    assert!(counters.failures.iter().all(|(_, n)| *n == 0), "{counters:?}");
+    assert!(
+        counters.failures.iter().all(|(_, n)| *n == 0),
+        "{counters:?}"
+    );
 }
 
 async fn the_sam_account_name_is_impersonated_in_the_realm(lab: &Lab) {
@@ -204,7 +218,10 @@ async fn the_sam_account_name_is_impersonated_in_the_realm(lab: &Lab) {
     ));
     let answer = sign_in(lab, &engine, "bob").await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.header("X-Authenticated-User"), Some("bob@CORP.CONTOSO.TEST"));
+    assert_eq!(
+        answer.header("X-Authenticated-User"),
+        Some("bob@CORP.CONTOSO.TEST")
+    );
     let refused = engine
         .token_for("bob@corp.contoso.test", EXCHANGE_SPN, None)
         .await
@@ -251,7 +268,11 @@ async fn exchange_s_mutual_authentication_answer_is_verified_and_a_forged_one_re
         .verify_reply(&http::HeaderValue::from_str(&foreign).unwrap())
         .await
         .unwrap_err();
-    assert_eq!(refused.reason, KerberosReason::MutualAuthFailed, "{refused}");
+    assert_eq!(
+        refused.reason,
+        KerberosReason::MutualAuthFailed,
+        "{refused}"
+    );
 
     let third = engine
         .token_for("alice@corp.contoso.test", EXCHANGE_SPN, None)
@@ -261,7 +282,11 @@ async fn exchange_s_mutual_authentication_answer_is_verified_and_a_forged_one_re
         .verify_reply(&http::HeaderValue::from_static("Negotiate"))
         .await
         .unwrap_err();
-    assert_eq!(missing.reason, KerberosReason::MutualAuthFailed, "{missing}");
+    assert_eq!(
+        missing.reason,
+        KerberosReason::MutualAuthFailed,
+        "{missing}"
+    );
 }
 
 async fn an_unknown_user_is_user_not_found(lab: &Lab) {
@@ -299,7 +324,11 @@ async fn an_spn_outside_the_delegation_list_is_delegation_not_allowed(lab: &Lab)
         .token_for("alice@corp.contoso.test", OTHER_SPN, None)
         .await
         .unwrap_err();
-    assert_eq!(error.reason, KerberosReason::DelegationNotAllowed, "{error}");
+    assert_eq!(
+        error.reason,
+        KerberosReason::DelegationNotAllowed,
+        "{error}"
+    );
     assert!(error.detail.contains("S4U2Proxy"), "{error}");
     let unknown = engine
         .token_for("alice@corp.contoso.test", "HTTP/nowhere.contoso.test", None)
@@ -329,7 +358,10 @@ async fn a_token_bound_to_another_tls_connection_is_refused_by_exchange(lab: &La
         .await;
     assert_eq!(answer.status, 401, "{answer:?}");
     assert!(
-        answer.header("X-Refusal").unwrap().contains("token refused"),
+        answer
+            .header("X-Refusal")
+            .unwrap()
+            .contains("token refused"),
         "{answer:?}"
     );
     assert_eq!(answer.header("X-Authenticated-User"), None);
@@ -421,8 +453,14 @@ async fn ten_concurrent_first_requests_of_one_user_make_one_s4u2self_exchange(la
 
 async fn a_cached_credential_is_reused_until_the_ticket_lifetime_then_renewed(lab: &Lab) {
     let engine = KerberosSso::new(&lab.config(KerberosUser::Upn, Duration::from_secs(2)));
-    assert_eq!(sign_in(lab, &engine, "bob@corp.contoso.test").await.status, 200);
-    assert_eq!(sign_in(lab, &engine, "bob@corp.contoso.test").await.status, 200);
+    assert_eq!(
+        sign_in(lab, &engine, "bob@corp.contoso.test").await.status,
+        200
+    );
+    assert_eq!(
+        sign_in(lab, &engine, "bob@corp.contoso.test").await.status,
+        200
+    );
     assert_eq!(engine.counters().s4u2self_requests, 1);
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let answer = sign_in(lab, &engine, "bob@corp.contoso.test").await;
@@ -433,7 +471,10 @@ async fn a_cached_credential_is_reused_until_the_ticket_lifetime_then_renewed(la
 
     // forget(): the next token asks the KDC again (a 401 from Exchange after a token).
     engine.forget("bob@corp.contoso.test").await;
-    assert_eq!(sign_in(lab, &engine, "bob@corp.contoso.test").await.status, 200);
+    assert_eq!(
+        sign_in(lab, &engine, "bob@corp.contoso.test").await.status,
+        200
+    );
     assert_eq!(engine.counters().s4u2self_requests, 3);
 }
 
@@ -452,7 +493,12 @@ async fn with_the_kdc_stopped_cached_users_keep_working_and_new_users_get_kdc_un
     lab: &Lab,
 ) {
     let engine = lab.engine();
-    assert_eq!(sign_in(lab, &engine, "alice@corp.contoso.test").await.status, 200);
+    assert_eq!(
+        sign_in(lab, &engine, "alice@corp.contoso.test")
+            .await
+            .status,
+        200
+    );
     lab.dc.lock().unwrap().stop();
 
     let answer = sign_in(lab, &engine, "alice@corp.contoso.test").await;

@@ -71,27 +71,29 @@ impl Checker {
         let keytab = self.kerberos_keytab(&raw.keytab, principal.as_deref(), secrets);
         let user = match raw.user.as_ref() {
             None => KerberosUser::Upn,
-            Some(value) => match value.get_ref().as_str() {
-                "upn" => KerberosUser::Upn,
-                "onprem_sam_account_name" => {
-                    if !account_name_claim {
-                        self.error(
+            Some(value) => {
+                match value.get_ref().as_str() {
+                    "upn" => KerberosUser::Upn,
+                    "onprem_sam_account_name" => {
+                        if !account_name_claim {
+                            self.error(
                             "sso.kerberos.user",
                             value,
                             "user = \"onprem_sam_account_name\" needs oidc.account_name_claim: the name of the ID-token claim that carries the on-premises sAMAccountName",
                         );
+                        }
+                        KerberosUser::OnpremSamAccountName
                     }
-                    KerberosUser::OnpremSamAccountName
-                }
-                other => {
-                    self.error(
+                    other => {
+                        self.error(
                         "sso.kerberos.user",
                         value,
                         format!("user = {other:?} is not one of \"upn\" or \"onprem_sam_account_name\""),
                     );
-                    KerberosUser::Upn
+                        KerberosUser::Upn
+                    }
                 }
-            },
+            }
         };
         let ticket_lifetime = self.duration(
             "sso.kerberos.ticket_lifetime",
@@ -287,7 +289,9 @@ impl Checker {
         let value = spn.get_ref().trim();
         let valid = value.split_once('/').is_some_and(|(service, host)| {
             !service.is_empty()
-                && service.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && service
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !host.is_empty()
                 && host
                     .bytes()
@@ -309,7 +313,10 @@ impl Checker {
 /// `host` or `host:port` (port 88 when left out); IPv6 addresses in brackets.
 fn check_kdc(kdc: &str) -> Result<String, String> {
     let kdc = kdc.trim();
-    if kdc.is_empty() || kdc.contains("://") || kdc.contains('/') || kdc.contains(char::is_whitespace)
+    if kdc.is_empty()
+        || kdc.contains("://")
+        || kdc.contains('/')
+        || kdc.contains(char::is_whitespace)
     {
         return Err(format!(
             "{kdc:?} is not a KDC address; write \"dc01.corp.contoso.com\" or \"dc01.corp.contoso.com:88\""
@@ -319,7 +326,9 @@ fn check_kdc(kdc: &str) -> Result<String, String> {
         match rest.split_once(']') {
             Some((host, "")) => (format!("[{host}]"), None),
             Some((host, port)) if port.starts_with(':') => (format!("[{host}]"), Some(&port[1..])),
-            _ => return Err(format!("{kdc:?}: an IPv6 address is written in brackets, such as \"[2001:db8::10]:88\"")),
+            _ => return Err(format!(
+                "{kdc:?}: an IPv6 address is written in brackets, such as \"[2001:db8::10]:88\""
+            )),
         }
     } else {
         match kdc.rsplit_once(':') {
@@ -427,7 +436,11 @@ mod tests {
         let kerberos = config.sso.kerberos.unwrap();
         assert_eq!(
             kerberos.kdc,
-            ["dc01.corp.contoso.com:88", "10.0.0.2:1088", "[2001:db8::2]:88"]
+            [
+                "dc01.corp.contoso.com:88",
+                "10.0.0.2:1088",
+                "[2001:db8::2]:88"
+            ]
         );
         assert_eq!(kerberos.principal, "svc-mfagw@CORP.CONTOSO.COM");
         assert_eq!(kerberos.ticket_lifetime, Duration::from_secs(3600));
@@ -500,11 +513,8 @@ mod tests {
         let rc4 = keytab_secrets(&[("svc-mfagw@CORP.CONTOSO.COM", 2, 23)]);
         let text = https_route(KERBEROS);
         assert!(load_with(&text, &rc4).is_ok());
-        let (_, warnings) = crate::config::validate::check(
-            crate::config::raw::parse(&text).unwrap(),
-            &text,
-            &rc4,
-        );
+        let (_, warnings) =
+            crate::config::validate::check(crate::config::raw::parse(&text).unwrap(), &text, &rc4);
         assert!(
             warnings
                 .iter()
@@ -515,7 +525,11 @@ mod tests {
 
     #[test]
     fn realm_principal_kdc_user_and_lifetime_are_checked() {
-        let section = |body: &str| https_route(&format!("[sso.kerberos]\nkeytab = {{ file = \"{KEYTAB}\" }}\n{body}"));
+        let section = |body: &str| {
+            https_route(&format!(
+                "[sso.kerberos]\nkeytab = {{ file = \"{KEYTAB}\" }}\n{body}"
+            ))
+        };
         refused_with(
             &section("realm = \"corp.contoso.com\"\nprincipal = \"svc-mfagw\""),
             &good_keytab(),
@@ -549,7 +563,10 @@ mod tests {
         refused_with(
             &section("realm = \"CORP.CONTOSO.COM\"\nprincipal = \"svc-mfagw\"\nuser = \"email\""),
             &good_keytab(),
-            &["sso.kerberos.user", "\"upn\" or \"onprem_sam_account_name\""],
+            &[
+                "sso.kerberos.user",
+                "\"upn\" or \"onprem_sam_account_name\"",
+            ],
         );
         refused_with(
             &section("realm = \"CORP.CONTOSO.COM\"\nprincipal = \"svc-mfagw\"\nuser = \"onprem_sam_account_name\""),
@@ -557,7 +574,9 @@ mod tests {
             &["sso.kerberos.user", "needs oidc.account_name_claim"],
         );
         refused_with(
-            &section("realm = \"CORP.CONTOSO.COM\"\nprincipal = \"svc-mfagw\"\nticket_lifetime = \"0s\""),
+            &section(
+                "realm = \"CORP.CONTOSO.COM\"\nprincipal = \"svc-mfagw\"\nticket_lifetime = \"0s\"",
+            ),
             &good_keytab(),
             &["sso.kerberos.ticket_lifetime", "greater than 0"],
         );
@@ -609,7 +628,11 @@ mod tests {
 
     #[test]
     fn a_kerberos_spn_that_is_not_one_is_refused() {
-        for spn in ["mail.contoso.com", "HTTP/", "HTTP/mail.contoso.com@CORP.CONTOSO.COM"] {
+        for spn in [
+            "mail.contoso.com",
+            "HTTP/",
+            "HTTP/mail.contoso.com@CORP.CONTOSO.COM",
+        ] {
             let text = kerberos_config(
                 "[\"https://ex01.corp.contoso.com\"]",
                 &format!("kerberos_spn = {spn:?}"),
@@ -619,7 +642,10 @@ mod tests {
             refused_with(
                 &text,
                 &good_keytab(),
-                &["upstreams.exchange.kerberos_spn", "not a service principal name"],
+                &[
+                    "upstreams.exchange.kerberos_spn",
+                    "not a service principal name",
+                ],
             );
         }
     }
@@ -636,7 +662,8 @@ mod tests {
         assert!(
             warnings
                 .iter()
-                .any(|w| w.to_string().contains("sso.kerberos") && w.to_string().contains("no route has sso = \"kerberos\"")),
+                .any(|w| w.to_string().contains("sso.kerberos")
+                    && w.to_string().contains("no route has sso = \"kerberos\"")),
             "{warnings:#?}"
         );
     }

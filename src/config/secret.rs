@@ -104,7 +104,10 @@ impl fmt::Debug for MapSecrets {
         // Names only: the values are secrets.
         f.debug_struct("MapSecrets")
             .field("files", &self.files.keys().collect::<Vec<_>>())
-            .field("binary_files", &self.binary_files.keys().collect::<Vec<_>>())
+            .field(
+                "binary_files",
+                &self.binary_files.keys().collect::<Vec<_>>(),
+            )
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .finish()
     }

@@ -349,7 +349,11 @@ mod tests {
     fn unknown_modes_are_refused_with_the_choices() {
         refused(
             &adfs_route("sso = \"saml\"", ADFS),
-            &["routes[0].sso", "\"saml\"", "\"none\", \"adfs\" or \"kerberos\""],
+            &[
+                "routes[0].sso",
+                "\"saml\"",
+                "\"none\", \"adfs\" or \"kerberos\"",
+            ],
         );
     }
 

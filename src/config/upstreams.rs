@@ -56,7 +56,12 @@ impl UpstreamConfig {
             .tls_server_name
             .as_deref()
             .unwrap_or_else(|| server.authority.host());
-        format!("HTTP/{}", host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+        format!(
+            "HTTP/{}",
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        )
     }
 }
 

@@ -89,7 +89,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.refuse("context not complete")
         if not int(result.flags) & CHANNEL_BOUND:
             return self.refuse("token without channel binding (Extended Protection)")
-        user = str(result.initiator_name)
+        user = str(gssapi.Name(result.initiator_name))
         self.user = user
         verdict(path=self.path, accepted=True, user=user, persisted=False)
         headers = [("X-Authenticated-User", user)]

@@ -66,10 +66,9 @@ impl KerberosExchange {
             .spawn()
             .unwrap_or_else(|e| panic!("{PYTHON} (with python3-gssapi) is needed: {e}"));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("the Exchange stand-in did not start (python3-gssapi installed?)"));
+        let first = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+            panic!("the Exchange stand-in did not start (python3-gssapi installed?)")
+        });
         let port: u16 = first
             .strip_prefix("listening ")
             .and_then(|p| p.trim().parse().ok())
@@ -147,7 +146,14 @@ impl ExchangeConnection {
         };
         let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
-        let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))

@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn the_written_krb5_conf_lists_the_kdcs_and_needs_no_dns() {
         let text = krb5_conf(&config(&["dc01.corp.contoso.com:88", "10.0.0.2:88"]));
-        assert!(text.contains("default_realm = CORP.CONTOSO.COM\n"), "{text}");
+        assert!(
+            text.contains("default_realm = CORP.CONTOSO.COM\n"),
+            "{text}"
+        );
         assert!(text.contains("dns_lookup_kdc = false\n"), "{text}");
         assert!(text.contains("forwardable = true\n"), "{text}");
         assert!(

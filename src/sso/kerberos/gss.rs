@@ -18,9 +18,9 @@ use super::error::{KerberosError, KerberosReason};
 fn mechanisms() -> Result<OidSet, KerberosError> {
     let mut mechs = OidSet::new();
     for mech in [GSS_MECH_KRB5, GSS_MECH_SPNEGO] {
-        mechs
-            .add(mech)
-            .map_err(|e| KerberosError::new(KerberosReason::Internal, format!("mechanism set: {e}")))?;
+        mechs.add(mech).map_err(|e| {
+            KerberosError::new(KerberosReason::Internal, format!("mechanism set: {e}"))
+        })?;
     }
     Ok(mechs)
 }
@@ -76,9 +76,8 @@ pub(super) fn impersonate(
         UserNameKind::Enterprise => GSS_NT_KRB5_ENTERPRISE_NAME,
         UserNameKind::Principal => GSS_NT_KRB5_PRINCIPAL,
     };
-    let name = Name::new(user.as_bytes(), Some(oid)).map_err(|e| {
-        KerberosError::new(KerberosReason::UserNotFound, format!("user name: {e}"))
-    })?;
+    let name = Name::new(user.as_bytes(), Some(oid))
+        .map_err(|e| KerberosError::new(KerberosReason::UserNotFound, format!("user name: {e}")))?;
     gateway
         .impersonate(&name, None, CredUsage::Initiate, Some(&mechanisms()?))
         .map_err(|e| classify("S4U2Self", &e, KerberosReason::Kerberos))
@@ -96,9 +95,8 @@ pub(super) fn initiate(
     spn: &str,
     channel_binding: Option<&[u8]>,
 ) -> Result<(Vec<u8>, ClientCtx), KerberosError> {
-    let target = Name::new(spn.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL)).map_err(|e| {
-        KerberosError::new(KerberosReason::Internal, format!("SPN {spn:?}: {e}"))
-    })?;
+    let target = Name::new(spn.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
+        .map_err(|e| KerberosError::new(KerberosReason::Internal, format!("SPN {spn:?}: {e}")))?;
     let mut context = ClientCtx::new(
         Some(cred),
         target,
@@ -161,18 +159,45 @@ pub(super) fn classify(stage: &str, error: &GssError, otherwise: KerberosReason)
 
 pub(super) fn reason_for(text: &str) -> Option<KerberosReason> {
     let table: [(&str, KerberosReason); 14] = [
-        ("Client not found in Kerberos database", KerberosReason::UserNotFound),
-        ("Server not found in Kerberos database", KerberosReason::SpnNotFound),
-        ("KDC can't fulfill requested option", KerberosReason::DelegationNotAllowed),
-        ("KDC policy rejects request", KerberosReason::DelegationNotAllowed),
+        (
+            "Client not found in Kerberos database",
+            KerberosReason::UserNotFound,
+        ),
+        (
+            "Server not found in Kerberos database",
+            KerberosReason::SpnNotFound,
+        ),
+        (
+            "KDC can't fulfill requested option",
+            KerberosReason::DelegationNotAllowed,
+        ),
+        (
+            "KDC policy rejects request",
+            KerberosReason::DelegationNotAllowed,
+        ),
         ("Cannot contact any KDC", KerberosReason::KdcUnreachable),
         ("Cannot find KDC", KerberosReason::KdcUnreachable),
-        ("Cannot resolve network address for KDC", KerberosReason::KdcUnreachable),
+        (
+            "Cannot resolve network address for KDC",
+            KerberosReason::KdcUnreachable,
+        ),
         ("Clock skew too great", KerberosReason::ClockSkew),
-        ("Client's credentials have been revoked", KerberosReason::AccountDisabled),
-        ("Key table entry not found", KerberosReason::GatewayCredentials),
-        ("No key table entry found", KerberosReason::GatewayCredentials),
-        ("Preauthentication failed", KerberosReason::GatewayCredentials),
+        (
+            "Client's credentials have been revoked",
+            KerberosReason::AccountDisabled,
+        ),
+        (
+            "Key table entry not found",
+            KerberosReason::GatewayCredentials,
+        ),
+        (
+            "No key table entry found",
+            KerberosReason::GatewayCredentials,
+        ),
+        (
+            "Preauthentication failed",
+            KerberosReason::GatewayCredentials,
+        ),
         ("Key table file", KerberosReason::GatewayCredentials),
         ("Password has expired", KerberosReason::GatewayCredentials),
     ];

@@ -152,7 +152,9 @@ impl NegotiateToken {
             gss::finish(
                 &mut context,
                 &reply,
-                channel_binding.as_ref().map(ChannelBinding::application_data),
+                channel_binding
+                    .as_ref()
+                    .map(ChannelBinding::application_data),
             )
         })
         .await
@@ -279,8 +281,7 @@ impl KerberosSso {
                 format!("the session's {} {why}", self.shared.user.as_str()),
             ))
         };
-        if user.is_empty() || user.len() > 256 || user.chars().any(|c| c.is_control() || c == '/')
-        {
+        if user.is_empty() || user.len() > 256 || user.chars().any(|c| c.is_control() || c == '/') {
             return refuse("is not a user name");
         }
         match self.shared.user {
@@ -348,7 +349,10 @@ impl KerberosSso {
             }
         }
         *cached = None;
-        self.shared.counters.s4u2self.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .s4u2self
+            .fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
         let name = name.to_owned();
         let (cred, remaining) = blocking(move || {
@@ -385,7 +389,9 @@ impl KerberosSso {
         let target = target.to_owned();
         let channel_binding = channel_binding.cloned();
         blocking(move || {
-            let data = channel_binding.as_ref().map(ChannelBinding::application_data);
+            let data = channel_binding
+                .as_ref()
+                .map(ChannelBinding::application_data);
             let (token, context) = gss::initiate(cred, &target, data)?;
             Ok(NegotiateToken {
                 token,
@@ -422,10 +428,9 @@ impl Shared {
     /// The gateway's own credential, acquired again when it nears its end (MIT renews the
     /// ticket-granting ticket from the keytab, but a credential handle may outlive that).
     fn gateway_cred(&self) -> Result<Cred, KerberosError> {
-        let mut gateway = self
-            .gateway
-            .lock()
-            .map_err(|_| KerberosError::new(KerberosReason::Internal, "lock poisoned".to_owned()))?;
+        let mut gateway = self.gateway.lock().map_err(|_| {
+            KerberosError::new(KerberosReason::Internal, "lock poisoned".to_owned())
+        })?;
         if let Some(cred) = gateway.as_ref() {
             if gss::remaining(cred).is_some_and(|left| left > EXPIRY_MARGIN * 5) {
                 return Ok(cred.clone());
