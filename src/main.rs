@@ -79,20 +79,31 @@ fn main() -> ExitCode {
         _ => Ok(None),
     };
     let _log_writer = init_logging(cli.log_format);
-    match kerberos {
-        Ok(Some(environment)) => tracing::info!(
-            krb5_config = %environment.krb5_config.display(),
-            generated = environment.generated,
-            "Kerberos configuration for sso.kerberos"
-        ),
-        Ok(None) => {}
+    let kerberos = match kerberos {
+        Ok(Some(environment)) => {
+            tracing::info!(
+                krb5_config = %environment.krb5_config.display(),
+                generated = environment.generated,
+                "Kerberos configuration for sso.kerberos"
+            );
+            Some(environment)
+        }
+        Ok(None) => None,
         Err(e) => {
             tracing::error!("sso.kerberos: cannot write the Kerberos configuration: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let code = command(cli.command);
+    if let Some(environment) = kerberos.filter(|e| e.generated) {
+        let _ = std::fs::remove_file(&environment.krb5_config);
     }
+    code
+}
+
+fn command(command: Command) -> ExitCode {
     mfa_gateway::install_crypto_provider();
-    match cli.command {
+    match command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Demo { listen, sso } => {
             let Some(runtime) = runtime() else {

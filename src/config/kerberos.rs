@@ -326,9 +326,11 @@ fn check_kdc(kdc: &str) -> Result<String, String> {
         match rest.split_once(']') {
             Some((host, "")) => (format!("[{host}]"), None),
             Some((host, port)) if port.starts_with(':') => (format!("[{host}]"), Some(&port[1..])),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{kdc:?}: an IPv6 address is written in brackets, such as \"[2001:db8::10]:88\""
-            )),
+            ))
+            }
         }
     } else {
         match kdc.rsplit_once(':') {

@@ -164,7 +164,7 @@ impl<'a> Reader<'a> {
 }
 
 /// A keytab file with the given entries and all-zero keys, for tests.
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-kit"))]
 pub fn write_keytab_for_tests(entries: &[(&str, u32, i32)]) -> Vec<u8> {
     let mut out = vec![0x05, 0x02];
     for (principal, kvno, enctype) in entries {
