@@ -70,6 +70,7 @@ tests!(
     ten_concurrent_first_requests_of_one_user_make_one_s4u2self_exchange,
     a_cached_credential_is_reused_until_the_ticket_lifetime_then_renewed,
     a_principal_the_keytab_lacks_is_a_gateway_credentials_failure,
+    without_protocol_transition_every_user_is_refused_as_account_sensitive,
     with_the_kdc_stopped_cached_users_keep_working_and_new_users_get_kdc_unreachable,
 );
 
@@ -311,11 +312,25 @@ async fn a_sensitive_account_is_refused_as_account_sensitive(lab: &Lab) {
         .await
         .unwrap_err();
     assert_eq!(error.reason, KerberosReason::AccountSensitive, "{error}");
+    // Not kept: once the account is changed, the next request asks the KDC again.
+    let again = engine
+        .token_for("carol@corp.contoso.test", EXCHANGE_SPN, None)
+        .await
+        .unwrap_err();
+    assert_eq!(again.reason, KerberosReason::AccountSensitive, "{again}");
+    assert_eq!(engine.counters().s4u2self_requests, 2);
     // alice, delegated to the same SPN by the same engine, is fine.
     engine
         .token_for("alice@corp.contoso.test", EXCHANGE_SPN, None)
         .await
         .unwrap();
+    let counters = engine.counters();
+    assert!(counters
+        .failures
+        .contains(&(KerberosReason::AccountSensitive, 2)));
+    assert!(counters
+        .failures
+        .contains(&(KerberosReason::DelegationNotAllowed, 0)));
 }
 
 async fn an_spn_outside_the_delegation_list_is_delegation_not_allowed(lab: &Lab) {
@@ -330,6 +345,17 @@ async fn an_spn_outside_the_delegation_list_is_delegation_not_allowed(lab: &Lab)
         "{error}"
     );
     assert!(error.detail.contains("S4U2Proxy"), "{error}");
+    // alice's credential is still good for the SPN she may be delegated to.
+    engine
+        .token_for("alice@corp.contoso.test", EXCHANGE_SPN, None)
+        .await
+        .unwrap();
+    let counters = engine.counters();
+    assert_eq!(
+        (counters.s4u2self_requests, counters.cache_hits),
+        (1, 1),
+        "{counters:?}"
+    );
     let unknown = engine
         .token_for("alice@corp.contoso.test", "HTTP/nowhere.contoso.test", None)
         .await
@@ -437,6 +463,19 @@ async fn ten_concurrent_first_requests_of_one_user_make_one_s4u2self_exchange(la
     assert_eq!(counters.cache_hits, 9, "{counters:?}");
     assert_eq!(counters.tokens, 10, "{counters:?}");
 
+    // Timings: a new user's first token (S4U2Self and S4U2Proxy), then a cached one's.
+    for user in ["alice@corp.contoso.test", "carol.unknown@corp.contoso.test"] {
+        let began = Instant::now();
+        let result = engine.token_for(user, EXCHANGE_SPN, None).await;
+        eprintln!(
+            "  first token of {user}: {:.1} ms ({})",
+            began.elapsed().as_secs_f64() * 1000.0,
+            match &result {
+                Ok(_) => "S4U2Self + S4U2Proxy".to_owned(),
+                Err(e) => e.reason.to_string(),
+            }
+        );
+    }
     // Timings of a cached user's token.
     let began = Instant::now();
     for _ in 0..20 {
@@ -487,6 +526,34 @@ async fn a_principal_the_keytab_lacks_is_a_gateway_credentials_failure(lab: &Lab
         .await
         .unwrap_err();
     assert_eq!(error.reason, KerberosReason::GatewayCredentials, "{error}");
+}
+
+async fn without_protocol_transition_every_user_is_refused_as_account_sensitive(lab: &Lab) {
+    // "Use Kerberos only" instead of "Use any authentication protocol": the KDC still answers
+    // S4U2Self, with a ticket it will not let the service account delegate.
+    lab.dc
+        .lock()
+        .unwrap()
+        .samba_tool(&["delegation", "for-any-protocol", "svc-mfagw", "off"]);
+    let engine = lab.engine();
+    let error = engine
+        .token_for("bob@corp.contoso.test", EXCHANGE_SPN, None)
+        .await
+        .unwrap_err();
+    lab.dc
+        .lock()
+        .unwrap()
+        .samba_tool(&["delegation", "for-any-protocol", "svc-mfagw", "on"]);
+    assert_eq!(error.reason, KerberosReason::AccountSensitive, "{error}");
+    assert!(
+        error
+            .detail
+            .contains("not trusted for any authentication protocol"),
+        "{error}"
+    );
+    // Trusted again: the refused credential was not kept, so bob gets a ticket at once.
+    let answer = sign_in(lab, &engine, "bob@corp.contoso.test").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
 }
 
 async fn with_the_kdc_stopped_cached_users_keep_working_and_new_users_get_kdc_unreachable(

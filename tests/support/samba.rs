@@ -166,6 +166,22 @@ impl SambaDc {
         }
     }
 
+    /// `samba-tool ARGS` against this domain (changes reach the running KDC at once).
+    pub fn samba_tool(&self, args: &[&str]) {
+        let out = Command::new("samba-tool")
+            .args(args)
+            .arg("-s")
+            .arg(self.dir().join("etc/smb.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "samba-tool {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// What Samba logged, for a failure message.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir().join("samba.stdout")).unwrap_or_default()

@@ -406,19 +406,29 @@ impl KerberosSso {
     /// account's delegation list and when the user's S4U2Self ticket is not forwardable (the
     /// account is sensitive). The credential cache tells which.
     async fn refine_refusal(&self, error: KerberosError, slot: &UserSlot) -> KerberosError {
-        let cred = slot.cred.lock().await.take().map(|entry| entry.cred);
+        let cred = slot
+            .cred
+            .lock()
+            .await
+            .as_ref()
+            .map(|entry| entry.cred.clone());
         let Some(cred) = cred else {
             return error;
         };
         let principal = self.shared.principal.clone();
         match blocking(move || Ok(ccache::evidence_forwardable(&cred, &principal))).await {
-            Ok(Some(false)) => KerberosError::new(
+            Ok(Some(false)) => {
+                // The credential will never be delegated: once the administrator changes the
+                // account, the next request must ask the KDC again, not wait for its expiry.
+                slot.cred.lock().await.take();
+                KerberosError::new(
                 KerberosReason::AccountSensitive,
                 format!(
                     "{}; the user's S4U2Self ticket is not forwardable (account sensitive, in Protected Users, or the service account not trusted for any authentication protocol)",
                     error.detail
                 ),
-            ),
+                )
+            }
             _ => error,
         }
     }
