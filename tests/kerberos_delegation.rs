@@ -67,7 +67,7 @@ tests!(
     a_token_bound_to_another_tls_connection_is_refused_by_exchange,
     a_token_without_channel_binding_is_refused_by_exchange,
     exchange_keeps_a_kerberos_connection_signed_in_as_its_user,
-    ten_concurrent_first_requests_of_one_user_make_one_s4u2self_exchange,
+    ten_concurrent_first_requests_of_one_user_make_one_s4u2self_and_one_s4u2proxy_exchange,
     a_cached_credential_is_reused_until_the_ticket_lifetime_then_renewed,
     a_principal_the_keytab_lacks_is_a_gateway_credentials_failure,
     without_protocol_transition_every_user_is_refused_as_account_sensitive,
@@ -204,6 +204,7 @@ async fn alice_and_bob_each_get_a_token_exchange_accepts_as_themselves(lab: &Lab
     }
     let counters = engine.counters();
     assert_eq!(counters.s4u2self_requests, 2, "{counters:?}");
+    assert_eq!(counters.s4u2proxy_requests, 2, "{counters:?}");
     assert_eq!(counters.cache_hits, 1, "{counters:?}");
     assert_eq!(counters.tokens, 3, "{counters:?}");
     assert!(
@@ -352,8 +353,12 @@ async fn an_spn_outside_the_delegation_list_is_delegation_not_allowed(lab: &Lab)
         .unwrap();
     let counters = engine.counters();
     assert_eq!(
-        (counters.s4u2self_requests, counters.cache_hits),
-        (1, 1),
+        (
+            counters.s4u2self_requests,
+            counters.s4u2proxy_requests,
+            counters.cache_hits
+        ),
+        (1, 2, 1),
         "{counters:?}"
     );
     let unknown = engine
@@ -437,7 +442,9 @@ async fn exchange_keeps_a_kerberos_connection_signed_in_as_its_user(lab: &Lab) {
     assert_eq!(fresh.get("/owa/", None).await.status, 401);
 }
 
-async fn ten_concurrent_first_requests_of_one_user_make_one_s4u2self_exchange(lab: &Lab) {
+async fn ten_concurrent_first_requests_of_one_user_make_one_s4u2self_and_one_s4u2proxy_exchange(
+    lab: &Lab,
+) {
     let engine = lab.engine();
     let began = Instant::now();
     let tasks: Vec<_> = (0..10)
@@ -459,7 +466,9 @@ async fn ten_concurrent_first_requests_of_one_user_make_one_s4u2self_exchange(la
         began.elapsed().as_secs_f64() * 1000.0
     );
     let counters = engine.counters();
+    assert_eq!(counters.kdc_requests(), 2, "{counters:?}");
     assert_eq!(counters.s4u2self_requests, 1, "{counters:?}");
+    assert_eq!(counters.s4u2proxy_requests, 1, "{counters:?}");
     assert_eq!(counters.cache_hits, 9, "{counters:?}");
     assert_eq!(counters.tokens, 10, "{counters:?}");
 
@@ -506,6 +515,7 @@ async fn a_cached_credential_is_reused_until_the_ticket_lifetime_then_renewed(la
     assert_eq!(answer.status, 200, "{answer:?}");
     let counters = engine.counters();
     assert_eq!(counters.s4u2self_requests, 2, "{counters:?}");
+    assert_eq!(counters.s4u2proxy_requests, 2, "{counters:?}");
     assert_eq!(counters.cache_hits, 1, "{counters:?}");
 
     // forget(): the next token asks the KDC again (a 401 from Exchange after a token).

@@ -12,7 +12,7 @@
 //!
 //! Every GSSAPI call may wait on a KDC, so all of them run on tokio's blocking pool; no async
 //! worker ever waits on a domain controller. Concurrent first requests of one user wait for one
-//! S4U2Self exchange (a per-user lock around the cache entry).
+//! S4U2Self and one S4U2Proxy exchange (a per-user lock around the cache entry).
 //!
 //! MIT GSSAPI reads its configuration from the process environment: the binary sets it up at
 //! start ([`environment::prepare`]). Code that uses [`KerberosSso`] in another process (tests)
@@ -25,7 +25,7 @@ mod error;
 mod gss;
 pub mod keytab;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,11 +76,15 @@ struct UserSlot {
 struct CachedCred {
     cred: Cred,
     until: Instant,
+    /// The SPNs (`HTTP/host@REALM`) a token was made for with this credential: MIT holds
+    /// their service tickets.
+    services: HashSet<String>,
 }
 
 #[derive(Default)]
 struct Counters {
     s4u2self: AtomicU64,
+    s4u2proxy: AtomicU64,
     tokens: AtomicU64,
     cache_hits: AtomicU64,
     failures: [AtomicU64; KerberosReason::ALL.len()],
@@ -90,15 +94,24 @@ struct Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KerberosCounters {
     /// S4U2Self exchanges with the KDC (one per user per ticket lifetime when all goes well).
-    /// The S4U2Proxy exchange of each new (user, SPN) pair follows one of them; MIT keeps its
-    /// service ticket with the user's credential.
     pub s4u2self_requests: u64,
+    /// S4U2Proxy exchanges with the KDC: the first token of a user's credential for an SPN
+    /// (MIT keeps the service ticket with the credential), and every attempt after a refusal.
+    pub s4u2proxy_requests: u64,
     /// Tokens made (successful `token_for` calls).
     pub tokens: u64,
     /// `token_for` calls served with a cached credential, without S4U2Self.
     pub cache_hits: u64,
     /// Failures by reason, every reason listed.
     pub failures: Vec<(KerberosReason, u64)>,
+}
+
+impl KerberosCounters {
+    /// Exchanges with the KDC for users' tickets (S4U2Self and S4U2Proxy; the gateway's own
+    /// ticket-granting ticket is not counted).
+    pub fn kdc_requests(&self) -> u64 {
+        self.s4u2self_requests + self.s4u2proxy_requests
+    }
 }
 
 /// The `Authorization: Negotiate` token for one request, and the security context that checks
@@ -225,17 +238,25 @@ impl KerberosSso {
         let (name, kind) = self.user_name(user)?;
         let target = format!("{spn}@{}", self.shared.realm);
         let slot = self.slot(&name);
-        let (cred, cached) = self.credential(&slot, &name, kind).await?;
-        match self.initiate(cred, &target, channel_binding).await {
-            Err(e) if cached && e.detail.contains("expired") => {
+        // Held until the token is made: a user's concurrent first requests wait for one
+        // S4U2Self and one S4U2Proxy exchange, and then find both tickets cached. A cached
+        // token costs a tenth of a millisecond, so one user's requests queue only briefly.
+        let mut cached = slot.cred.lock().await;
+        let from_cache = self.ensure_credential(&mut cached, &name, kind).await?;
+        let result = self
+            .initiate_cached(&mut cached, &target, channel_binding)
+            .await;
+        match result {
+            Err(e) if from_cache && e.detail.contains("expired") => {
                 // The KDC judged the cached ticket expired before the gateway did (clock
                 // differences): once more with a fresh one.
-                slot.cred.lock().await.take();
-                let (cred, _) = self.credential(&slot, &name, kind).await?;
-                self.initiate(cred, &target, channel_binding).await
+                *cached = None;
+                self.ensure_credential(&mut cached, &name, kind).await?;
+                self.initiate_cached(&mut cached, &target, channel_binding)
+                    .await
             }
             Err(e) if e.reason == KerberosReason::DelegationNotAllowed => {
-                Err(self.refine_refusal(e, &slot).await)
+                Err(self.refine_refusal(e, &mut cached).await)
             }
             other => other,
         }
@@ -264,6 +285,7 @@ impl KerberosSso {
         let c = &self.shared.counters;
         KerberosCounters {
             s4u2self_requests: c.s4u2self.load(Ordering::Relaxed),
+            s4u2proxy_requests: c.s4u2proxy.load(Ordering::Relaxed),
             tokens: c.tokens.load(Ordering::Relaxed),
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             failures: KerberosReason::ALL
@@ -330,23 +352,23 @@ impl KerberosSso {
         slot
     }
 
-    /// The user's impersonated credential: cached, or from one S4U2Self exchange. True when it
-    /// came from the cache.
-    async fn credential(
+    /// Makes sure `cached` holds the user's impersonated credential: kept from before, or from
+    /// one S4U2Self exchange. True when it was kept from before.
+    async fn ensure_credential(
         &self,
-        slot: &UserSlot,
+        cached: &mut Option<CachedCred>,
         name: &str,
         kind: UserNameKind,
-    ) -> Result<(Cred, bool), KerberosError> {
-        let mut cached = slot.cred.lock().await;
-        if let Some(entry) = cached.as_ref() {
-            if entry.until > Instant::now() {
-                self.shared
-                    .counters
-                    .cache_hits
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok((entry.cred.clone(), true));
-            }
+    ) -> Result<bool, KerberosError> {
+        if cached
+            .as_ref()
+            .is_some_and(|entry| entry.until > Instant::now())
+        {
+            self.shared
+                .counters
+                .cache_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
         }
         *cached = None;
         self.shared
@@ -374,10 +396,42 @@ impl KerberosSso {
             lifetime = lifetime.min(usable);
         }
         *cached = Some(CachedCred {
-            cred: cred.clone(),
+            cred,
             until: Instant::now() + lifetime,
+            services: HashSet::new(),
         });
-        Ok((cred, false))
+        Ok(false)
+    }
+
+    /// A token from the cached credential. The first one for an SPN costs an S4U2Proxy
+    /// exchange; MIT keeps that service ticket with the credential for the next ones.
+    async fn initiate_cached(
+        &self,
+        cached: &mut Option<CachedCred>,
+        target: &str,
+        channel_binding: Option<&ChannelBinding>,
+    ) -> Result<NegotiateToken, KerberosError> {
+        let Some(entry) = cached.as_mut() else {
+            return Err(KerberosError::new(
+                KerberosReason::Internal,
+                "no credential".to_owned(),
+            ));
+        };
+        let first = entry.services.insert(target.to_owned());
+        if first {
+            self.shared
+                .counters
+                .s4u2proxy
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let result = self
+            .initiate(entry.cred.clone(), target, channel_binding)
+            .await;
+        if result.is_err() && first {
+            // No ticket was kept: the next token asks the KDC again.
+            entry.services.remove(target);
+        }
+        result
     }
 
     async fn initiate(
@@ -405,14 +459,12 @@ impl KerberosSso {
     /// The KDC answers "can't fulfill requested option" both when the SPN is not in the service
     /// account's delegation list and when the user's S4U2Self ticket is not forwardable (the
     /// account is sensitive). The credential cache tells which.
-    async fn refine_refusal(&self, error: KerberosError, slot: &UserSlot) -> KerberosError {
-        let cred = slot
-            .cred
-            .lock()
-            .await
-            .as_ref()
-            .map(|entry| entry.cred.clone());
-        let Some(cred) = cred else {
+    async fn refine_refusal(
+        &self,
+        error: KerberosError,
+        cached: &mut Option<CachedCred>,
+    ) -> KerberosError {
+        let Some(cred) = cached.as_ref().map(|entry| entry.cred.clone()) else {
             return error;
         };
         let principal = self.shared.principal.clone();
@@ -420,13 +472,13 @@ impl KerberosSso {
             Ok(Some(false)) => {
                 // The credential will never be delegated: once the administrator changes the
                 // account, the next request must ask the KDC again, not wait for its expiry.
-                slot.cred.lock().await.take();
+                *cached = None;
                 KerberosError::new(
-                KerberosReason::AccountSensitive,
-                format!(
-                    "{}; the user's S4U2Self ticket is not forwardable (account sensitive, in Protected Users, or the service account not trusted for any authentication protocol)",
-                    error.detail
-                ),
+                    KerberosReason::AccountSensitive,
+                    format!(
+                        "{}; the user's S4U2Self ticket is not forwardable (account sensitive, in Protected Users, or the service account not trusted for any authentication protocol)",
+                        error.detail
+                    ),
                 )
             }
             _ => error,
