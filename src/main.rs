@@ -211,6 +211,7 @@ fn check_config(path: &Path) -> ExitCode {
             println!("warning: {warning}");
         }
     }
+    let kerberos_keys = config.sso.kerberos.as_ref().map(kerberos_keys);
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
     let metrics = mfa_gateway::observe::metrics::Metrics::default();
@@ -241,7 +242,37 @@ fn check_config(path: &Path) -> ExitCode {
             );
         }
     }
+    // What `klist -kte` would show for the principal: the key version must match the account's
+    // in Active Directory (msDS-KeyVersionNumber) after every password change.
+    if let Some(line) = kerberos_keys {
+        println!("{line}");
+    }
     ExitCode::SUCCESS
+}
+
+/// `sso.kerberos keytab FILE: principal, key version N (enctypes)`, for `check-config`.
+fn kerberos_keys(kerberos: &mfa_gateway::config::KerberosConfig) -> String {
+    use mfa_gateway::sso::kerberos::keytab::parse_keytab;
+    let entries = std::fs::read(&kerberos.keytab)
+        .ok()
+        .and_then(|bytes| parse_keytab(&bytes).ok())
+        .unwrap_or_default();
+    let keys: Vec<_> = entries
+        .iter()
+        .filter(|e| e.principal == kerberos.principal)
+        .collect();
+    let newest = keys.iter().map(|k| k.kvno).max().unwrap_or(0);
+    let kinds: Vec<String> = keys
+        .iter()
+        .filter(|k| k.kvno == newest)
+        .map(|k| k.enctype_name())
+        .collect();
+    format!(
+        "sso.kerberos keytab {}: {}, key version {newest} ({})",
+        kerberos.keytab.display(),
+        kerberos.principal,
+        kinds.join(", ")
+    )
 }
 
 async fn run(path: PathBuf) -> ExitCode {

@@ -495,6 +495,13 @@ fn check_config_reads_the_keytab_and_refuses_a_principal_it_has_no_key_for() {
     let (code, stdout, stderr) = check_config(&path);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "sso.kerberos keytab {}: svc-mfagw@CORP.CONTOSO.COM, key version 3 (aes256-cts-hmac-sha1-96, aes128-cts-hmac-sha1-96)",
+            keytab.display()
+        )),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
