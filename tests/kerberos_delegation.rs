@@ -156,6 +156,7 @@ fn main() -> ExitCode {
     );
     drop(lab);
     runtime.shutdown_timeout(Duration::from_secs(5));
+    let _ = std::fs::remove_file(&environment.krb5_config);
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
