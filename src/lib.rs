@@ -15,7 +15,8 @@
 //! - [`proxy`]: header rules, the pool of Exchange servers with health checks, streaming,
 //!   WebSocket upgrades where a route allows them.
 //! - [`sso`]: signing the user in to Exchange after the multifactor sign-in ([`sso::adfs`]:
-//!   the WS-Federation token Exchange accepts in AD FS mode).
+//!   the WS-Federation token Exchange accepts in AD FS mode; [`sso::kerberos`]: a Kerberos
+//!   ticket by constrained delegation, for Exchange on Windows authentication).
 //!
 //! Around it: [`config`] (the TOML contract and its validation), [`error`] (one error type,
 //! labelled by the side that failed, mapped to status, page and log in one place), [`pages`],

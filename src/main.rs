@@ -72,9 +72,38 @@ enum DemoSsoArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the first thread (the log writer's): MIT Kerberos is configured through the
+    // process environment, which may only change while there is one thread.
+    let kerberos = match &cli.command {
+        Command::Run { config } => kerberos_environment(config),
+        _ => Ok(None),
+    };
     let _log_writer = init_logging(cli.log_format);
+    let kerberos = match kerberos {
+        Ok(Some(environment)) => {
+            tracing::info!(
+                krb5_config = %environment.krb5_config.display(),
+                generated = environment.generated,
+                "Kerberos configuration for sso.kerberos"
+            );
+            Some(environment)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!("sso.kerberos: cannot write the Kerberos configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = command(cli.command);
+    if let Some(environment) = kerberos.filter(|e| e.generated) {
+        let _ = std::fs::remove_file(&environment.krb5_config);
+    }
+    code
+}
+
+fn command(command: Command) -> ExitCode {
     mfa_gateway::install_crypto_provider();
-    match cli.command {
+    match command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Demo { listen, sso } => {
             let Some(runtime) = runtime() else {
@@ -114,6 +143,20 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(path, config))
         }
+    }
+}
+
+/// Sets the Kerberos environment when the configuration file has `[sso.kerberos]`. A file that
+/// does not load is left for `run` to report.
+fn kerberos_environment(
+    path: &Path,
+) -> std::io::Result<Option<mfa_gateway::sso::kerberos::environment::KerberosEnvironment>> {
+    let Ok(config) = Config::load(path) else {
+        return Ok(None);
+    };
+    match &config.sso.kerberos {
+        Some(kerberos) => mfa_gateway::sso::kerberos::environment::prepare(kerberos).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -182,6 +225,7 @@ fn check_config(path: &Path) -> ExitCode {
             println!("warning: {warning}");
         }
     }
+    let kerberos_keys = config.sso.kerberos.as_ref().map(kerberos_keys);
     // Certificates, keys and CA bundles are read here too, so a wrong path or a key that does
     // not match its certificate shows up before the gateway is restarted with the file.
     let metrics = std::sync::Arc::new(mfa_gateway::observe::metrics::Metrics::default());
@@ -212,7 +256,37 @@ fn check_config(path: &Path) -> ExitCode {
             );
         }
     }
+    // What `klist -kte` would show for the principal: the key version must match the account's
+    // in Active Directory (msDS-KeyVersionNumber) after every password change.
+    if let Some(line) = kerberos_keys {
+        println!("{line}");
+    }
     ExitCode::SUCCESS
+}
+
+/// `sso.kerberos keytab FILE: principal, key version N (enctypes)`, for `check-config`.
+fn kerberos_keys(kerberos: &mfa_gateway::config::KerberosConfig) -> String {
+    use mfa_gateway::sso::kerberos::keytab::parse_keytab;
+    let entries = std::fs::read(&kerberos.keytab)
+        .ok()
+        .and_then(|bytes| parse_keytab(&bytes).ok())
+        .unwrap_or_default();
+    let keys: Vec<_> = entries
+        .iter()
+        .filter(|e| e.principal == kerberos.principal)
+        .collect();
+    let newest = keys.iter().map(|k| k.kvno).max().unwrap_or(0);
+    let kinds: Vec<String> = keys
+        .iter()
+        .filter(|k| k.kvno == newest)
+        .map(|k| k.enctype_name())
+        .collect();
+    format!(
+        "sso.kerberos keytab {}: {}, key version {newest} ({})",
+        kerberos.keytab.display(),
+        kerberos.principal,
+        kinds.join(", ")
+    )
 }
 
 fn load_or_log(path: &Path) -> Option<Config> {

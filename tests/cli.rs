@@ -470,3 +470,126 @@ access = "public"
         );
     }
 }
+
+/// A sign-in configuration with an `sso = "kerberos"` route whose keytab is `keytab`.
+fn kerberos_configuration(dir: &Path, keytab: &Path) -> PathBuf {
+    write(
+        dir,
+        "kerberos.toml",
+        &kerberos_configuration_text(keytab, 8080),
+    )
+}
+
+fn kerberos_configuration_text(keytab: &Path, http_port: u16) -> String {
+    format!(
+        r#"
+[server]
+http_listen = "127.0.0.1:{http_port}"
+
+[oidc]
+issuer = "https://sts.windows.net/3f2a9b1c-5d4e-4f60-8a7b-1c2d3e4f5a6b/"
+client_id = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+client_secret = {{ value = "client-secret" }}
+
+[session]
+keys = [{{ value = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=" }}]
+
+[sso.kerberos]
+realm = "CORP.CONTOSO.COM"
+kdc = ["dc01.corp.contoso.com"]
+principal = "svc-mfagw@CORP.CONTOSO.COM"
+keytab = {{ file = {keytab} }}
+
+[upstreams.exchange]
+servers = ["https://ex01.corp.contoso.com"]
+tls_server_name = "mail.contoso.com"
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "mfa"
+sso = "kerberos"
+"#,
+        keytab = quoted(keytab),
+    )
+}
+
+#[test]
+fn check_config_reads_the_keytab_and_refuses_a_principal_it_has_no_key_for() {
+    use mfa_gateway::sso::kerberos::keytab::write_keytab_for_tests;
+    let dir = tempfile::tempdir().unwrap();
+    let keytab = dir.path().join("svc-mfagw.keytab");
+    std::fs::write(
+        &keytab,
+        write_keytab_for_tests(&[("HTTP/gw.corp.contoso.com@CORP.CONTOSO.COM", 3, 18)]),
+    )
+    .unwrap();
+    let path = kerberos_configuration(dir.path(), &keytab);
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let refusal = lines(&stdout);
+    assert_eq!(refusal.len(), 1, "{stdout}");
+    assert!(
+        refusal[0].starts_with("sso.kerberos.keytab (line 17): ")
+            && refusal[0].contains(keytab.to_str().unwrap())
+            && refusal[0]
+                .contains("has no key for sso.kerberos.principal \"svc-mfagw@CORP.CONTOSO.COM\""),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &keytab,
+        write_keytab_for_tests(&[
+            ("svc-mfagw@CORP.CONTOSO.COM", 3, 18),
+            ("svc-mfagw@CORP.CONTOSO.COM", 3, 17),
+        ]),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "sso.kerberos keytab {}: svc-mfagw@CORP.CONTOSO.COM, key version 3 (aes256-cts-hmac-sha1-96, aes128-cts-hmac-sha1-96)",
+            keytab.display()
+        )),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn run_configures_kerberos_from_sso_kerberos_in_its_own_krb5_conf_and_removes_it_at_exit() {
+    use mfa_gateway::sso::kerberos::keytab::write_keytab_for_tests;
+    let dir = tempfile::tempdir().unwrap();
+    let keytab = dir.path().join("svc-mfagw.keytab");
+    std::fs::write(
+        &keytab,
+        write_keytab_for_tests(&[("svc-mfagw@CORP.CONTOSO.COM", 3, 18)]),
+    )
+    .unwrap();
+    let (mut process, _) = support::GatewayProcess::start(dir.path(), &[], |ports| {
+        kerberos_configuration_text(&keytab, ports.http)
+    })
+    .await;
+    let log = process.log();
+    let written = log
+        .split("krb5_config=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no krb5_config in the log:\n{log}"));
+    assert!(log.contains("generated=true"), "{log}");
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert!(
+        text.contains("default_realm = CORP.CONTOSO.COM\n"),
+        "{text}"
+    );
+    assert!(text.contains("kdc = dc01.corp.contoso.com:88\n"), "{text}");
+    assert!(text.contains("dns_lookup_kdc = false\n"), "{text}");
+
+    process.signal("TERM");
+    let status = process.child.wait().unwrap();
+    assert!(status.success(), "{status}; log:\n{}", process.log());
+    assert!(!written.exists(), "{} is left behind", written.display());
+}

@@ -108,6 +108,15 @@ pub(super) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(8 * HOUR
 /// `sso.adfs.token_signing` entries at most: the one that signs and those of a rollover.
 pub(super) const MAX_TOKEN_SIGNING_ENTRIES: usize = 4;
 
+// ── [sso.kerberos] ──────────────────────────────────────────────────────────────────────────
+
+/// `sso.kerberos.ticket_lifetime`: Active Directory's default maximum for service tickets
+/// ("Maximum lifetime for service ticket" is 600 minutes).
+pub(super) const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(10 * HOUR);
+
+/// `sso.kerberos.kdc` entries at most.
+pub(super) const MAX_KDCS: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

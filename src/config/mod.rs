@@ -11,7 +11,7 @@
 //! - `validate`: the driver that runs every section's rules and collects all errors.
 //! - one file per section, holding its typed form, its rules and their tests: `server`, `tls`,
 //!   `upstreams`, `routes`, `oidc` (with `oidc/issuer` and `oidc/client_auth`), `mfa`,
-//!   `session`, `sso`; and `sign_in` for the rules that join `[oidc]`, `[mfa]`, `[session]` and the
+//!   `session`, `sso` (with `kerberos`); and `sign_in` for the rules that join `[oidc]`, `[mfa]`, `[session]` and the
 //!   policy keys of `access = "mfa"` routes.
 //! - `defaults`: the value of every key the file may leave out; `error`: what `check-config`
 //!   prints; `secret`: where secrets are read from.
@@ -19,6 +19,7 @@
 mod admission;
 mod defaults;
 mod error;
+mod kerberos;
 mod mfa;
 mod oidc;
 mod raw;
@@ -36,6 +37,7 @@ mod validate;
 mod test_support;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use kerberos::{KerberosConfig, KerberosUser};
 pub use mfa::MfaConfig;
 pub use oidc::{ClientAuth, OidcConfig, ResponseMode, TokenVersion};
 pub use routes::{Access, RouteConfig};

@@ -72,6 +72,9 @@ pub(crate) struct RawUpstream {
     pub connect_timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
     pub max_request_body: Option<Spanned<RawSize>>,
+    /// The service principal name Exchange's Windows authentication answers to, for
+    /// `sso = "kerberos"` routes.
+    pub kerberos_spn: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +160,19 @@ pub(crate) struct RawSession {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSso {
     pub adfs: Option<Spanned<RawAdfs>>,
+    pub kerberos: Option<Spanned<RawKerberos>>,
+}
+
+/// `[sso.kerberos]`. `user` is kept as text so validation can list the accepted values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKerberos {
+    pub realm: Text,
+    pub kdc: Option<Spanned<Vec<Text>>>,
+    pub principal: Text,
+    pub keytab: Spanned<SecretSource>,
+    pub user: Option<Text>,
+    pub ticket_lifetime: Option<Text>,
 }
 
 /// `[sso.adfs]`.

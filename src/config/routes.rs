@@ -14,7 +14,7 @@ use super::error::ConfigError;
 use super::raw::{key_path, RawRoute, RawUpstream, Text};
 use super::sign_in::SignInSections;
 use super::sso::{Sso, SsoConfig};
-use super::upstreams::UpstreamId;
+use super::upstreams::{UpstreamConfig, UpstreamId};
 use super::validate::Checker;
 use crate::activity::BackgroundRequest;
 use crate::session::Guid;
@@ -52,8 +52,9 @@ pub struct RouteConfig {
     /// Off by default: any other upgrade (`h2c`) is never forwarded, and neither is this one
     /// elsewhere.
     pub websocket: bool,
-    /// Extension `sso`: how Exchange signs the user in behind this route; `adfs` only on
-    /// `access = "mfa"` routes, with `[sso.adfs]` present.
+    /// Extension `sso`: how Exchange signs the user in behind this route; `adfs` and
+    /// `kerberos` only on `access = "mfa"` routes, with their `[sso.*]` section present
+    /// (`kerberos` also only to `https://` upstreams).
     pub sso: Sso,
     /// Extension `allow_from`: the source networks this route answers, judged on the client
     /// address after `server.trusted_proxies`; `None` (the key absent) answers every address.
@@ -91,6 +92,7 @@ impl Checker {
         &mut self,
         routes: Option<&[Spanned<RawRoute>]>,
         upstreams: &[(Text, Spanned<RawUpstream>)],
+        parsed: &[UpstreamConfig],
         sign_in: &SignInSections<'_>,
         sso: &SsoConfig,
     ) -> Vec<RouteConfig> {
@@ -189,7 +191,13 @@ impl Checker {
             }
 
             let policy = self.route_policy(&path, route, access, sign_in.mfa);
-            let route_sso = self.route_sso(&path, route, access, sso);
+            let route_sso = self.route_sso(
+                &path,
+                route,
+                access,
+                sso,
+                upstream.and_then(|index| parsed.get(index)),
+            );
             let allow_from = self.route_allow_from(&path, route);
             let bind_forms_logon = self.route_bind_forms_logon(&path, route, access, route_sso);
 

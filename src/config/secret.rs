@@ -45,6 +45,10 @@ pub enum SecretError {
 pub trait Secrets {
     fn file(&self, path: &Path) -> std::io::Result<String>;
     fn env(&self, name: &str) -> Option<String>;
+    /// A file that is not text, such as a Kerberos keytab.
+    fn binary_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.file(path).map(String::into_bytes)
+    }
 }
 
 /// Secrets from the real filesystem and the process environment.
@@ -59,6 +63,10 @@ impl Secrets for SystemSecrets {
     fn env(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
+
+    fn binary_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
 }
 
 /// Secrets held in memory, for tests and for embedding the gateway: nothing is read from the
@@ -66,6 +74,7 @@ impl Secrets for SystemSecrets {
 #[derive(Default, Clone)]
 pub struct MapSecrets {
     files: HashMap<PathBuf, String>,
+    binary_files: HashMap<PathBuf, Vec<u8>>,
     env: HashMap<String, String>,
 }
 
@@ -76,6 +85,11 @@ impl MapSecrets {
 
     pub fn with_file(mut self, path: impl Into<PathBuf>, contents: impl Into<String>) -> Self {
         self.files.insert(path.into(), contents.into());
+        self
+    }
+
+    pub fn with_binary_file(mut self, path: impl Into<PathBuf>, contents: Vec<u8>) -> Self {
+        self.binary_files.insert(path.into(), contents);
         self
     }
 
@@ -90,6 +104,10 @@ impl fmt::Debug for MapSecrets {
         // Names only: the values are secrets.
         f.debug_struct("MapSecrets")
             .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field(
+                "binary_files",
+                &self.binary_files.keys().collect::<Vec<_>>(),
+            )
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -104,6 +122,13 @@ impl Secrets for MapSecrets {
 
     fn env(&self, name: &str) -> Option<String> {
         self.env.get(name).cloned()
+    }
+
+    fn binary_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        match self.binary_files.get(path) {
+            Some(bytes) => Ok(bytes.clone()),
+            None => self.file(path).map(String::into_bytes),
+        }
     }
 }
 

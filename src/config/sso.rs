@@ -1,15 +1,20 @@
 //! `[sso.adfs]` and the routes' `sso` key: how Exchange signs the user in once the gateway has
 //! admitted them. With `sso = "adfs"` the gateway issues the WS-Federation token Exchange's AD FS
 //! claims authentication accepts, signed with the certificate of `[sso.adfs].token_signing`.
+//! With `sso = "kerberos"` it sends a Kerberos ticket obtained by constrained delegation
+//! (`[sso.kerberos]`, in `kerberos.rs`).
 
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::defaults::{DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_SIGNING_ENTRIES};
+use super::kerberos::KerberosConfig;
 use super::raw::{RawAdfs, RawCertificate, RawRoute, RawSigningList, RawSso, Text};
 use super::routes::Access;
+use super::secret::Secrets;
 use super::tls::CertificateConfig;
+use super::upstreams::{UpstreamConfig, UpstreamScheme};
 use super::validate::Checker;
 
 /// `[sso]`: the single sign-on modes routes may name.
@@ -17,6 +22,8 @@ use super::validate::Checker;
 pub struct SsoConfig {
     /// `[sso.adfs]`: present when the file has the section.
     pub adfs: Option<AdfsConfig>,
+    /// `[sso.kerberos]`: present when the file has the section.
+    pub kerberos: Option<KerberosConfig>,
 }
 
 /// `[sso.adfs]`: the token Exchange's AD FS claims authentication accepts.
@@ -43,6 +50,9 @@ pub enum Sso {
     /// `"adfs"`: Exchange runs AD FS claims authentication and the gateway issues its token at
     /// `/_gateway/wsfed/`.
     Adfs,
+    /// `"kerberos"`: Exchange runs Windows authentication and the gateway sends a Kerberos
+    /// ticket for the user, obtained by constrained delegation with its own service account.
+    Kerberos,
 }
 
 impl Sso {
@@ -50,16 +60,25 @@ impl Sso {
         match self {
             Sso::None => "none",
             Sso::Adfs => "adfs",
+            Sso::Kerberos => "kerberos",
         }
     }
 }
 
 impl Checker {
-    pub(super) fn sso(&mut self, sso: Option<&Spanned<RawSso>>) -> SsoConfig {
+    pub(super) fn sso(
+        &mut self,
+        sso: Option<&Spanned<RawSso>>,
+        account_name_claim: bool,
+        secrets: &dyn Secrets,
+    ) -> SsoConfig {
         let adfs = sso
             .and_then(|sso| sso.get_ref().adfs.as_ref())
             .map(|adfs| self.adfs(adfs));
-        SsoConfig { adfs }
+        let kerberos = sso
+            .and_then(|sso| sso.get_ref().kerberos.as_ref())
+            .map(|kerberos| self.kerberos(kerberos, account_name_claim, secrets));
+        SsoConfig { adfs, kerberos }
     }
 
     fn adfs(&mut self, adfs: &Spanned<RawAdfs>) -> AdfsConfig {
@@ -152,13 +171,15 @@ impl Checker {
         }
     }
 
-    /// A route's `sso` key, checked against its access rule and the `[sso]` section.
+    /// A route's `sso` key, checked against its access rule, its upstream and the `[sso]`
+    /// section.
     pub(super) fn route_sso(
         &mut self,
         path: &str,
         route: &RawRoute,
         access: Option<Access>,
         sso: &SsoConfig,
+        upstream: Option<&UpstreamConfig>,
     ) -> Sso {
         let Some(value) = &route.sso else {
             return Sso::None;
@@ -167,53 +188,84 @@ impl Checker {
         let mode = match value.get_ref().as_str() {
             "none" => return Sso::None,
             "adfs" => Sso::Adfs,
-            "kerberos" => {
-                self.error(
-                    key,
-                    value,
-                    "sso = \"kerberos\" is not available in this version; use \"adfs\" or \"none\"",
-                );
-                return Sso::None;
-            }
+            "kerberos" => Sso::Kerberos,
             other => {
                 self.error(
                     key,
                     value,
-                    format!("sso = {other:?} is not one of \"none\" or \"adfs\""),
+                    format!("sso = {other:?} is not one of \"none\", \"adfs\" or \"kerberos\""),
                 );
                 return Sso::None;
             }
         };
         if access.is_some_and(|access| access != Access::Mfa) {
-            // A token that signs a user in to Exchange is issued only after MFA: never on a
-            // route anyone can reach.
+            // A token or ticket that signs a user in to Exchange is issued only after MFA:
+            // never on a route anyone can reach.
             self.error(
                 key.clone(),
                 value,
-                "sso = \"adfs\" needs access = \"mfa\": the gateway issues Exchange's sign-in token only to a user who signed in with MFA",
+                format!(
+                    "sso = {:?} needs access = \"mfa\": the gateway signs a user in to Exchange only after a sign-in with MFA",
+                    mode.as_str()
+                ),
             );
         }
-        if sso.adfs.is_none() {
-            self.error(
+        match mode {
+            Sso::Adfs if sso.adfs.is_none() => self.error(
                 key,
                 value,
                 "sso = \"adfs\" needs a [sso.adfs] section with the token-signing certificate",
-            );
+            ),
+            Sso::Kerberos if sso.kerberos.is_none() => self.error(
+                key,
+                value,
+                "sso = \"kerberos\" needs a [sso.kerberos] section with the gateway's service account and keytab",
+            ),
+            Sso::Kerberos => {
+                // Exchange's Extended Protection binds the ticket to the TLS connection it
+                // arrives on; over plain HTTP there is nothing to bind to, and the ticket could
+                // be replayed by whoever sees it.
+                let plain = upstream.is_some_and(|upstream| {
+                    upstream
+                        .servers
+                        .iter()
+                        .any(|server| server.scheme != UpstreamScheme::Https)
+                });
+                if plain {
+                    self.error(
+                        key,
+                        value,
+                        "sso = \"kerberos\" needs an upstream whose servers are all https://: the Kerberos ticket is bound to the TLS connection to Exchange (Extended Protection) and must never cross the network in plain HTTP",
+                    );
+                }
+            }
+            _ => {}
         }
         mode
     }
 
     /// `[sso.adfs]` that no route uses signs nothing: probably a route's `sso` key is missing.
     pub(super) fn unused_sso(&mut self, sso: Option<&Spanned<RawSso>>, routes: &[Sso]) {
-        let Some(adfs) = sso.and_then(|sso| sso.get_ref().adfs.as_ref()) else {
+        let Some(sso) = sso else {
             return;
         };
-        if !routes.contains(&Sso::Adfs) {
-            self.warning(
-                "sso.adfs",
-                adfs,
-                "no route has sso = \"adfs\"; no token will be issued",
-            );
+        if let Some(adfs) = &sso.get_ref().adfs {
+            if !routes.contains(&Sso::Adfs) {
+                self.warning(
+                    "sso.adfs",
+                    adfs,
+                    "no route has sso = \"adfs\"; no token will be issued",
+                );
+            }
+        }
+        if let Some(kerberos) = &sso.get_ref().kerberos {
+            if !routes.contains(&Sso::Kerberos) {
+                self.warning(
+                    "sso.kerberos",
+                    kerberos,
+                    "no route has sso = \"kerberos\"; no ticket will be asked for",
+                );
+            }
         }
     }
 }
@@ -294,14 +346,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_unavailable_modes_are_refused_with_the_choices() {
+    fn unknown_modes_are_refused_with_the_choices() {
         refused(
             &adfs_route("sso = \"saml\"", ADFS),
-            &["routes[0].sso", "\"saml\"", "\"none\" or \"adfs\""],
-        );
-        refused(
-            &adfs_route("sso = \"kerberos\"", ADFS),
-            &["routes[0].sso", "not available"],
+            &[
+                "routes[0].sso",
+                "\"saml\"",
+                "\"none\", \"adfs\" or \"kerberos\"",
+            ],
         );
     }
 
@@ -367,14 +419,11 @@ mod tests {
 
     #[test]
     fn other_sso_tables_are_unknown_keys() {
-        let errors = errors(&adfs_route(
-            "",
-            "[sso.kerberos]\nrealm = \"CORP.CONTOSO.COM\"\n",
-        ));
+        let errors = errors(&adfs_route("", "[sso.forms]\nlogon = \"/owa/auth.owa\"\n"));
         assert!(
             errors
                 .iter()
-                .any(|e| e.contains("unknown key `kerberos`") && e.contains("adfs")),
+                .any(|e| e.contains("unknown key `forms`") && e.contains("kerberos")),
             "{errors:#?}"
         );
     }

@@ -39,6 +39,30 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// Extension `max_request_body`: largest request body forwarded, in bytes; larger gets 413.
     pub max_request_body: u64,
+    /// `kerberos_spn`: the service principal name Exchange's Windows authentication answers to
+    /// (`sso = "kerberos"` routes); see [`UpstreamConfig::kerberos_spn_for`] for the default.
+    pub kerberos_spn: Option<String>,
+}
+
+impl UpstreamConfig {
+    /// The SPN the gateway asks a Kerberos ticket for when it sends a request to `server`:
+    /// `kerberos_spn`, else `HTTP/<tls_server_name>`, else `HTTP/<the server's host>`, the
+    /// name the client would have used, as browsers do on a domain-joined machine.
+    pub fn kerberos_spn_for(&self, server: &UpstreamServer) -> String {
+        if let Some(spn) = &self.kerberos_spn {
+            return spn.clone();
+        }
+        let host = self
+            .tls_server_name
+            .as_deref()
+            .unwrap_or_else(|| server.authority.host());
+        format!(
+            "HTTP/{}",
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        )
+    }
 }
 
 /// A route's upstream (`upstream = "<name>"`): the position of its entry in
@@ -208,6 +232,11 @@ impl Checker {
             }),
         };
 
+        let kerberos_spn = upstream
+            .kerberos_spn
+            .as_ref()
+            .and_then(|spn| self.kerberos_spn(&path, spn));
+
         UpstreamConfig {
             name: name.get_ref().clone(),
             servers,
@@ -217,6 +246,7 @@ impl Checker {
             connect_timeout,
             idle_timeout,
             max_request_body,
+            kerberos_spn,
         }
     }
 

@@ -57,8 +57,17 @@ pub(super) fn check(
         session: raw.session.is_some(),
         mfa: &mfa,
     };
-    let sso = checker.sso(raw.sso.as_ref());
-    let routes = checker.routes(raw.routes.as_deref(), &raw.upstreams, &sign_in, &sso);
+    let account_name_claim = oidc
+        .as_ref()
+        .is_some_and(|oidc| oidc.account_name_claim.is_some());
+    let sso = checker.sso(raw.sso.as_ref(), account_name_claim, secrets);
+    let routes = checker.routes(
+        raw.routes.as_deref(),
+        &raw.upstreams,
+        &upstreams,
+        &sign_in,
+        &sso,
+    );
     let modes: Vec<_> = routes.iter().map(|route| route.sso).collect();
     checker.unused_sso(raw.sso.as_ref(), &modes);
     checker.sign_in_together(&raw, oidc.as_ref(), &mfa);

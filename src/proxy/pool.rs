@@ -547,6 +547,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
             max_request_body: 1024,
+            kerberos_spn: None,
         };
         UpstreamPool::with_workers(config, 1).unwrap()
     }

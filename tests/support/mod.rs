@@ -5,6 +5,10 @@
 //! - `adfs_exchange`: Exchange's OWA and ECP in AD FS mode, validating WS-Federation tokens as
 //!   Exchange and WIF do (with `xmlsec1`), recording every verdict.
 //! - `xmlsec1`: the reference XML-signature verifier, run as a subprocess.
+//! - `samba`: a Samba Active Directory domain controller (its KDC) on a loopback address of its
+//!   own, provisioned with the accounts of a Kerberos constrained delegation deployment.
+//! - `kerberos_exchange`: Exchange on Windows authentication with Extended Protection, a
+//!   python-gssapi acceptor that verifies tokens and channel bindings.
 //! - `hma_exchange`: Exchange's OWA and ECP with hybrid modern authentication, a second OpenID
 //!   client of the test provider that validates the ID token Entra posts to `/owa/`.
 //! - `gateway`: the gateway started in this process on pre-bound 127.0.0.1:0 listeners.
@@ -26,10 +30,12 @@ pub mod config;
 pub mod fake_exchange;
 pub mod gateway;
 pub mod hma_exchange;
+pub mod kerberos_exchange;
 pub mod logging;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod samba;
 pub mod sign_in;
 pub mod wait;
 pub mod xmlsec1;
@@ -40,10 +46,12 @@ pub use config::*;
 pub use fake_exchange::*;
 pub use gateway::*;
 pub use hma_exchange::*;
+pub use kerberos_exchange::*;
 pub use logging::*;
 pub use pki::*;
 pub use ports::*;
 pub use process::*;
+pub use samba::*;
 pub use sign_in::*;
 pub use wait::*;
 pub use xmlsec1::*;
