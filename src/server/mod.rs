@@ -38,6 +38,7 @@ use crate::observe::metrics::{Counters, Metrics, RouteMetrics, RouteSlot};
 use crate::proxy::{PoolError, UpstreamPool};
 use crate::routing::Router;
 use crate::sso::adfs::issuer::{AdfsIssuer, TokenSigningError};
+use crate::sso::kerberos::KerberosSso;
 use crate::worker::PerWorker;
 use listener::Serve;
 use tls::{CertError, CertSet, CertStore};
@@ -151,6 +152,10 @@ pub struct Snapshot {
     pub sign_in: Option<Arc<SignIn>>,
     /// The WS-Federation issuer for routes with `sso = "adfs"`, when `[sso.adfs]` is configured.
     pub adfs: Option<Arc<AdfsIssuer>>,
+    /// The Kerberos engine for routes with `sso = "kerberos"`, when `[sso.kerberos]` is
+    /// configured. Kept across reloads that leave `[sso.kerberos]` as it was, with its tickets
+    /// and counters.
+    pub kerberos: Option<KerberosSso>,
     /// The counters of `none`, `gateway` and each route; each worker copies the table.
     pub counters: Counters,
 }
@@ -192,6 +197,12 @@ impl Snapshot {
             },
             None => None,
         };
+        let kerberos = config.sso.kerberos.as_ref().map(|wanted| {
+            match previous.and_then(|p| p.kerberos.as_ref().zip(p.config.sso.kerberos.as_ref())) {
+                Some((engine, running)) if running == wanted => engine.clone(),
+                _ => KerberosSso::new(wanted),
+            }
+        });
         if !problems.is_empty() {
             return Err(StartError(problems));
         }
@@ -252,6 +263,7 @@ impl Snapshot {
                 http,
                 sign_in,
                 adfs,
+                kerberos,
                 counters: Counters::new(metrics, route_metrics),
             },
             certs,

@@ -280,6 +280,26 @@ impl KerberosSso {
         }
     }
 
+    /// Mutual authentication of Exchange's answer ([`NegotiateToken::verify_reply`]), its
+    /// failure counted under [`KerberosReason::MutualAuthFailed`].
+    pub async fn verify_reply(
+        &self,
+        token: NegotiateToken,
+        www_authenticate: &http::HeaderValue,
+    ) -> Result<(), KerberosError> {
+        let result = token.verify_reply(www_authenticate).await;
+        if let Err(e) = &result {
+            self.count_failure(e.reason);
+        }
+        result
+    }
+
+    /// Counts a failure found outside the engine: Exchange refusing a token the KDC issued
+    /// ([`KerberosReason::TicketRefused`]), an answer without mutual authentication.
+    pub fn count_failure(&self, reason: KerberosReason) {
+        self.shared.counters.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters since the engine was made.
     pub fn counters(&self) -> KerberosCounters {
         let c = &self.shared.counters;
