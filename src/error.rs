@@ -613,4 +613,32 @@ mod tests {
         assert!(!html.contains("ex01"));
         assert!(error.to_string().contains("ex01"), "the log line keeps it");
     }
+
+    #[test]
+    fn kerberos_failures_name_their_reason_and_side_and_never_the_kdc_s_words() {
+        let failure = |reason| {
+            GatewayError::Kerberos(KerberosError::new(
+                reason,
+                "S4U2Proxy: KDC can't fulfill requested option at dc01.corp".into(),
+            ))
+        };
+        for (reason, status, side) in [
+            (KerberosReason::DelegationNotAllowed, 403, Side::Gateway),
+            (KerberosReason::AccountSensitive, 403, Side::Gateway),
+            (KerberosReason::UserNotFound, 403, Side::Gateway),
+            (KerberosReason::KdcUnreachable, 503, Side::Gateway),
+            (KerberosReason::MutualAuthFailed, 502, Side::Upstream),
+            (KerberosReason::TicketRefused, 502, Side::Upstream),
+            (KerberosReason::GatewayCredentials, 500, Side::Gateway),
+        ] {
+            let error = failure(reason);
+            assert_eq!(error.status().as_u16(), status, "{reason}");
+            assert_eq!(error.side(), side, "{reason}");
+            assert_eq!(error.reason(), reason.as_str());
+            let html = error.page().render(error.status());
+            assert!(html.contains(&format!("kerberos {reason}")), "{html}");
+            assert!(!html.contains("dc01"), "{html}");
+            assert!(error.to_string().contains("dc01"), "the log line keeps it");
+        }
+    }
 }

@@ -56,6 +56,8 @@ pub struct KerberosSso {
 }
 
 struct Shared {
+    /// The configuration the engine was made from.
+    config: KerberosConfig,
     realm: String,
     principal: String,
     user: KerberosUser,
@@ -189,6 +191,7 @@ impl KerberosSso {
     pub fn new(config: &KerberosConfig) -> KerberosSso {
         KerberosSso {
             shared: Arc::new(Shared {
+                config: config.clone(),
                 realm: config.realm.clone(),
                 principal: config.principal.clone(),
                 user: config.user,
@@ -198,6 +201,11 @@ impl KerberosSso {
                 counters: Counters::default(),
             }),
         }
+    }
+
+    /// The configuration the engine was made from.
+    pub fn config(&self) -> &KerberosConfig {
+        &self.shared.config
     }
 
     /// Which session identity `user` in [`KerberosSso::token_for`] must be: the UPN, or the
