@@ -83,6 +83,7 @@ tests!(
     gateway_a_ticket_exchange_refuses_is_renewed_once_and_the_request_sent_again,
     gateway_a_binding_exchange_does_not_expect_is_refused_with_a_page_after_one_renewal,
     gateway_an_answer_without_mutual_authentication_is_not_passed_on,
+    gateway_exchange_without_windows_authentication_is_a_page_without_a_retry,
     with_the_kdc_stopped_cached_users_keep_working_and_new_users_get_kdc_unreachable,
     gateway_with_the_kdc_stopped_a_user_with_a_ticket_keeps_working_and_a_new_one_gets_a_page,
 );
@@ -1065,4 +1066,25 @@ async fn gateway_with_the_kdc_stopped_a_user_with_a_ticket_keeps_working_and_a_n
             .await,
         1.0
     );
+}
+
+async fn gateway_exchange_without_windows_authentication_is_a_page_without_a_retry(lab: &Lab) {
+    let world = GatewayWorld::start(lab).await;
+    let mut bob = world.signed_in("bob").await;
+    lab.exchange.control("basic-next").await;
+    let before = verdict_count(lab);
+    let reply = bob.navigate("/owa/").await;
+    // Exchange's Basic challenge is not passed on: the browser would ask for a password.
+    assert_refusal_page(&reply, StatusCode::BAD_GATEWAY, "ticket_refused");
+    assert_eq!(verdict_count(lab) - before, 1, "no second try");
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert!(
+        refusals[0]
+            .field("detail")
+            .unwrap()
+            .contains("without offering Negotiate"),
+        "{refusals:#?}"
+    );
+    assert_eq!(bob.navigate("/owa/").await.status, StatusCode::OK);
 }

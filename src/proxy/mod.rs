@@ -294,6 +294,21 @@ pub async fn forward(
                     token,
                 } => {
                     if let (Some(sign_in), Some(token)) = (kerberos, token) {
+                        if response.status() == StatusCode::UNAUTHORIZED
+                            && !refuses_ticket(&response)
+                        {
+                            // Not a Kerberos refusal: Windows authentication is off on this
+                            // virtual directory (Basic or forms only). A new ticket changes
+                            // nothing, and Exchange's own challenge is not for the browser.
+                            sign_in.engine.count_failure(KerberosReason::TicketRefused);
+                            return Err(ForwardError {
+                                error: GatewayError::Kerberos(KerberosError::new(
+                                    KerberosReason::TicketRefused,
+                                    "Exchange answered 401 without offering Negotiate: Windows authentication is not enabled on this virtual directory".to_owned(),
+                                )),
+                                server: Some(label),
+                            });
+                        }
                         if refuses_ticket(&response) {
                             // The ticket expired or was revoked on Exchange's side: the user's
                             // cached credential goes, and the request is sent once more, on a

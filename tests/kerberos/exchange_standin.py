@@ -19,7 +19,8 @@
 - `/_control/…` (no authentication; tests call it directly, never through the gateway) changes
   what the next requests meet: `refuse-next` (the next token is answered 401 Negotiate, as IIS
   answers a ticket that expired), `omit-reply-next` (the next accepted token gets no mutual
-  authentication answer), `foreign-binding` / `own-binding` (expect the channel binding of
+  authentication answer), `basic-next` (the next token is answered 401 offering only Basic, as
+  a virtual directory without Windows authentication does), `foreign-binding` / `own-binding` (expect the channel binding of
   another certificate, as IIS behind a TLS-terminating load balancer does, or of its own).
 
 Each verdict is printed to stdout as one JSON line.
@@ -50,7 +51,7 @@ ACCEPTOR = gssapi.Credentials(usage="accept")
 FOREIGN_BINDING = b"tls-server-end-point:" + hashlib.sha256(b"another certificate").digest()
 
 CONTROL_LOCK = threading.Lock()
-CONTROL = {"refuse_next": 0, "omit_reply_next": 0, "foreign_binding": False}
+CONTROL = {"refuse_next": 0, "omit_reply_next": 0, "basic_next": 0, "foreign_binding": False}
 
 
 def take(flag):
@@ -103,6 +104,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 CONTROL["refuse_next"] += 1
             elif command == "omit-reply-next":
                 CONTROL["omit_reply_next"] += 1
+            elif command == "basic-next":
+                CONTROL["basic_next"] += 1
             elif command == "foreign-binding":
                 CONTROL["foreign_binding"] = True
             elif command == "own-binding":
@@ -132,6 +135,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "negotiate" or not token:
             return self.refuse("not a Negotiate token")
+        if take("basic_next"):
+            self.verdict(accepted=False, refusal="Windows authentication off (Basic only)")
+            return self.answer(401, [("WWW-Authenticate", 'Basic realm="mail.contoso.test"')], "401 Unauthorized\n")
         if take("refuse_next"):
             self.user = None
             return self.refuse("ticket expired (told to refuse the next token)")
