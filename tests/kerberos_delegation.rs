@@ -985,6 +985,33 @@ async fn gateway_a_ticket_exchange_refuses_is_renewed_once_and_the_request_sent_
     assert_eq!(refusals[0].reason(), "ticket_refused");
     // And the next request works again.
     assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+
+    // An upload above 64 KiB is streamed to Exchange as it arrives: it cannot be sent again,
+    // so a refused ticket is a page — and the next request has a fresh ticket.
+    lab.exchange.control("refuse-next").await;
+    let before = verdict_count(lab);
+    let reply = alice
+        .request(
+            Method::POST,
+            "/owa/service.svc?action=CreateAttachment",
+            &[("x-requested-with", "XMLHttpRequest")],
+            Some(("y".repeat(100 * 1024), "application/octet-stream")),
+            false,
+        )
+        .await;
+    assert_refusal_page(&reply, StatusCode::BAD_GATEWAY, "ticket_refused");
+    assert_eq!(verdict_count(lab) - before, 1, "sent once");
+    let refusals = world.ticket_refusals();
+    assert!(
+        refusals[1]
+            .field("detail")
+            .unwrap()
+            .contains("cannot be sent again"),
+        "{refusals:#?}"
+    );
+    let s4u2self_before = world.metric(s4u2self).await;
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+    assert_eq!(world.metric(s4u2self).await, s4u2self_before + 1.0);
 }
 
 async fn gateway_a_binding_exchange_does_not_expect_is_refused_with_a_page_after_one_renewal(
