@@ -84,6 +84,7 @@ tests!(
     gateway_a_binding_exchange_does_not_expect_is_refused_with_a_page_after_one_renewal,
     gateway_an_answer_without_mutual_authentication_is_not_passed_on,
     gateway_exchange_without_windows_authentication_is_a_page_without_a_retry,
+    gateway_with_user_onprem_sam_account_name_the_claim_is_impersonated_not_the_upn,
     with_the_kdc_stopped_cached_users_keep_working_and_new_users_get_kdc_unreachable,
     gateway_with_the_kdc_stopped_a_user_with_a_ticket_keeps_working_and_a_new_one_gets_a_page,
 );
@@ -646,12 +647,23 @@ struct GatewayWorld {
 
 impl GatewayWorld {
     async fn start(lab: &Lab) -> GatewayWorld {
+        GatewayWorld::start_with(lab, "", "").await
+    }
+
+    /// With `oidc_extra` lines in `[oidc]` and `kerberos_extra` in `[sso.kerberos]`.
+    async fn start_with(lab: &Lab, oidc_extra: &str, kerberos_extra: &str) -> GatewayWorld {
+        // Robert's Entra UPN is not his Active Directory one; his sAMAccountName, sent in a
+        // claim, is bob's account.
+        let mut robert = ad_user("robert", "7f3e5a2c-0b1d-4e6b-9d8f-3c4a5b6d7e82");
+        robert.upn = "robert@contoso.com".into();
+        robert.extra_claims = vec![("samaccountname".into(), "bob".into())];
         let options = ProviderOptions {
             users: vec![
                 ad_user("alice", "6e9f4c2a-8d1b-4f3e-a5c7-1b2d3e4f5a60"),
                 ad_user("bob", "0b7d1f3e-5a2c-4e6b-9d8f-3c4a5b6d7e81"),
                 ad_user("carol", "9a4e2b6c-1d3f-4a5b-8c7d-e9f0a1b2c3d4"),
                 ad_user("dave", "4c2a8d1b-6e9f-4f3e-a5c7-2b3d4e5f6a71"),
+                robert,
             ],
             ..ProviderOptions::default()
         };
@@ -683,6 +695,7 @@ workers = 1
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = {{ value = "{CLIENT_SECRET}" }}
+{oidc_extra}
 
 [session]
 keys = [{{ value = "{key}" }}]
@@ -712,6 +725,7 @@ realm = "{REALM}"
 kdc = ["{kdc}"]
 principal = "{GATEWAY_PRINCIPAL}"
 keytab = {{ file = {keytab:?} }}
+{kerberos_extra}
 "#,
             issuer = provider.issuer(),
             key = random_session_key(),
@@ -1114,4 +1128,43 @@ async fn gateway_exchange_without_windows_authentication_is_a_page_without_a_ret
         "{refusals:#?}"
     );
     assert_eq!(bob.navigate("/owa/").await.status, StatusCode::OK);
+}
+
+async fn gateway_with_user_onprem_sam_account_name_the_claim_is_impersonated_not_the_upn(
+    lab: &Lab,
+) {
+    let world = GatewayWorld::start_with(
+        lab,
+        "account_name_claim = \"samaccountname\"",
+        "user = \"onprem_sam_account_name\"",
+    )
+    .await;
+    let mut robert = world.signed_in("robert").await;
+    let reply = robert.navigate("/owa/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    assert_eq!(
+        header(&reply, "X-Authenticated-User"),
+        Some("bob@CORP.CONTOSO.TEST")
+    );
+    // Without the claim there is nobody to impersonate: refused before any KDC exchange.
+    let mut alice = world.signed_in("alice").await;
+    let before = verdict_count(lab);
+    let reply = alice.navigate("/owa/").await;
+    assert_refusal_page(&reply, StatusCode::FORBIDDEN, "user_not_found");
+    assert_eq!(verdict_count(lab), before);
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert!(
+        refusals[0]
+            .field("detail")
+            .unwrap()
+            .contains("onprem_sam_account_name"),
+        "{refusals:#?}"
+    );
+    assert_eq!(
+        world
+            .metric("mfagw_kerberos_kdc_requests_total{exchange=\"s4u2self\"}")
+            .await,
+        1.0
+    );
 }
