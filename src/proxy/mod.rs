@@ -718,3 +718,36 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, challenges: &[&'static str]) -> Response<()> {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).expect("a status");
+        for challenge in challenges {
+            response
+                .headers_mut()
+                .append(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+
+    #[test]
+    fn only_a_401_offering_negotiate_refuses_a_kerberos_ticket() {
+        assert!(refuses_ticket(&answer(401, &["Negotiate"])));
+        assert!(refuses_ticket(&answer(401, &["NTLM", "negotiate"])));
+        assert!(refuses_ticket(&answer(
+            401,
+            &["Negotiate oYGfMIGcoAMKAQ=="]
+        )));
+        assert!(!refuses_ticket(&answer(401, &["Basic realm=\"mail\""])));
+        assert!(!refuses_ticket(&answer(401, &["NegotiateX"])));
+        assert!(!refuses_ticket(&answer(401, &[])));
+        assert!(!refuses_ticket(&answer(
+            200,
+            &["Negotiate oYGfMIGcoAMKAQ=="]
+        )));
+    }
+}
