@@ -12,6 +12,7 @@ use crate::body::ResponseBody;
 use crate::pages::{sign_in_again_link, Page, DEFAULT_RETURN};
 use crate::policy::{DenialReason, SignInReason};
 use crate::sso::adfs::wsfed::WsFedRefusal;
+use crate::sso::kerberos::{KerberosError, KerberosReason};
 
 /// Which side of the gateway a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +177,11 @@ pub enum GatewayError {
     /// needs (Entra's), or signing failed (the gateway's).
     #[error("no token for Exchange: {}", .0.as_str())]
     SsoRefused(WsFedRefusal),
+    /// `sso = "kerberos"`: no Kerberos ticket for the user (the KDC refused or could not be
+    /// reached; the request was not sent), or Exchange refused the ticket or did not prove
+    /// itself in its answer.
+    #[error("kerberos single sign-on failed: {0}")]
+    Kerberos(KerberosError),
     /// Something the gateway needs failed (random numbers, sealing).
     #[error("internal failure: {0}")]
     Internal(&'static str),
@@ -253,6 +259,10 @@ impl GatewayError {
             | GatewayError::FormsLogonRefused { .. }
             | GatewayError::PolicyDenied(_)
             | GatewayError::Internal(_) => Side::Gateway,
+            GatewayError::Kerberos(error) => match error.reason {
+                KerberosReason::MutualAuthFailed | KerberosReason::TicketRefused => Side::Upstream,
+                _ => Side::Gateway,
+            },
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamTimeout
@@ -287,6 +297,17 @@ impl GatewayError {
             | GatewayError::FormsLogonRefused { .. }
             | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Kerberos(error) => match error.reason {
+                KerberosReason::UserNotFound
+                | KerberosReason::AccountDisabled
+                | KerberosReason::AccountSensitive
+                | KerberosReason::DelegationNotAllowed => StatusCode::FORBIDDEN,
+                KerberosReason::KdcUnreachable => StatusCode::SERVICE_UNAVAILABLE,
+                KerberosReason::MutualAuthFailed | KerberosReason::TicketRefused => {
+                    StatusCode::BAD_GATEWAY
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             GatewayError::SsoRefused(refusal) => match refusal {
                 WsFedRefusal::SigningFailed => StatusCode::INTERNAL_SERVER_ERROR,
                 WsFedRefusal::RealmNotPublished
@@ -325,6 +346,7 @@ impl GatewayError {
             GatewayError::FormsLogonRefused { why, .. } => why.as_str(),
             GatewayError::PolicyDenied(why) => why.as_str(),
             GatewayError::Internal(_) => "internal",
+            GatewayError::Kerberos(error) => error.reason.as_str(),
             GatewayError::SsoRefused(refusal) => refusal.as_str(),
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -425,6 +447,7 @@ impl GatewayError {
                 "The request could not be completed. Try again.",
             ),
             GatewayError::SsoRefused(refusal) => sso_refused_page(*refusal),
+            GatewayError::Kerberos(error) => kerberos_page(error.reason),
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_) => Page::new(
@@ -458,6 +481,38 @@ impl GatewayError {
             return_path: DEFAULT_RETURN.to_owned(),
         }
     }
+}
+
+/// The page for a Kerberos sign-in to Exchange that failed. The reason is named at the end, as
+/// the audit log names it, so the help desk finds the event and the administrator's table
+/// (docs/deployment.md, 13.9) at once; never the KDC's or Exchange's own words.
+fn kerberos_page(reason: KerberosReason) -> Page {
+    let (title, text) = match reason {
+        KerberosReason::UserNotFound | KerberosReason::AccountDisabled => (
+            "Your mailbox cannot be opened from here",
+            "You are signed in, but your account could not be found, or is not enabled, in the organisation's directory under the name Microsoft Entra ID gave for it, so the mail server cannot sign you in. Contact your help desk.",
+        ),
+        KerberosReason::AccountSensitive | KerberosReason::DelegationNotAllowed => (
+            "Your mailbox cannot be opened from here",
+            "You are signed in, but this site is not allowed to sign your account in to the mail server. Accounts protected from delegation, such as administrator accounts, cannot be used from outside the organisation. Contact your help desk if you need access.",
+        ),
+        KerberosReason::KdcUnreachable => (
+            "Mail sign-in is unavailable",
+            "The organisation's sign-in servers cannot be reached right now, so the mail server cannot sign you in. Try again in a few minutes.",
+        ),
+        KerberosReason::MutualAuthFailed | KerberosReason::TicketRefused => (
+            "Mail server sign-in failed",
+            "The mail server did not accept the sign-in this site made for you. Try again in a few minutes; if it keeps happening, contact your help desk.",
+        ),
+        _ => (
+            "Mail sign-in failed",
+            "This site could not sign you in to the mail server. Try again; if it keeps happening, contact your help desk.",
+        ),
+    };
+    Page::owned(
+        title,
+        format!("{text} (Reference for the help desk: kerberos {reason}.)"),
+    )
 }
 
 /// The page for a refused forms logon: which account this session may open, so the user who
@@ -557,5 +612,33 @@ mod tests {
         let html = error.page().render(error.status());
         assert!(!html.contains("ex01"));
         assert!(error.to_string().contains("ex01"), "the log line keeps it");
+    }
+
+    #[test]
+    fn kerberos_failures_name_their_reason_and_side_and_never_the_kdc_s_words() {
+        let failure = |reason| {
+            GatewayError::Kerberos(KerberosError::new(
+                reason,
+                "S4U2Proxy: KDC can't fulfill requested option at dc01.corp".into(),
+            ))
+        };
+        for (reason, status, side) in [
+            (KerberosReason::DelegationNotAllowed, 403, Side::Gateway),
+            (KerberosReason::AccountSensitive, 403, Side::Gateway),
+            (KerberosReason::UserNotFound, 403, Side::Gateway),
+            (KerberosReason::KdcUnreachable, 503, Side::Gateway),
+            (KerberosReason::MutualAuthFailed, 502, Side::Upstream),
+            (KerberosReason::TicketRefused, 502, Side::Upstream),
+            (KerberosReason::GatewayCredentials, 500, Side::Gateway),
+        ] {
+            let error = failure(reason);
+            assert_eq!(error.status().as_u16(), status, "{reason}");
+            assert_eq!(error.side(), side, "{reason}");
+            assert_eq!(error.reason(), reason.as_str());
+            let html = error.page().render(error.status());
+            assert!(html.contains(&format!("kerberos {reason}")), "{html}");
+            assert!(!html.contains("dc01"), "{html}");
+            assert!(error.to_string().contains("dc01"), "the log line keeps it");
+        }
     }
 }

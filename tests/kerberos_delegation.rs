@@ -1,6 +1,9 @@
 //! The Kerberos engine of `sso = "kerberos"` against a real Active Directory KDC (Samba) and an
 //! Exchange stand-in that verifies every token with Exchange's keytab and the TLS channel
-//! binding: real S4U2Self and S4U2Proxy exchanges, real tickets.
+//! binding: real S4U2Self and S4U2Proxy exchanges, real tickets. First the engine alone, then
+//! the whole gateway (`gateway_*` tests): users signed in at the test provider with MFA, their
+//! requests to `sso = "kerberos"` routes reaching the stand-in as their Active Directory
+//! accounts, each user over connections of their own.
 //!
 //! MIT GSSAPI takes its configuration from the process environment, which may only be set while
 //! the process has one thread; the libtest harness starts threads before any test runs. So this
@@ -18,10 +21,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
+use http::{Method, StatusCode};
 use mfa_gateway::config::{KerberosConfig, KerberosUser};
+use mfa_gateway::demo::{ProviderOptions, TestProvider, TestUser};
 use mfa_gateway::sso::kerberos::{ChannelBinding, KerberosReason, KerberosSso};
 use support::{
-    samba_available, KerberosExchange, SambaDc, EXCHANGE_SPN, GATEWAY_PRINCIPAL, OTHER_SPN, REALM,
+    random_session_key, samba_available, Browser, KerberosExchange, Reply, SambaDc, TestGateway,
+    CLIENT_ID, CLIENT_SECRET, EXCHANGE_SPN, GATEWAY_PRINCIPAL, OTHER_SPN, REALM,
 };
 
 /// The domain controller and Exchange, shared by every test.
@@ -56,7 +62,7 @@ macro_rules! tests {
     };
 }
 
-// In this order: the last one stops the KDC.
+// In this order: the last two stop the KDC.
 tests!(
     alice_and_bob_each_get_a_token_exchange_accepts_as_themselves,
     the_sam_account_name_is_impersonated_in_the_realm,
@@ -71,7 +77,16 @@ tests!(
     a_cached_credential_is_reused_until_the_ticket_lifetime_then_renewed,
     a_principal_the_keytab_lacks_is_a_gateway_credentials_failure,
     without_protocol_transition_every_user_is_refused_as_account_sensitive,
+    gateway_alice_and_bob_interleaved_each_reach_exchange_as_themselves_over_their_own_connections,
+    gateway_delegation_not_allowed_is_a_refusal_page_and_exchange_never_sees_the_request,
+    gateway_a_sensitive_account_and_an_unknown_user_are_refused_without_reaching_exchange,
+    gateway_a_ticket_exchange_refuses_is_renewed_once_and_the_request_sent_again,
+    gateway_a_binding_exchange_does_not_expect_is_refused_with_a_page_after_one_renewal,
+    gateway_an_answer_without_mutual_authentication_is_not_passed_on,
+    gateway_exchange_without_windows_authentication_is_a_page_without_a_retry,
+    gateway_with_user_onprem_sam_account_name_the_claim_is_impersonated_not_the_upn,
     with_the_kdc_stopped_cached_users_keep_working_and_new_users_get_kdc_unreachable,
+    gateway_with_the_kdc_stopped_a_user_with_a_ticket_keeps_working_and_a_new_one_gets_a_page,
 );
 
 fn main() -> ExitCode {
@@ -599,4 +614,557 @@ async fn with_the_kdc_stopped_cached_users_keep_working_and_new_users_get_kdc_un
     assert!(counters
         .failures
         .contains(&(KerberosReason::KdcUnreachable, 1)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the gateway
+
+/// A person of the test provider whose UPN is their Active Directory account's.
+fn ad_user(username: &str, oid: &str) -> TestUser {
+    TestUser {
+        username: username.into(),
+        name: username.into(),
+        upn: format!("{username}@corp.contoso.test"),
+        oid: oid.into(),
+        onprem_sid: None,
+        groups: Vec::new(),
+        extra_claims: Vec::new(),
+    }
+}
+
+/// How the stand-in names a user signed in by enterprise name (their UPN).
+fn seen_as(username: &str) -> String {
+    format!("{username}\\@corp.contoso.test@CORP.CONTOSO.TEST")
+}
+
+/// The test provider (alice, bob, carol — sensitive in AD — and dave, unknown to AD) and a
+/// gateway in this process publishing `/owa` (Exchange's SPN, delegated) and `/ecp` (an SPN
+/// outside the delegation list), both `sso = "kerberos"` towards the stand-in.
+struct GatewayWorld {
+    provider: TestProvider,
+    gateway: TestGateway,
+}
+
+impl GatewayWorld {
+    async fn start(lab: &Lab) -> GatewayWorld {
+        GatewayWorld::start_with(lab, "", "").await
+    }
+
+    /// With `oidc_extra` lines in `[oidc]` and `kerberos_extra` in `[sso.kerberos]`.
+    async fn start_with(lab: &Lab, oidc_extra: &str, kerberos_extra: &str) -> GatewayWorld {
+        // Robert's Entra UPN is not his Active Directory one; his sAMAccountName, sent in a
+        // claim, is bob's account.
+        let mut robert = ad_user("robert", "7f3e5a2c-0b1d-4e6b-9d8f-3c4a5b6d7e82");
+        robert.upn = "robert@contoso.com".into();
+        robert.extra_claims = vec![("samaccountname".into(), "bob".into())];
+        let options = ProviderOptions {
+            users: vec![
+                ad_user("alice", "6e9f4c2a-8d1b-4f3e-a5c7-1b2d3e4f5a60"),
+                ad_user("bob", "0b7d1f3e-5a2c-4e6b-9d8f-3c4a5b6d7e81"),
+                ad_user("carol", "9a4e2b6c-1d3f-4a5b-8c7d-e9f0a1b2c3d4"),
+                ad_user("dave", "4c2a8d1b-6e9f-4f3e-a5c7-2b3d4e5f6a71"),
+                robert,
+            ],
+            ..ProviderOptions::default()
+        };
+        let provider = TestProvider::start(options).await.unwrap();
+        provider.register_client(
+            CLIENT_ID,
+            mfa_gateway::demo::ClientCredential::Secret(CLIENT_SECRET.into()),
+        );
+        let (kdc, keytab) = {
+            let dc = lab.dc.lock().unwrap();
+            (dc.kdc(), dc.gateway_keytab())
+        };
+        let exchange = &lab.exchange;
+        let upstream = |spn: &str| {
+            format!(
+                "servers = [\"{}\"]\nca_file = {:?}\ntls_server_name = \"mail.contoso.test\"\n{spn}",
+                exchange.url(),
+                exchange.ca_path()
+            )
+        };
+        let toml = format!(
+            r#"
+[server]
+http_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+workers = 1
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = {{ value = "{CLIENT_SECRET}" }}
+{oidc_extra}
+
+[session]
+keys = [{{ value = "{key}" }}]
+
+[upstreams.exchange]
+{exchange_upstream}
+
+[upstreams.other]
+{other_upstream}
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "mfa"
+sso = "kerberos"
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/ecp"
+upstream = "other"
+access = "mfa"
+sso = "kerberos"
+
+[sso.kerberos]
+realm = "{REALM}"
+kdc = ["{kdc}"]
+principal = "{GATEWAY_PRINCIPAL}"
+keytab = {{ file = {keytab:?} }}
+{kerberos_extra}
+"#,
+            issuer = provider.issuer(),
+            key = random_session_key(),
+            exchange_upstream = upstream(""),
+            other_upstream = upstream(&format!("kerberos_spn = \"{OTHER_SPN}\"")),
+        );
+        let gateway = TestGateway::start(&toml).await;
+        gateway.wait_ready().await;
+        GatewayWorld { provider, gateway }
+    }
+
+    async fn signed_in(&self, user: &str) -> Browser {
+        let mut browser = Browser::new(self.gateway.http.unwrap());
+        browser.sign_in_ok("/owa/", &self.provider, user).await;
+        browser
+    }
+
+    /// The gateway's `/metrics` value of `series` (0 when absent).
+    async fn metric(&self, series: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.gateway.admin.unwrap());
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// The gateway's `sso_ticket` audit events, oldest first.
+    fn ticket_refusals(&self) -> Vec<support::AuditEvent> {
+        self.gateway
+            .audit_events()
+            .into_iter()
+            .filter(|e| e.event() == "sso_ticket")
+            .collect()
+    }
+}
+
+fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
+    reply.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A page of the gateway refusing the request with the Kerberos `reason`, not Exchange's.
+fn assert_refusal_page(reply: &Reply, status: StatusCode, reason: &str) {
+    assert_eq!(reply.status, status, "{}", reply.describe());
+    assert!(
+        reply.body.contains(&format!("kerberos {reason}")),
+        "{}",
+        reply.describe()
+    );
+    assert_eq!(header(reply, "X-Authenticated-User"), None);
+    assert_eq!(header(reply, "WWW-Authenticate"), None);
+}
+
+/// How many verdicts the stand-in has given so far.
+fn verdict_count(lab: &Lab) -> usize {
+    lab.exchange.verdicts().len()
+}
+
+async fn gateway_alice_and_bob_interleaved_each_reach_exchange_as_themselves_over_their_own_connections(
+    lab: &Lab,
+) {
+    let world = GatewayWorld::start(lab).await;
+    let mut alice = world.signed_in("alice").await;
+    let mut bob = world.signed_in("bob").await;
+    let mut connections: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let mut most_requests_on_one_connection = [0u32; 2];
+    for round in 0..4 {
+        for (i, (browser, name)) in [(&mut alice, "alice"), (&mut bob, "bob")]
+            .into_iter()
+            .enumerate()
+        {
+            // The browser's own Authorization never reaches Exchange: the gateway's ticket
+            // alone says who the user is.
+            let reply = browser
+                .request(
+                    Method::GET,
+                    &format!("/owa/?round={round}"),
+                    &[("authorization", "Basic YWxpY2U6cGFzc3dvcmQ=")],
+                    None,
+                    false,
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+            assert_eq!(
+                header(&reply, "X-Authenticated-User"),
+                Some(seen_as(name).as_str())
+            );
+            assert_eq!(reply.body.trim(), seen_as(name));
+            // Exchange's mutual authentication answer stays between gateway and Exchange.
+            assert_eq!(
+                header(&reply, "WWW-Authenticate"),
+                None,
+                "{}",
+                reply.describe()
+            );
+            connections[i].push(header(&reply, "X-Connection").unwrap().to_owned());
+            let carried: u32 = header(&reply, "X-Connection-Requests")
+                .unwrap()
+                .parse()
+                .unwrap();
+            most_requests_on_one_connection[i] = most_requests_on_one_connection[i].max(carried);
+        }
+    }
+    // Both at once, too.
+    let (a, b) = tokio::join!(alice.navigate("/owa/inbox"), bob.navigate("/owa/inbox"));
+    for (reply, name, i) in [(a, "alice", 0), (b, "bob", 1)] {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+        assert_eq!(
+            header(&reply, "X-Authenticated-User"),
+            Some(seen_as(name).as_str())
+        );
+        connections[i].push(header(&reply, "X-Connection").unwrap().to_owned());
+    }
+    // No connection that carried one user's ticket ever carried the other's request.
+    assert!(
+        connections[0].iter().all(|c| !connections[1].contains(c)),
+        "alice's connections {:?}, bob's {:?}",
+        connections[0],
+        connections[1]
+    );
+    // Each user's own connections are kept alive for their next requests.
+    assert!(
+        most_requests_on_one_connection.iter().all(|n| *n >= 2),
+        "{most_requests_on_one_connection:?} (alice {:?}, bob {:?})",
+        connections[0],
+        connections[1]
+    );
+    // Every verdict of the stand-in for these requests: a verified token, never a connection
+    // that was merely still signed in.
+    let verdicts = lab.exchange.verdicts();
+    let recent = &verdicts[verdicts.len() - 10..];
+    assert!(
+        recent
+            .iter()
+            .all(|v| v["accepted"] == true && v["persisted"] == false),
+        "{recent:#?}"
+    );
+    assert_eq!(
+        world
+            .metric("mfagw_kerberos_kdc_requests_total{exchange=\"s4u2self\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(world.metric("mfagw_kerberos_tokens_total").await, 10.0);
+    assert_eq!(
+        world.metric("mfagw_kerberos_ticket_cache_hits_total").await,
+        8.0
+    );
+    assert!(world.ticket_refusals().is_empty());
+}
+
+async fn gateway_delegation_not_allowed_is_a_refusal_page_and_exchange_never_sees_the_request(
+    lab: &Lab,
+) {
+    let world = GatewayWorld::start(lab).await;
+    let mut alice = world.signed_in("alice").await;
+    let before = verdict_count(lab);
+    let reply = alice.navigate("/ecp/").await;
+    assert_refusal_page(&reply, StatusCode::FORBIDDEN, "delegation_not_allowed");
+    assert!(reply.body.contains("not allowed to sign your account in"));
+    // A fetch of a page too: refused the same way, without a request to Exchange.
+    let reply = alice
+        .fetch(Method::POST, "/ecp/DDI/DDIService.svc/GetList")
+        .await;
+    assert_refusal_page(&reply, StatusCode::FORBIDDEN, "delegation_not_allowed");
+    assert_eq!(verdict_count(lab), before, "{:#?}", lab.exchange.verdicts());
+
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 2, "{refusals:#?}");
+    let event = &refusals[0];
+    assert_eq!(event.outcome(), "refused");
+    assert_eq!(event.reason(), "delegation_not_allowed");
+    assert_eq!(event.field("mode"), Some("kerberos"));
+    assert_eq!(event.field("user"), Some("alice@corp.contoso.test"));
+    assert_eq!(event.field("upn"), Some("alice@corp.contoso.test"));
+    assert_eq!(event.field("route"), Some("mail.contoso.com/ecp"));
+    assert_eq!(
+        world
+            .metric("mfagw_kerberos_failures_total{reason=\"delegation_not_allowed\"}")
+            .await,
+        2.0
+    );
+    // alice is still fine where she may be delegated.
+    let reply = alice.navigate("/owa/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+}
+
+async fn gateway_a_sensitive_account_and_an_unknown_user_are_refused_without_reaching_exchange(
+    lab: &Lab,
+) {
+    let world = GatewayWorld::start(lab).await;
+    let mut carol = world.signed_in("carol").await;
+    let mut dave = world.signed_in("dave").await;
+    let before = verdict_count(lab);
+    let reply = carol.navigate("/owa/").await;
+    assert_refusal_page(&reply, StatusCode::FORBIDDEN, "account_sensitive");
+    assert!(reply.body.contains("protected from delegation"));
+    let reply = dave.navigate("/owa/").await;
+    assert_refusal_page(&reply, StatusCode::FORBIDDEN, "user_not_found");
+    assert!(reply.body.contains("could not be found"));
+    assert_eq!(verdict_count(lab), before, "{:#?}", lab.exchange.verdicts());
+    let reasons: Vec<(String, Option<String>)> = world
+        .ticket_refusals()
+        .iter()
+        .map(|e| (e.reason().to_owned(), e.field("user").map(str::to_owned)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "account_sensitive".to_owned(),
+                Some("carol@corp.contoso.test".to_owned())
+            ),
+            (
+                "user_not_found".to_owned(),
+                Some("dave@corp.contoso.test".to_owned())
+            ),
+        ]
+    );
+}
+
+async fn gateway_a_ticket_exchange_refuses_is_renewed_once_and_the_request_sent_again(lab: &Lab) {
+    let world = GatewayWorld::start(lab).await;
+    let mut alice = world.signed_in("alice").await;
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+    let s4u2self = "mfagw_kerberos_kdc_requests_total{exchange=\"s4u2self\"}";
+    assert_eq!(world.metric(s4u2self).await, 1.0);
+
+    // Exchange judges the ticket expired: the gateway forgets it, asks the KDC again and sends
+    // the request once more, on a new connection.
+    lab.exchange.control("refuse-next").await;
+    let before = verdict_count(lab);
+    let reply = alice.navigate("/owa/?after-expiry").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    assert_eq!(
+        header(&reply, "X-Authenticated-User"),
+        Some(seen_as("alice").as_str())
+    );
+    let verdicts = &lab.exchange.verdicts()[before..];
+    assert_eq!(verdicts.len(), 2, "{verdicts:#?}");
+    assert_eq!(verdicts[0]["accepted"], false);
+    assert_eq!(verdicts[1]["accepted"], true);
+    assert_ne!(verdicts[0]["peer"], verdicts[1]["peer"], "{verdicts:#?}");
+    assert_eq!(world.metric(s4u2self).await, 2.0);
+
+    // A small POST body was read ahead, so it is sent again whole.
+    lab.exchange.control("refuse-next").await;
+    let body = "x".repeat(3000);
+    let reply = alice
+        .request(
+            Method::POST,
+            "/owa/service.svc?action=GetItem",
+            &[("x-requested-with", "XMLHttpRequest")],
+            Some((body, "application/json")),
+            false,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    assert_eq!(header(&reply, "X-Body-Length"), Some("3000"));
+    assert_eq!(world.metric(s4u2self).await, 3.0);
+
+    // Refused again with the fresh ticket: a page, not a loop, and not Exchange's 401 (which
+    // would make the browser try a Windows sign-in of its own).
+    lab.exchange.control("refuse-next").await;
+    lab.exchange.control("refuse-next").await;
+    let before = verdict_count(lab);
+    let reply = alice.navigate("/owa/").await;
+    assert_refusal_page(&reply, StatusCode::BAD_GATEWAY, "ticket_refused");
+    assert_eq!(verdict_count(lab) - before, 2);
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert_eq!(refusals[0].reason(), "ticket_refused");
+    // And the next request works again.
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+
+    // An upload above 64 KiB is streamed to Exchange as it arrives: it cannot be sent again,
+    // so a refused ticket is a page — and the next request has a fresh ticket.
+    lab.exchange.control("refuse-next").await;
+    let before = verdict_count(lab);
+    let reply = alice
+        .request(
+            Method::POST,
+            "/owa/service.svc?action=CreateAttachment",
+            &[("x-requested-with", "XMLHttpRequest")],
+            Some(("y".repeat(100 * 1024), "application/octet-stream")),
+            false,
+        )
+        .await;
+    assert_refusal_page(&reply, StatusCode::BAD_GATEWAY, "ticket_refused");
+    assert_eq!(verdict_count(lab) - before, 1, "sent once");
+    let refusals = world.ticket_refusals();
+    assert!(
+        refusals[1]
+            .field("detail")
+            .unwrap()
+            .contains("cannot be sent again"),
+        "{refusals:#?}"
+    );
+    let s4u2self_before = world.metric(s4u2self).await;
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+    assert_eq!(world.metric(s4u2self).await, s4u2self_before + 1.0);
+}
+
+async fn gateway_a_binding_exchange_does_not_expect_is_refused_with_a_page_after_one_renewal(
+    lab: &Lab,
+) {
+    let world = GatewayWorld::start(lab).await;
+    let mut bob = world.signed_in("bob").await;
+    // Exchange behind a TLS-terminating device: the binding it expects is of another
+    // certificate than the one the gateway was shown.
+    lab.exchange.control("foreign-binding").await;
+    let before = verdict_count(lab);
+    let reply = bob.navigate("/owa/").await;
+    lab.exchange.control("own-binding").await;
+    assert_refusal_page(&reply, StatusCode::BAD_GATEWAY, "ticket_refused");
+    let verdicts = &lab.exchange.verdicts()[before..];
+    assert_eq!(verdicts.len(), 2, "{verdicts:#?}");
+    for verdict in verdicts {
+        assert_eq!(verdict["accepted"], false);
+        assert!(
+            verdict["refusal"]
+                .as_str()
+                .unwrap()
+                .contains("token refused"),
+            "{verdict:#?}"
+        );
+    }
+    assert_eq!(
+        world
+            .metric("mfagw_kerberos_failures_total{reason=\"ticket_refused\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(bob.navigate("/owa/").await.status, StatusCode::OK);
+}
+
+async fn gateway_an_answer_without_mutual_authentication_is_not_passed_on(lab: &Lab) {
+    let world = GatewayWorld::start(lab).await;
+    let mut alice = world.signed_in("alice").await;
+    lab.exchange.control("omit-reply-next").await;
+    let reply = alice.navigate("/owa/").await;
+    assert_refusal_page(&reply, StatusCode::BAD_GATEWAY, "mutual_auth_failed");
+    assert!(!reply.body.contains("alice"), "{}", reply.describe());
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert_eq!(refusals[0].reason(), "mutual_auth_failed");
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+}
+
+async fn gateway_with_the_kdc_stopped_a_user_with_a_ticket_keeps_working_and_a_new_one_gets_a_page(
+    lab: &Lab,
+) {
+    lab.dc.lock().unwrap().start();
+    let world = GatewayWorld::start(lab).await;
+    let mut alice = world.signed_in("alice").await;
+    let mut bob = world.signed_in("bob").await;
+    assert_eq!(alice.navigate("/owa/").await.status, StatusCode::OK);
+    lab.dc.lock().unwrap().stop();
+
+    for _ in 0..2 {
+        let reply = alice.navigate("/owa/").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+        assert_eq!(
+            header(&reply, "X-Authenticated-User"),
+            Some(seen_as("alice").as_str())
+        );
+    }
+    let before = verdict_count(lab);
+    let reply = bob.navigate("/owa/").await;
+    assert_refusal_page(&reply, StatusCode::SERVICE_UNAVAILABLE, "kdc_unreachable");
+    assert!(reply.body.contains("Try again in a few minutes"));
+    assert_eq!(verdict_count(lab), before);
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert_eq!(refusals[0].reason(), "kdc_unreachable");
+    assert_eq!(refusals[0].field("user"), Some("bob@corp.contoso.test"));
+    assert_eq!(
+        world
+            .metric("mfagw_kerberos_failures_total{reason=\"kdc_unreachable\"}")
+            .await,
+        1.0
+    );
+}
+
+async fn gateway_exchange_without_windows_authentication_is_a_page_without_a_retry(lab: &Lab) {
+    let world = GatewayWorld::start(lab).await;
+    let mut bob = world.signed_in("bob").await;
+    lab.exchange.control("basic-next").await;
+    let before = verdict_count(lab);
+    let reply = bob.navigate("/owa/").await;
+    // Exchange's Basic challenge is not passed on: the browser would ask for a password.
+    assert_refusal_page(&reply, StatusCode::BAD_GATEWAY, "ticket_refused");
+    assert_eq!(verdict_count(lab) - before, 1, "no second try");
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert!(
+        refusals[0]
+            .field("detail")
+            .unwrap()
+            .contains("without offering Negotiate"),
+        "{refusals:#?}"
+    );
+    assert_eq!(bob.navigate("/owa/").await.status, StatusCode::OK);
+}
+
+async fn gateway_with_user_onprem_sam_account_name_the_claim_is_impersonated_not_the_upn(
+    lab: &Lab,
+) {
+    let world = GatewayWorld::start_with(
+        lab,
+        "account_name_claim = \"samaccountname\"",
+        "user = \"onprem_sam_account_name\"",
+    )
+    .await;
+    let mut robert = world.signed_in("robert").await;
+    let reply = robert.navigate("/owa/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    assert_eq!(
+        header(&reply, "X-Authenticated-User"),
+        Some("bob@CORP.CONTOSO.TEST")
+    );
+    // Without the claim there is nobody to impersonate: refused before any KDC exchange.
+    let mut alice = world.signed_in("alice").await;
+    let before = verdict_count(lab);
+    let reply = alice.navigate("/owa/").await;
+    assert_refusal_page(&reply, StatusCode::FORBIDDEN, "user_not_found");
+    assert_eq!(verdict_count(lab), before);
+    let refusals = world.ticket_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert!(
+        refusals[0]
+            .field("detail")
+            .unwrap()
+            .contains("onprem_sam_account_name"),
+        "{refusals:#?}"
+    );
+    assert_eq!(
+        world
+            .metric("mfagw_kerberos_kdc_requests_total{exchange=\"s4u2self\"}")
+            .await,
+        1.0
+    );
 }

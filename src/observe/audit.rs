@@ -178,3 +178,33 @@ pub fn forms_logon_refused(
         host,
     );
 }
+
+/// No Kerberos sign-in to Exchange for a request of an `sso = "kerberos"` route (`reason`: the
+/// Kerberos reason, such as `delegation_not_allowed` or `kdc_unreachable`; `detail`: what the
+/// KDC or Exchange said, never a ticket or key). `user` is the name the ticket was asked for.
+#[allow(clippy::too_many_arguments)]
+pub fn kerberos_refused(
+    reason: &str,
+    detail: &str,
+    oid: &str,
+    upn: Option<&str>,
+    user: Option<&str>,
+    route: &str,
+    client: IpAddr,
+    host: &str,
+) {
+    tracing::warn!(
+        target: "audit",
+        event = "sso_ticket",
+        outcome = "refused",
+        mode = "kerberos",
+        reason,
+        detail,
+        oid,
+        upn = upn.unwrap_or("-"),
+        user = user.unwrap_or("-"),
+        route,
+        client = %client,
+        host,
+    );
+}

@@ -25,6 +25,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::sso::kerberos::KerberosCounters;
 use crate::worker::PerWorker;
 
 /// The `Content-Type` of what [`Metrics::render`] writes: the Prometheus text format 0.0.4.
@@ -174,6 +175,8 @@ pub struct Scrape {
     pub upstream_connections: Vec<UpstreamConnections>,
     /// `None` when no route signs users in.
     pub sign_in: Option<SignInMemory>,
+    /// The Kerberos engine's counters; `None` without `[sso.kerberos]`.
+    pub kerberos: Option<KerberosCounters>,
     pub draining: bool,
 }
 
@@ -403,6 +406,40 @@ impl Metrics {
                 ConstGauge::new(gauge_value(memory.seen_sids)),
             );
         }
+        if let Some(kerberos) = scrape.kerberos {
+            registry.register(
+                "mfagw_kerberos_kdc_requests",
+                "Exchanges with the domain controllers for users' tickets (sso = \"kerberos\"): \
+                 s4u2self (a user's ticket to the gateway) and s4u2proxy (its ticket to \
+                 Exchange's SPN)",
+                CounterSamples(vec![
+                    ([("exchange", "s4u2self")], kerberos.s4u2self_requests),
+                    ([("exchange", "s4u2proxy")], kerberos.s4u2proxy_requests),
+                ]),
+            );
+            registry.register(
+                "mfagw_kerberos_ticket_cache_hits",
+                "Kerberos tokens made from a user's cached ticket, without asking a domain \
+                 controller",
+                ConstCounter::new(kerberos.cache_hits),
+            );
+            registry.register(
+                "mfagw_kerberos_tokens",
+                "Kerberos tokens sent to Exchange",
+                ConstCounter::new(kerberos.tokens),
+            );
+            registry.register(
+                "mfagw_kerberos_failures",
+                "Kerberos sign-ins to Exchange that failed, by audit reason",
+                CounterSamples(
+                    kerberos
+                        .failures
+                        .iter()
+                        .map(|(reason, n)| ([("reason", reason.as_str())], *n))
+                        .collect(),
+                ),
+            );
+        }
         registry
     }
 }
@@ -625,6 +662,7 @@ mod tests {
                 unseen_sid_revocations: 10_000,
                 seen_sids: 7,
             }),
+            kerberos: None,
             draining: false,
         };
         (metrics, scrape)
@@ -704,6 +742,45 @@ mfagw_revocations{store=\"unseen_sid\"} 10000
 mfagw_seen_sids 7
 ";
         assert_eq!(metrics.render(scrape), expected);
+    }
+
+    #[test]
+    fn kerberos_counters_are_shown_only_with_sso_kerberos() {
+        use crate::sso::kerberos::KerberosReason;
+        let (metrics, mut scrape) = scraped_gateway();
+        assert!(!metrics.render(scrape.clone()).contains("kerberos"));
+        scrape.kerberos = Some(KerberosCounters {
+            s4u2self_requests: 4,
+            s4u2proxy_requests: 5,
+            tokens: 30,
+            cache_hits: 26,
+            failures: KerberosReason::ALL
+                .iter()
+                .map(|r| (*r, u64::from(*r == KerberosReason::KdcUnreachable) * 2))
+                .collect(),
+        });
+        let text = metrics.render(scrape);
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let at = |name: &str| samples.get(name).copied();
+        assert_eq!(
+            at("mfagw_kerberos_kdc_requests_total{exchange=\"s4u2self\"}"),
+            Some(4.0)
+        );
+        assert_eq!(
+            at("mfagw_kerberos_kdc_requests_total{exchange=\"s4u2proxy\"}"),
+            Some(5.0)
+        );
+        assert_eq!(at("mfagw_kerberos_ticket_cache_hits_total"), Some(26.0));
+        assert_eq!(at("mfagw_kerberos_tokens_total"), Some(30.0));
+        assert_eq!(
+            at("mfagw_kerberos_failures_total{reason=\"kdc_unreachable\"}"),
+            Some(2.0)
+        );
+        // Every reason is listed, at zero too, so a rate() never starts from nothing.
+        for reason in KerberosReason::ALL {
+            let key = format!("mfagw_kerberos_failures_total{{reason=\"{reason}\"}}");
+            assert!(samples.contains_key(&key), "{key} missing:\n{text}");
+        }
     }
 
     #[test]

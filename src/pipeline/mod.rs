@@ -10,7 +10,8 @@
 //!    cross-site answer to Exchange's own sign-in, which cannot carry the session cookie,
 //!    relayed once as a same-site POST that can; and [`forms_logon`]: Exchange's logon form
 //!    only for the signed-in user.
-//! 6. the proxy: forward to a healthy Exchange server and stream the answer back.
+//! 6. [`kerberos`], on routes with `sso = "kerberos"`: the user Exchange is signed in as.
+//! 7. the proxy: forward to a healthy Exchange server and stream the answer back.
 //!
 //! Every outcome, forwarded or refused, leaves one access log line and one metric sample: the
 //! [`AccessRecord`] rides on the response body and is written when the body is done.
@@ -21,6 +22,7 @@ mod exchange_cookies;
 mod forms_logon;
 mod framing;
 mod hma;
+mod kerberos;
 mod wsfed;
 
 use std::time::Instant;
@@ -31,6 +33,7 @@ use hyper::body::Incoming;
 
 use crate::auth::RequestContext;
 use crate::body::{ObservedBody, ResponseBody};
+use crate::config::Sso;
 use crate::error::{GatewayError, Side};
 use crate::observe::access::AccessRecord;
 use crate::observe::metrics::RouteSlot;
@@ -225,6 +228,42 @@ async fn serve(
         _ => request.map(BrowserBody::Streaming),
     };
     admission::strip_gateway_cookies(&mut request, snapshot);
+    let signed_in: Option<&crate::session::Session> = match &admitted {
+        Admitted::Session {
+            session: Some(session),
+            ..
+        } => Some(session),
+        Admitted::SigningOut { session, .. } => Some(session),
+        Admitted::Session { session: None, .. } => None,
+    };
+    let route_name = &entry.metrics.name;
+    let kerberos = match (entry.sso, signed_in) {
+        (Sso::Kerberos, Some(session)) => {
+            match kerberos::sign_in_for(session, snapshot, route_name, client, host_text) {
+                Ok(sign_in) => Some(sign_in),
+                Err(error) => {
+                    if let Admitted::SigningOut { sign_in, session } = &admitted {
+                        // Exchange cannot be told, but the user still signs out here.
+                        record.set_failure(error.side(), error.to_string());
+                        return Ok(sign_in.end_session(
+                            Some(session),
+                            &request_headers,
+                            &ctx,
+                            "owa_logoff",
+                        ));
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        // Validation allows sso = "kerberos" only on mfa routes: never without a session.
+        (Sso::Kerberos, None) => return Err(GatewayError::Denied),
+        _ => None,
+    };
+    if kerberos.is_some() {
+        request = kerberos::read_small_body(request, server.request_body_timeout).await?;
+    }
+    let kerberos_user = kerberos.as_ref().map(|k| k.user.clone());
     let downstream = Downstream {
         peer: connection.peer_text.clone(),
         peer_trusted,
@@ -232,6 +271,7 @@ async fn serve(
         websocket: entry.websocket,
         body_timeout: server.request_body_timeout,
         owner: None,
+        kerberos,
     };
     let forwarded = proxy::forward(request, host.clone(), &entry.pool, &downstream).await;
     match (forwarded, admitted) {
@@ -282,12 +322,30 @@ async fn serve(
             }
             // Exchange could not be reached: the user still signs out of the gateway and
             // Entra — on a shared computer the mailbox must not stay open.
+            kerberos::audit_failure(
+                &failure.error,
+                &session,
+                kerberos_user.as_deref(),
+                route_name,
+                client,
+                host_text,
+            );
             record.set_failure(failure.error.side(), failure.error.to_string());
             Ok(sign_in.end_session(Some(&session), &request_headers, &ctx, "owa_logoff"))
         }
-        (Err(failure), Admitted::Session { .. }) => {
+        (Err(failure), Admitted::Session { session, .. }) => {
             if let Some(server) = failure.server {
                 record.set_upstream(server);
+            }
+            if let Some(session) = &session {
+                kerberos::audit_failure(
+                    &failure.error,
+                    session,
+                    kerberos_user.as_deref(),
+                    route_name,
+                    client,
+                    host_text,
+                );
             }
             Err(failure.error)
         }

@@ -66,6 +66,31 @@ pub(crate) struct Target {
     port: u16,
     /// `Some` for `https://` servers; `Err` keeps a host that makes no TLS name for the error.
     tls_name: Option<Result<ServerName<'static>, String>>,
+    /// The certificate the server presented last (DER), shared by all its connections: a
+    /// server presents the same one on every connection until it is renewed.
+    certificate: Mutex<Option<ServerCertificate>>,
+}
+
+/// The DER of the certificate an Exchange server presented on a connection (the first of its
+/// chain): what Extended Protection's channel binding (`tls-server-end-point`) is the hash of.
+pub type ServerCertificate = Arc<[u8]>;
+
+impl Target {
+    /// `der`, as the one shared copy when the server presented the same certificate before.
+    fn remember_certificate(&self, der: &[u8]) -> ServerCertificate {
+        let mut last = self
+            .certificate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some(known) if **known == *der => known.clone(),
+            _ => {
+                let fresh: ServerCertificate = Arc::from(der);
+                *last = Some(fresh.clone());
+                fresh
+            }
+        }
+    }
 }
 
 impl Target {
@@ -88,6 +113,7 @@ impl Target {
             host: host.into(),
             port,
             tls_name,
+            certificate: Mutex::new(None),
         }
     }
 }
@@ -111,24 +137,18 @@ impl Connector {
         }
     }
 
-    /// A new connection to `target`, ready for a request. TCP and TLS together get
-    /// `connect_timeout`.
-    pub(crate) async fn open(
-        &self,
-        target: &Target,
-    ) -> Result<SendRequest<RequestBody>, ConnectError> {
+    /// A new connection to `target`, ready for a request, and the certificate the server
+    /// presented on it (`https://` servers). TCP and TLS together get `connect_timeout`.
+    pub(crate) async fn open(&self, target: &Target) -> Result<Opened, ConnectError> {
         tokio::time::timeout(self.connect_timeout, self.open_untimed(target))
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
     }
 
-    async fn open_untimed(
-        &self,
-        target: &Target,
-    ) -> Result<SendRequest<RequestBody>, ConnectError> {
+    async fn open_untimed(&self, target: &Target) -> Result<Opened, ConnectError> {
         let tcp = tcp_connect(&target.host, target.port).await?;
         match &target.tls_name {
-            None => self.http1_over(tcp).await,
+            None => Ok((self.http1_over(tcp).await?, None)),
             Some(name) => {
                 let name = name.clone().map_err(ConnectError::ServerName)?;
                 // Without a TLS configuration no server is https: not reached.
@@ -136,7 +156,13 @@ impl Connector {
                     return Err(ConnectError::ServerName(target.host.to_string()));
                 };
                 let stream = tls.connect(name, tcp).await.map_err(ConnectError::Tls)?;
-                self.http1_over(stream).await
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|der| target.remember_certificate(der));
+                Ok((self.http1_over(stream).await?, certificate))
             }
         }
     }
@@ -195,11 +221,15 @@ async fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
     Ok(stream)
 }
 
+/// A new connection and the certificate its server presented.
+pub(crate) type Opened = (SendRequest<RequestBody>, Option<ServerCertificate>);
+
 /// Who a connection belongs to: `None` for connections any request may use.
 pub type Owner = Option<Arc<str>>;
 
 struct Idle {
     sender: SendRequest<RequestBody>,
+    certificate: Option<ServerCertificate>,
     since: Instant,
 }
 
@@ -241,7 +271,7 @@ impl Shard {
 
     /// The most recently used idle connection of `server` for `owner` that is still open and
     /// has not waited longer than [`POOL_IDLE_TIMEOUT`].
-    fn take(&self, server: usize, owner: Option<&Arc<str>>) -> Option<SendRequest<RequestBody>> {
+    fn take(&self, server: usize, owner: Option<&Arc<str>>) -> Option<Idle> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
@@ -261,7 +291,7 @@ impl Shard {
                         stale.push(candidate);
                         continue;
                     }
-                    found = Some(candidate.sender);
+                    found = Some(candidate);
                     break;
                 }
                 emptied = list.is_empty();
@@ -279,7 +309,13 @@ impl Shard {
 
     /// Puts a connection whose last response was read to the end back for the next request
     /// of the same owner.
-    fn put(&self, server: usize, owner: Owner, sender: SendRequest<RequestBody>) {
+    fn put(
+        &self,
+        server: usize,
+        owner: Owner,
+        sender: SendRequest<RequestBody>,
+        certificate: Option<ServerCertificate>,
+    ) {
         if sender.is_closed() {
             return;
         }
@@ -313,7 +349,11 @@ impl Shard {
             if entry.count >= MAX_IDLE_PER_SERVER {
                 Some(sender)
             } else {
-                list.push_back(Idle { sender, since: now });
+                list.push_back(Idle {
+                    sender,
+                    certificate,
+                    since: now,
+                });
                 entry.count += 1;
                 None
             }
@@ -380,13 +420,14 @@ impl IdleConnections {
     ) -> Result<Lease, ConnectError> {
         let shard = self.shards.local();
         if !fresh {
-            while let Some(mut sender) = shard.take(server, owner) {
+            while let Some(mut idle) = shard.take(server, owner) {
                 // Ready at once unless its last response is still being wound up; an error
                 // means the server closed it meanwhile.
-                if sender.ready().await.is_ok() {
+                if idle.sender.ready().await.is_ok() {
                     shard.reused.fetch_add(1, Ordering::Relaxed);
                     return Ok(Lease {
-                        sender,
+                        sender: idle.sender,
+                        certificate: idle.certificate,
                         shard: shard.clone(),
                         server,
                         owner: owner.cloned(),
@@ -395,10 +436,11 @@ impl IdleConnections {
                 }
             }
         }
-        let sender = connector.open(target).await?;
+        let (sender, certificate) = connector.open(target).await?;
         shard.opened.fetch_add(1, Ordering::Relaxed);
         Ok(Lease {
             sender,
+            certificate,
             shard: shard.clone(),
             server,
             owner: owner.cloned(),
@@ -428,6 +470,7 @@ impl IdleConnections {
 /// unread must never carry the next request.
 pub struct Lease {
     sender: SendRequest<RequestBody>,
+    certificate: Option<ServerCertificate>,
     shard: Arc<Shard>,
     server: usize,
     owner: Owner,
@@ -439,6 +482,12 @@ impl Lease {
     /// then be the server closing it while idle).
     pub(crate) fn reused(&self) -> bool {
         self.reused
+    }
+
+    /// The certificate the server presented on this connection (`https://` servers): the
+    /// channel binding of a Kerberos token sent over it is made from it.
+    pub fn server_certificate(&self) -> Option<&ServerCertificate> {
+        self.certificate.as_ref()
     }
 
     pub(crate) fn send(
@@ -454,11 +503,12 @@ impl Lease {
     pub fn reuse(self) {
         let Lease {
             sender,
+            certificate,
             shard,
             server,
             owner,
             ..
         } = self;
-        shard.put(server, owner, sender);
+        shard.put(server, owner, sender, certificate);
     }
 }

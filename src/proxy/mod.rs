@@ -11,16 +11,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE, WWW_AUTHENTICATE,
+};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-pub use connections::{ConnectionCounts, Lease, Owner};
+pub use connections::{ConnectionCounts, Lease, Owner, ServerCertificate};
 pub use pool::{PoolError, ServerStatus, UpstreamPool};
 
 use crate::body::{BodyError, RequestBody, ResponseBody};
 use crate::error::GatewayError;
+use crate::sso::kerberos::{
+    ChannelBinding, KerberosError, KerberosReason, KerberosSso, NegotiateToken,
+};
 
 /// What the proxy needs to know about the browser's connection.
 pub struct Downstream {
@@ -36,8 +41,25 @@ pub struct Downstream {
     pub body_timeout: Duration,
     /// Whose identity the connection to Exchange carries, for connections authenticated as
     /// one user: such a connection only ever carries that user's requests. `None`: any
-    /// connection without an owner.
+    /// connection without an owner. With [`Downstream::kerberos`] the owner is its user,
+    /// whatever this says.
     pub owner: Owner,
+    /// `sso = "kerberos"`: every request is signed in to Exchange as this user.
+    pub kerberos: Option<KerberosSignIn>,
+}
+
+/// Signing each request in to Exchange as one user with a Kerberos ticket obtained by
+/// constrained delegation (`sso = "kerberos"`): the browser's own `Authorization` is dropped,
+/// each try of the request gets a token bound to the TLS connection it goes over, Exchange's
+/// answer must prove it holds the SPN's key, and the request travels only over connections
+/// owned by the user — IIS keeps a Kerberos-authenticated connection signed in as its first
+/// user (`authPersistNonNTLM`), so a connection that carried one user's ticket must never carry
+/// another user's request.
+pub struct KerberosSignIn {
+    pub engine: KerberosSso,
+    /// The name the engine impersonates (UPN or sAMAccountName, as the engine's `user_kind`
+    /// says); also the owner of the connections.
+    pub user: Arc<str>,
 }
 
 /// The browser's request body as the proxy gets it: still arriving, or read whole by the
@@ -117,6 +139,12 @@ pub async fn forward(
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers);
     headers::strip_identity_headers(&mut headers);
+    let kerberos = downstream.kerberos.as_ref();
+    if kerberos.is_some() {
+        // Only the gateway's ticket signs the user in: whatever the browser sent (its own
+        // Negotiate or NTLM attempt, a Basic password) never reaches Exchange.
+        headers.remove(AUTHORIZATION);
+    }
     let proto = downstream.scheme;
     headers::set_forwarded(
         &mut headers,
@@ -132,6 +160,15 @@ pub async fn forward(
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
 
+    // Sent again after Exchange refused a ticket (401 Negotiate): a request without a body, or
+    // whose body the gateway read whole before forwarding it. A streamed body is gone once
+    // sent.
+    let kerberos_replay: Option<Option<bytes::Bytes>> = match (&body, kerberos) {
+        (_, None) => None,
+        (_, Some(_)) if bodiless => Some(None),
+        (BrowserBody::Read(bytes), Some(_)) => Some(Some(bytes.clone())),
+        (BrowserBody::Streaming(_), Some(_)) => None,
+    };
     let progress = (!bodiless).then(|| Arc::new(AtomicU64::new(0)));
     let body = match (body, &progress) {
         (BrowserBody::Streaming(body), Some(progress)) => RequestBody::new(
@@ -147,7 +184,7 @@ pub async fn forward(
     let target = Uri::from(path_and_query);
     // Kept to send the request again after a failure that lost it: only an idempotent,
     // bodiless request is ever sent twice.
-    let spare_headers = retryable.then(|| headers.clone());
+    let spare_headers = (retryable || kerberos_replay.is_some()).then(|| headers.clone());
     let build = |headers: http::HeaderMap, body: RequestBody| {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
@@ -157,7 +194,12 @@ pub async fn forward(
         request
     };
     let mut pending = Some(build(headers, body));
-    let owner = downstream.owner.as_ref();
+    let owner = match kerberos {
+        Some(sign_in) => Some(&sign_in.user),
+        None => downstream.owner.as_ref(),
+    };
+    // A fresh ticket after a refused one, once per request.
+    let mut renewed = false;
     let mut tried: u64 = 0;
     let mut last_error = GatewayError::NoHealthyServer;
     let mut last_server = None;
@@ -169,6 +211,8 @@ pub async fn forward(
             break;
         };
         let label = server.label.clone();
+        let spn = kerberos.map(|_| limits.kerberos_spn_for(&server.server));
+        let signer = kerberos.zip(spn.as_deref());
         // After a reused connection failed: a new one to the same server, once.
         let mut fresh = false;
         loop {
@@ -180,7 +224,7 @@ pub async fn forward(
                 },
             };
             let sent = until_idle(
-                attempt(pool, index, owner, fresh, request),
+                attempt(pool, index, owner, fresh, signer, request),
                 limits.idle_timeout,
                 progress.as_deref(),
             )
@@ -236,7 +280,79 @@ pub async fn forward(
                     last_server = Some(label);
                     continue 'servers;
                 }
-                Attempt::Answered { response, lease } => {
+                Attempt::NoTicket(error) => {
+                    // Never sent without a ticket: Exchange would answer 401, or, on a
+                    // connection another request of this user signed in, serve it unchecked.
+                    return Err(ForwardError {
+                        error: GatewayError::Kerberos(error),
+                        server: Some(label),
+                    });
+                }
+                Attempt::Answered {
+                    mut response,
+                    lease,
+                    token,
+                } => {
+                    if let (Some(sign_in), Some(token)) = (kerberos, token) {
+                        if response.status() == StatusCode::UNAUTHORIZED
+                            && !refuses_ticket(&response)
+                        {
+                            // Not a Kerberos refusal: Windows authentication is off on this
+                            // virtual directory (Basic or forms only). A new ticket changes
+                            // nothing, and Exchange's own challenge is not for the browser.
+                            sign_in.engine.count_failure(KerberosReason::TicketRefused);
+                            return Err(ForwardError {
+                                error: GatewayError::Kerberos(KerberosError::new(
+                                    KerberosReason::TicketRefused,
+                                    "Exchange answered 401 without offering Negotiate: Windows authentication is not enabled on this virtual directory".to_owned(),
+                                )),
+                                server: Some(label),
+                            });
+                        }
+                        if refuses_ticket(&response) {
+                            // The ticket expired or was revoked on Exchange's side: the user's
+                            // cached credential goes, and the request is sent once more, on a
+                            // new connection, with a ticket fresh from the KDC.
+                            drop((response, lease));
+                            sign_in.engine.forget(&sign_in.user).await;
+                            match (&kerberos_replay, &spare_headers) {
+                                (Some(body), Some(headers)) if !renewed => {
+                                    renewed = true;
+                                    fresh = true;
+                                    let body = match body {
+                                        Some(bytes) => RequestBody::read(bytes.clone()),
+                                        None => RequestBody::empty(),
+                                    };
+                                    pending = Some(build(headers.clone(), body));
+                                    continue;
+                                }
+                                _ => {
+                                    let detail = if renewed {
+                                        "Exchange answered 401 Negotiate to a token, and again to one from a fresh ticket"
+                                    } else {
+                                        "Exchange answered 401 Negotiate to a token, and the request's streamed body cannot be sent again"
+                                    };
+                                    sign_in.engine.count_failure(KerberosReason::TicketRefused);
+                                    return Err(ForwardError {
+                                        error: GatewayError::Kerberos(KerberosError::new(
+                                            KerberosReason::TicketRefused,
+                                            detail.to_owned(),
+                                        )),
+                                        server: Some(label),
+                                    });
+                                }
+                            }
+                        }
+                        if let Err(error) =
+                            mutual_authentication(&sign_in.engine, token, &mut response).await
+                        {
+                            // The lease goes with the response: that connection is closed.
+                            return Err(ForwardError {
+                                error: GatewayError::Kerberos(error),
+                                server: Some(label),
+                            });
+                        }
+                    }
                     return answered(
                         response,
                         lease,
@@ -272,9 +388,13 @@ enum Attempt {
         unsent: Option<Request<RequestBody>>,
         reused: bool,
     },
+    /// No Kerberos ticket for the user: nothing was sent.
+    NoTicket(KerberosError),
     Answered {
         response: Response<Incoming>,
         lease: Lease,
+        /// The Kerberos token the request carried, to check Exchange's answer with.
+        token: Option<NegotiateToken>,
     },
 }
 
@@ -283,20 +403,119 @@ async fn attempt(
     index: usize,
     owner: Option<&Arc<str>>,
     fresh: bool,
-    request: Request<RequestBody>,
+    kerberos: Option<(&KerberosSignIn, &str)>,
+    mut request: Request<RequestBody>,
 ) -> Attempt {
     let mut lease = match pool.checkout(index, owner, fresh).await {
         Ok(lease) => lease,
         Err(error) => return Attempt::ConnectFailed { error, request },
     };
+    let token = match kerberos {
+        None => None,
+        Some((sign_in, spn)) => match sign_token(sign_in, spn, &lease).await {
+            Ok(token) => {
+                request
+                    .headers_mut()
+                    .insert(AUTHORIZATION, token.authorization());
+                Some(token)
+            }
+            Err(error) => return Attempt::NoTicket(error),
+        },
+    };
     match lease.send(request).await {
-        Ok(response) => Attempt::Answered { response, lease },
+        Ok(response) => Attempt::Answered {
+            response,
+            lease,
+            token,
+        },
         Err(mut failure) => Attempt::Failed {
             unsent: failure.take_message(),
             error: failure.into_error(),
             reused: lease.reused(),
         },
     }
+}
+
+/// A token for one try of a request, bound to the TLS connection it goes over (Extended
+/// Protection: the hash of the certificate the server presented on it). A new token each try:
+/// Exchange refuses an authenticator it has seen.
+async fn sign_token(
+    sign_in: &KerberosSignIn,
+    spn: &str,
+    lease: &Lease,
+) -> Result<NegotiateToken, KerberosError> {
+    // Validation allows sso = "kerberos" only towards https:// servers; without a certificate
+    // there is nothing to bind to, and no token goes out.
+    let Some(certificate) = lease.server_certificate() else {
+        return Err(KerberosError::new(
+            KerberosReason::Internal,
+            "the connection to Exchange has no TLS server certificate to bind the token to"
+                .to_owned(),
+        ));
+    };
+    let binding = ChannelBinding::tls_server_end_point(certificate)
+        .map_err(|e| KerberosError::new(KerberosReason::Internal, e))?;
+    sign_in
+        .engine
+        .token_for(&sign_in.user, spn, Some(&binding))
+        .await
+}
+
+/// Whether Exchange refused the request's token: `401` offering Negotiate again.
+fn refuses_ticket<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        && response
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .any(|value| is_negotiate(value.as_bytes()))
+}
+
+fn is_negotiate(value: &[u8]) -> bool {
+    value.len() >= 9
+        && value[..9].eq_ignore_ascii_case(b"negotiate")
+        && value.get(9).is_none_or(|b| *b == b' ')
+}
+
+/// Exchange's answer to a request that carried a token must prove it comes from the holder of
+/// the SPN's key (`WWW-Authenticate: Negotiate <token>`); the header is then removed, so the
+/// browser is never offered a Windows sign-in of its own.
+async fn mutual_authentication(
+    engine: &KerberosSso,
+    token: NegotiateToken,
+    response: &mut Response<Incoming>,
+) -> Result<(), KerberosError> {
+    let reply = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .find(|value| is_negotiate(value.as_bytes()) && value.len() > 10)
+        .cloned();
+    let verified = match reply {
+        Some(reply) => engine.verify_reply(token, &reply).await,
+        None => {
+            engine.count_failure(KerberosReason::MutualAuthFailed);
+            Err(KerberosError::new(
+                KerberosReason::MutualAuthFailed,
+                format!(
+                    "Exchange answered {} without a Negotiate token",
+                    response.status().as_u16()
+                ),
+            ))
+        }
+    };
+    let others: Vec<HeaderValue> = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter(|value| !is_negotiate(value.as_bytes()))
+        .cloned()
+        .collect();
+    response.headers_mut().remove(WWW_AUTHENTICATE);
+    for value in others {
+        response.headers_mut().append(WWW_AUTHENTICATE, value);
+    }
+    verified
 }
 
 /// Exchange's response head arrived: a WebSocket switch, a refused switch, or a response whose
@@ -498,4 +717,37 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, challenges: &[&'static str]) -> Response<()> {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).expect("a status");
+        for challenge in challenges {
+            response
+                .headers_mut()
+                .append(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+
+    #[test]
+    fn only_a_401_offering_negotiate_refuses_a_kerberos_ticket() {
+        assert!(refuses_ticket(&answer(401, &["Negotiate"])));
+        assert!(refuses_ticket(&answer(401, &["NTLM", "negotiate"])));
+        assert!(refuses_ticket(&answer(
+            401,
+            &["Negotiate oYGfMIGcoAMKAQ=="]
+        )));
+        assert!(!refuses_ticket(&answer(401, &["Basic realm=\"mail\""])));
+        assert!(!refuses_ticket(&answer(401, &["NegotiateX"])));
+        assert!(!refuses_ticket(&answer(401, &[])));
+        assert!(!refuses_ticket(&answer(
+            200,
+            &["Negotiate oYGfMIGcoAMKAQ=="]
+        )));
+    }
 }

@@ -414,7 +414,7 @@ async fn probe(
         .body(RequestBody::empty())
         .map_err(ProbeError::BadRequest)?;
     let exchange = async {
-        let mut sender = pool
+        let (mut sender, _) = pool
             .connector
             .open(&server.target)
             .await

@@ -117,6 +117,7 @@ fn scrape(shared: &Shared) -> Scrape {
         servers,
         upstream_connections,
         sign_in,
+        kerberos: snapshot.kerberos.as_ref().map(|engine| engine.counters()),
         draining: shared.draining.load(Ordering::Relaxed),
     }
 }

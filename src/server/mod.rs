@@ -33,11 +33,12 @@ use tokio_util::task::TaskTracker;
 use crate::activity::BackgroundRequests;
 use crate::auth::{RoutePolicy, SignIn, SignInError};
 use crate::clock::Clock;
-use crate::config::{Access, Config, ServerConfig, Sso};
+use crate::config::{Access, Config, KerberosConfig, ServerConfig, Sso};
 use crate::observe::metrics::{Counters, Metrics, RouteMetrics, RouteSlot};
 use crate::proxy::{PoolError, UpstreamPool};
 use crate::routing::Router;
 use crate::sso::adfs::issuer::{AdfsIssuer, TokenSigningError};
+use crate::sso::kerberos::KerberosSso;
 use crate::worker::PerWorker;
 use listener::Serve;
 use tls::{CertError, CertSet, CertStore};
@@ -91,6 +92,9 @@ pub enum StartProblem {
     },
     #[error("server.https_listen needs at least one [[tls.certificates]]")]
     HttpsWithoutCertificates,
+    /// The Kerberos library's environment is set at start only, before any thread runs.
+    #[error("sso.kerberos was added but the gateway started without it; restart to enable it")]
+    KerberosAddedOnReload,
     /// The HTTPS listener is bound at start only.
     #[error(
         "TLS certificates were added but the gateway started without HTTPS; restart to enable it"
@@ -151,6 +155,10 @@ pub struct Snapshot {
     pub sign_in: Option<Arc<SignIn>>,
     /// The WS-Federation issuer for routes with `sso = "adfs"`, when `[sso.adfs]` is configured.
     pub adfs: Option<Arc<AdfsIssuer>>,
+    /// The Kerberos engine for routes with `sso = "kerberos"`, when `[sso.kerberos]` is
+    /// configured. Kept across reloads that leave `[sso.kerberos]` as it was, with its tickets
+    /// and counters.
+    pub kerberos: Option<KerberosSso>,
     /// The counters of `none`, `gateway` and each route; each worker copies the table.
     pub counters: Counters,
 }
@@ -191,6 +199,17 @@ impl Snapshot {
                 }
             },
             None => None,
+        };
+        let kerberos = match (&config.sso.kerberos, previous) {
+            (None, _) => None,
+            (Some(wanted), None) => Some(KerberosSso::new(wanted)),
+            (Some(wanted), Some(previous)) => match &previous.kerberos {
+                Some(engine) => Some(kerberos_after_reload(engine, wanted)),
+                None => {
+                    problems.push(StartProblem::KerberosAddedOnReload);
+                    None
+                }
+            },
         };
         if !problems.is_empty() {
             return Err(StartError(problems));
@@ -252,6 +271,7 @@ impl Snapshot {
                 http,
                 sign_in,
                 adfs,
+                kerberos,
                 counters: Counters::new(metrics, route_metrics),
             },
             certs,
@@ -273,6 +293,29 @@ impl Snapshot {
                 .any(|r| r.upstream.index() == i && r.access != Access::Deny);
             !used || p.healthy_count() > 0
         })
+    }
+}
+
+/// The Kerberos engine after a reload: the running one, with its cached tickets, when
+/// `[sso.kerberos]` is unchanged; else a new one. `realm`, `kdc` and `keytab` stay those of the
+/// start: the Kerberos library read them from the process environment, set before any thread.
+fn kerberos_after_reload(running: &KerberosSso, wanted: &KerberosConfig) -> KerberosSso {
+    let started = running.config();
+    let effective = KerberosConfig {
+        realm: started.realm.clone(),
+        kdc: started.kdc.clone(),
+        keytab: started.keytab.clone(),
+        ..wanted.clone()
+    };
+    if effective != *wanted {
+        tracing::warn!(
+            "sso.kerberos: realm, kdc and keytab take effect at the next restart; the running values are kept"
+        );
+    }
+    if effective == *started {
+        running.clone()
+    } else {
+        KerberosSso::new(&effective)
     }
 }
 
@@ -838,5 +881,42 @@ access = "public"
         for (line, start) in lines.iter().zip(&expected_starts) {
             assert!(line.starts_with(start.as_str()), "{line:?} vs {start:?}");
         }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_kerberos_engine_and_its_tickets_unless_the_section_changed() {
+        use crate::config::KerberosUser;
+        use crate::sso::kerberos::KerberosReason;
+        use std::time::Duration;
+        let started = KerberosConfig {
+            realm: "CORP.CONTOSO.COM".into(),
+            kdc: vec!["dc01.corp.contoso.com:88".into()],
+            principal: "svc-mfagw@CORP.CONTOSO.COM".into(),
+            keytab: "/etc/mfa-gateway/svc-mfagw.keytab".into(),
+            user: KerberosUser::Upn,
+            ticket_lifetime: Duration::from_secs(36000),
+        };
+        let running = KerberosSso::new(&started);
+        running.count_failure(KerberosReason::KdcUnreachable);
+        let kdc_failures = |engine: &KerberosSso| {
+            engine
+                .counters()
+                .failures
+                .iter()
+                .find(|(reason, _)| *reason == KerberosReason::KdcUnreachable)
+                .map(|(_, n)| *n)
+        };
+        // Unchanged: the same engine (shared cache and counters).
+        let kept = kerberos_after_reload(&running, &started);
+        assert_eq!(kdc_failures(&kept), Some(1));
+
+        // A new lifetime applies at once; a new realm only at the next restart.
+        let mut changed = started.clone();
+        changed.ticket_lifetime = Duration::from_secs(3600);
+        changed.realm = "OTHER.CONTOSO.COM".into();
+        let renewed = kerberos_after_reload(&running, &changed);
+        assert_eq!(kdc_failures(&renewed), Some(0));
+        assert_eq!(renewed.config().ticket_lifetime, Duration::from_secs(3600));
+        assert_eq!(renewed.config().realm, "CORP.CONTOSO.COM");
     }
 }

@@ -19,6 +19,7 @@ const result = spawnSync(process.execPath, [
   path.join(here, 'adfs.test.mjs'),
   path.join(here, 'exchange-session.test.mjs'),
   path.join(here, 'hma.test.mjs'),
+  path.join(here, 'kerberos.test.mjs'),
 ], { cwd: here, stdio: 'inherit' });
 
 let counts;

@@ -96,6 +96,27 @@ impl KerberosExchange {
         self.verdicts.lock().unwrap().clone()
     }
 
+    /// The CA file that issued the stand-in's certificate, for the gateway's `ca_file`.
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.pki.ca_path()
+    }
+
+    /// `https://127.0.0.1:PORT`, for the gateway's `servers`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Tells the stand-in what the next requests meet (`refuse-next`, `omit-reply-next`,
+    /// `foreign-binding`, `own-binding`), on a connection of its own.
+    pub async fn control(&self, command: &str) {
+        let answer = self
+            .connect()
+            .await
+            .get(&format!("/_control/{command}"), None)
+            .await;
+        assert_eq!(answer.status, 200, "control {command}: {answer:?}");
+    }
+
     /// A new TLS connection to the stand-in, as `mail.contoso.test`.
     pub async fn connect(&self) -> ExchangeConnection {
         let config = self.pki.rustls_client_config(&[b"http/1.1"]);

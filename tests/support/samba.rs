@@ -121,6 +121,8 @@ impl SambaDc {
     /// Starts (or restarts) the KDC.
     pub fn start(&mut self) {
         use std::os::unix::process::CommandExt;
+        // One KDC per domain: a running one is stopped first, never left behind.
+        self.stop();
         let started = Instant::now();
         let log = std::fs::File::create(self.dir().join("samba.stdout")).unwrap();
         let child = Command::new("samba")

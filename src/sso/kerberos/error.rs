@@ -31,6 +31,10 @@ pub enum KerberosReason {
     GatewayCredentials,
     /// `mutual_auth_failed`: Exchange's answer did not prove it holds the SPN's key.
     MutualAuthFailed,
+    /// `ticket_refused`: Exchange answered `401 WWW-Authenticate: Negotiate` to a token, and
+    /// again to a token made from a fresh ticket: Extended Protection with TLS ended before
+    /// Exchange, or an SPN Exchange cannot decrypt.
+    TicketRefused,
     /// `kerberos_error`: any other refusal by the KDC; the detail says which.
     Kerberos,
     /// `internal`: the gateway could not run the request at all.
@@ -39,7 +43,7 @@ pub enum KerberosReason {
 
 impl KerberosReason {
     /// Every reason, for metrics that list each one.
-    pub const ALL: [KerberosReason; 11] = [
+    pub const ALL: [KerberosReason; 12] = [
         KerberosReason::UserNotFound,
         KerberosReason::AccountDisabled,
         KerberosReason::DelegationNotAllowed,
@@ -49,6 +53,7 @@ impl KerberosReason {
         KerberosReason::ClockSkew,
         KerberosReason::GatewayCredentials,
         KerberosReason::MutualAuthFailed,
+        KerberosReason::TicketRefused,
         KerberosReason::Kerberos,
         KerberosReason::Internal,
     ];
@@ -65,6 +70,7 @@ impl KerberosReason {
             KerberosReason::ClockSkew => "clock_skew",
             KerberosReason::GatewayCredentials => "gateway_credentials",
             KerberosReason::MutualAuthFailed => "mutual_auth_failed",
+            KerberosReason::TicketRefused => "ticket_refused",
             KerberosReason::Kerberos => "kerberos_error",
             KerberosReason::Internal => "internal",
         }
@@ -93,7 +99,7 @@ pub struct KerberosError {
 }
 
 impl KerberosError {
-    pub(super) fn new(reason: KerberosReason, detail: String) -> KerberosError {
+    pub fn new(reason: KerberosReason, detail: String) -> KerberosError {
         KerberosError { reason, detail }
     }
 }

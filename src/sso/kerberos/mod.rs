@@ -56,6 +56,8 @@ pub struct KerberosSso {
 }
 
 struct Shared {
+    /// The configuration the engine was made from.
+    config: KerberosConfig,
     realm: String,
     principal: String,
     user: KerberosUser,
@@ -189,6 +191,7 @@ impl KerberosSso {
     pub fn new(config: &KerberosConfig) -> KerberosSso {
         KerberosSso {
             shared: Arc::new(Shared {
+                config: config.clone(),
                 realm: config.realm.clone(),
                 principal: config.principal.clone(),
                 user: config.user,
@@ -198,6 +201,11 @@ impl KerberosSso {
                 counters: Counters::default(),
             }),
         }
+    }
+
+    /// The configuration the engine was made from.
+    pub fn config(&self) -> &KerberosConfig {
+        &self.shared.config
     }
 
     /// Which session identity `user` in [`KerberosSso::token_for`] must be: the UPN, or the
@@ -278,6 +286,26 @@ impl KerberosSso {
         if let Some(slot) = slot {
             slot.cred.lock().await.take();
         }
+    }
+
+    /// Mutual authentication of Exchange's answer ([`NegotiateToken::verify_reply`]), its
+    /// failure counted under [`KerberosReason::MutualAuthFailed`].
+    pub async fn verify_reply(
+        &self,
+        token: NegotiateToken,
+        www_authenticate: &http::HeaderValue,
+    ) -> Result<(), KerberosError> {
+        let result = token.verify_reply(www_authenticate).await;
+        if let Err(e) = &result {
+            self.count_failure(e.reason);
+        }
+        result
+    }
+
+    /// Counts a failure found outside the engine: Exchange refusing a token the KDC issued
+    /// ([`KerberosReason::TicketRefused`]), an answer without mutual authentication.
+    pub fn count_failure(&self, reason: KerberosReason) {
+        self.shared.counters.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters since the engine was made.

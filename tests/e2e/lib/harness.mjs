@@ -208,12 +208,13 @@ function probeTls(url, servername) {
 /**
  * Starts `mfa-gateway run` with a configuration written to a temporary directory, and waits until
  * it is ready (provider metadata and keys loaded, Exchange healthy). `ecp` and `owa` are extra
- * TOML of those routes, `extra` of the file; `lifetime` and `idleTimeout` those of [session]. With `tls` ({ cert, key }) the gateway listens for
+ * TOML of those routes, `extra` of the file; `lifetime` and `idleTimeout` those of [session];
+ * `upstream` replaces the body of [upstreams.exchange] (the sample Exchange on `exchangePort`). With `tls` ({ cert, key }) the gateway listens for
  * HTTPS only and publishes `host`.
  */
 export async function startGateway({
   name, port, issuer, clientId, secret, method, sessionKeys, exchangePort, ecp = '', owa = '',
-  extra = '', host = '127.0.0.1', tls = null, lifetime = '10h', idleTimeout = '1h',
+  extra = '', host = '127.0.0.1', tls = null, lifetime = '10h', idleTimeout = '1h', upstream = null,
 }) {
   const dir = tempDir(name);
   fs.writeFileSync(path.join(dir, 'client-secret'), `${secret}\n`, { mode: 0o600 });
@@ -251,8 +252,8 @@ lifetime = "${lifetime}"
 idle_timeout = "${idleTimeout}"
 
 [upstreams.exchange]
-servers = ["http://127.0.0.1:${exchangePort}"]
-health_check = { path = "/owa/healthcheck.htm", interval = "5s", timeout = "2s" }
+${upstream ?? `servers = ["http://127.0.0.1:${exchangePort}"]
+health_check = { path = "/owa/healthcheck.htm", interval = "5s", timeout = "2s" }`}
 
 [[routes]]
 host = "${host}"
