@@ -271,6 +271,11 @@ where
                         }
                     }
                 }
+                // mfa-gateway: an idle connection keeps no header map for its next message
+                // (see vendor/README.md).
+                if self.io.read_buf().is_empty() {
+                    self.state.cached_headers = None;
+                }
 
                 return Poll::Pending;
             }
