@@ -10,7 +10,8 @@
 # request of the same run (from /proc) turns shares into µs per request.
 #
 # Environment: WORKERS="1 2", LOAD=12, SECONDS_PERF=6, FREQ=999, CONNS=64, THREADS=2,
-# OUT=DIR (perf.data and reports; default bench/results/profile-<UTC time>).
+# OUT=DIR (perf.data and reports; default bench/results/profile-<UTC time>),
+# PROTO=h1 (wrk, HTTP/1.1) or h2 (h2load, HTTP/2 with H2_STREAMS=10 streams per connection).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -20,6 +21,9 @@ SECONDS_PERF="${SECONDS_PERF:-6}"
 FREQ="${FREQ:-999}"
 CONNS="${CONNS:-64}"
 THREADS="${THREADS:-2}"
+PROTO="${PROTO:-h1}"
+H2_STREAMS="${H2_STREAMS:-10}"
+[[ "$PROTO" == h1 || "$PROTO" == h2 ]] || { echo "bench/profile.sh: PROTO must be h1 or h2" >&2; exit 1; }
 OUT="${OUT:-$here/results/profile-$(date -u +%Y%m%dT%H%M%SZ)}"
 HOST=mail.contoso.test
 P_GATEWAY=18445
@@ -54,21 +58,27 @@ for n in $WORKERS; do
     gw_pid="$(grep -o 'pid [0-9]*' "$OUT/hold.$n.log" | head -n1 | awk '{ print $2 }')"
     cookie="$(cat "$work/cookie-gateway.txt")"
     ticks0="$(awk '{ print $14 + $15 }' "/proc/$gw_pid/stat")"
-    wrk -t"$THREADS" -c"$CONNS" -d"${LOAD}s" -H "Host: $HOST" -H "$cookie" "https://127.0.0.1:$P_GATEWAY/" >"$OUT/wrk.$n.txt" 2>&1 &
+    if [ "$PROTO" = h2 ]; then
+        h2load -t"$THREADS" -c"$CONNS" -m"$H2_STREAMS" -D "$LOAD" -H ":authority: $HOST" -H "$cookie" "https://127.0.0.1:$P_GATEWAY/" >"$OUT/load.$n.txt" 2>&1 &
+    else
+        wrk -t"$THREADS" -c"$CONNS" -d"${LOAD}s" -H "Host: $HOST" -H "$cookie" "https://127.0.0.1:$P_GATEWAY/" >"$OUT/load.$n.txt" 2>&1 &
+    fi
     wrk_pid=$!
     sleep 2
     log "$n worker(s): perf record -p $gw_pid for ${SECONDS_PERF}s"
     perf record -q -e cpu-clock -F "$FREQ" --call-graph dwarf,16384 -p "$gw_pid" -o "$OUT/perf.$n.data" -- sleep "$SECONDS_PERF" 2>"$OUT/perf-record.$n.log" || true
     wait "$wrk_pid" || true
     ticks1="$(awk '{ print $14 + $15 }' "/proc/$gw_pid/stat")"
-    requests="$(awk '/requests in/ { print $1 }' "$OUT/wrk.$n.txt")"
+    # wrk: "N requests in …"; h2load: "requests: N total, N started, N done, N succeeded, …".
+    requests="$(awk '/requests in/ { print $1 } /^requests:/ { gsub(",", ""); print $8 }' "$OUT/load.$n.txt")"
+    rps="$(awk '/Requests\/sec/ { print $2 } /^finished in/ { gsub(",", ""); printf "%.0f", $4 }' "$OUT/load.$n.txt")"
     # CPU per request over the whole wrk run (profiling overhead included: perf's own cost
     # falls on the gateway's threads while they are sampled).
     us="$(awk -v t=$((ticks1 - ticks0)) -v n="${requests:-0}" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t / hz / n * 1e6; else print 0 }')"
-    log "$n worker(s): $(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.$n.txt") req/s under perf, ${us} µs CPU per request"
+    log "$n worker(s): $rps req/s under perf, ${us} µs CPU per request"
     perf script -i "$OUT/perf.$n.data" -F comm,tid,ip,sym,dso --no-inline 2>/dev/null >"$OUT/perf-script.$n.txt" || true
     {
-        echo "## $n worker thread(s): $(awk '/Requests\/sec/ { print $2 }' "$OUT/wrk.$n.txt") req/s, ${us} µs CPU per request (under perf)"
+        echo "## $n worker thread(s), $PROTO: $rps req/s, ${us} µs CPU per request (under perf)"
         echo
         "$here/perf_categories.py" --us-per-request "$us" --threads --alloc <"$OUT/perf-script.$n.txt"
         echo

@@ -12,6 +12,8 @@
 #   KEEP=1        keep the temporary directory (configs, logs) and print its path
 #   OUT=FILE      where the markdown table is written as well
 #   HOLD=1        start and sign in, then keep everything running (no rows) until Ctrl-C
+#   GW_BIN=PATH   another mfa-gateway binary (default target/release/mfa-gateway; with
+#                 SKIP_BUILD=1 nothing is built)
 #   ROUNDS=1      run the rows (in order) this many times; the table shows each row's median
 #   WORKERS="1 2" thread-count mode: every row at each of these thread counts, the servers
 #                 restarted for each — nginx `worker_processes N`, the gateway `[server] workers
@@ -69,7 +71,7 @@ done
 have_h2load=0
 command -v h2load >/dev/null 2>&1 && have_h2load=1
 
-gw_bin="$root/target/release/mfa-gateway"
+gw_bin="${GW_BIN:-$root/target/release/mfa-gateway}"
 provider_bin="$root/target/release/test-provider"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "cargo build --release --bins"

@@ -16,6 +16,9 @@ use tokio::signal::unix::{signal, SignalKind};
 /// (headers, buffers, futures) better than glibc's malloc, and return memory to the system.
 /// Built without transparent huge pages: they would make every idle connection's few
 /// kilobytes of buffers cost whole 2 MiB pages' worth of resident memory.
+/// The `system-allocator` feature leaves it out, for heap profilers (heaptrack, valgrind's
+/// massif and DHAT) that see only the C library's malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -160,7 +160,13 @@ enum Protocol {
     Sniffed,
 }
 
-async fn serve_http<I>(
+/// The connection served by hyper until it ends, as a boxed future sized for its protocol.
+///
+/// Boxed, and made outside any `async fn` that holds `io`: unboxed, the connection's task
+/// would be as large as the largest of the three protocols (an HTTP/2 connection, and the
+/// automatic one holding both) plus the TLS handshake, about 16 KB for every connection, idle or
+/// not (docs/performance.md, "Idle connections").
+fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     protocol: Protocol,
@@ -168,7 +174,8 @@ async fn serve_http<I>(
     shared: Arc<Shared>,
     builders: Arc<HttpBuilders>,
     drain: CancellationToken,
-) where
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
@@ -207,16 +214,17 @@ async fn serve_http<I>(
     match protocol {
         Protocol::Http1 => {
             let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            watch.drive(connection, |c| c.graceful_shutdown()).await;
+            Box::pin(watch.drive(connection, |c| c.graceful_shutdown()))
         }
         Protocol::Http2 => {
             let connection = builders.http2.serve_connection(io, service);
-            watch.drive(connection, |c| c.graceful_shutdown()).await;
+            Box::pin(watch.drive(connection, |c| c.graceful_shutdown()))
         }
-        Protocol::Sniffed => {
+        // The automatic connection borrows its builder: the box holds both.
+        Protocol::Sniffed => Box::pin(async move {
             let connection = builders.auto.serve_connection_with_upgrades(io, service);
             watch.drive(connection, |c| c.graceful_shutdown()).await;
-        }
+        }),
     }
 }
 
