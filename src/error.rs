@@ -153,6 +153,10 @@ pub enum GatewayError {
     /// sign-in, the page to return to while finishing one.
     #[error("Entra unreachable")]
     IdentityProviderUnavailable { return_path: Option<String> },
+    /// Redis (`[redis]`, `on_unavailable = "refuse"`) cannot be reached: a revocation made on
+    /// another gateway could be missed, so sessions and sign-ins fail closed.
+    #[error("shared session state (Redis) unreachable")]
+    SharedStateUnavailable,
 
     // The gateway's side.
     /// The route is closed by configuration (`access = "deny"`).
@@ -252,6 +256,7 @@ impl GatewayError {
             | GatewayError::SourceNotAllowed
             | GatewayError::FormsLogonRefused { .. }
             | GatewayError::PolicyDenied(_)
+            | GatewayError::SharedStateUnavailable
             | GatewayError::Internal(_) => Side::Gateway,
             GatewayError::NoHealthyServer
             | GatewayError::UpstreamConnect(_)
@@ -287,6 +292,7 @@ impl GatewayError {
             | GatewayError::FormsLogonRefused { .. }
             | GatewayError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::SsoRefused(refusal) => match refusal {
                 WsFedRefusal::SigningFailed => StatusCode::INTERNAL_SERVER_ERROR,
                 WsFedRefusal::RealmNotPublished
@@ -325,6 +331,7 @@ impl GatewayError {
             GatewayError::FormsLogonRefused { why, .. } => why.as_str(),
             GatewayError::PolicyDenied(why) => why.as_str(),
             GatewayError::Internal(_) => "internal",
+            GatewayError::SharedStateUnavailable => "shared_state_unavailable",
             GatewayError::SsoRefused(refusal) => refusal.as_str(),
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -419,6 +426,10 @@ impl GatewayError {
             GatewayError::PolicyDenied(DenialReason::NotInGroup) => Page::new(
                 "You do not have access to this page",
                 "You are signed in, but your account is not allowed to use this part of the site. If you need it, ask your administrator.",
+            ),
+            GatewayError::SharedStateUnavailable => Page::new(
+                "Sign-in is unavailable",
+                "The gateway cannot reach the session store it shares with the other gateways, so it cannot check whether your session was ended elsewhere. Try again in a few minutes.",
             ),
             GatewayError::Internal(_) => Page::new(
                 "Something went wrong",

@@ -134,23 +134,41 @@ impl Revocations {
 
     /// Ends one session (sign-out); the entry lives until the session would have expired.
     pub fn revoke_session(&self, session: &Session, now: u64) {
+        self.revoke_session_id(session.id, session.expires_at, now);
+    }
+
+    /// Ends the session with this id (signed out here or, through Redis, on another gateway)
+    /// until `until`, when it would have expired.
+    pub fn revoke_session_id(&self, id: SessionId, until: u64, now: u64) {
         let mut store = self.write();
         store.forget_expired(now);
-        if session.expires_at > now {
-            store.sessions.insert(session.id, (), session.expires_at);
+        if until > now {
+            store.sessions.insert(id, (), until);
         }
     }
 
     /// Ends every session of an Entra sign-in (front-channel logout) issued up to `now`;
     /// `lifetime` bounds how long such a session can live.
     pub fn revoke_sid(&self, sid: &str, now: u64, lifetime: u64) {
-        let until = now.saturating_add(lifetime);
+        self.revoke_sid_until(sid, now, now.saturating_add(lifetime), now);
+    }
+
+    /// Ends every session of an Entra sign-in issued up to `revoked_at`, remembered until
+    /// `until` (a front-channel logout here or, through Redis, on another gateway).
+    pub fn revoke_sid_until(&self, sid: &str, revoked_at: u64, until: u64, now: u64) {
+        if until <= now || sid.is_empty() || sid.len() > MAX_SID_LEN {
+            return;
+        }
         let mut store = self.write();
         store.forget_expired(now);
         let sid: Arc<str> = Arc::from(sid);
         if store.seen_sids.contains(&*sid) {
             store.unseen_sids.remove(&*sid);
-            store.sids.insert(sid, now, until);
+            let revoked_at = store
+                .sids
+                .get(&*sid)
+                .map_or(revoked_at, |at| (*at).max(revoked_at));
+            store.sids.insert(sid, revoked_at, until);
         } else {
             if !store.unseen_sids.contains(&*sid)
                 && store.unseen_sids.len() >= MAX_UNSEEN_SID_REVOCATIONS
@@ -164,7 +182,11 @@ impl Revocations {
                     );
                 }
             }
-            store.unseen_sids.insert(sid, now, until);
+            let revoked_at = store
+                .unseen_sids
+                .get(&*sid)
+                .map_or(revoked_at, |at| (*at).max(revoked_at));
+            store.unseen_sids.insert(sid, revoked_at, until);
         }
     }
 

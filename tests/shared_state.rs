@@ -1,0 +1,408 @@
+//! Several gateways sharing state through a real `redis-server` (`[redis]`): a sign-out or a
+//! front-channel logout on one gateway ends the session on every gateway within a second, a
+//! login state is single use across gateways, a gateway that starts later catches up, and
+//! Redis dying under load is handled as `on_unavailable` says — without a panic, and with
+//! recovery when Redis is back.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use mfa_gateway::demo::{ProviderEndpoint, TestProvider};
+use support::{
+    start_provider, wait_until, Browser, FakeExchange, RedisServer, SignInConfig, TestGateway,
+    SESSION_COOKIE,
+};
+
+/// How long a revocation may take to reach the other gateways (DESIGN.md section 5).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
+
+struct Farm {
+    provider: TestProvider,
+    _exchange: FakeExchange,
+    redis: RedisServer,
+    config: SignInConfig,
+    on_unavailable: &'static str,
+    gateways: Vec<TestGateway>,
+}
+
+impl Farm {
+    /// `count` gateways with the same session keys and the same `[redis]`.
+    async fn start(count: usize, on_unavailable: &'static str) -> Farm {
+        let provider = start_provider().await;
+        let exchange = FakeExchange::builder("ex01").start().await;
+        let redis = RedisServer::start(&[]).await;
+        let config = SignInConfig::new(&provider, &exchange);
+        let mut farm = Farm {
+            provider,
+            _exchange: exchange,
+            redis,
+            config,
+            on_unavailable,
+            gateways: Vec::new(),
+        };
+        for _ in 0..count {
+            farm.add_gateway().await;
+        }
+        farm
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "{}\n[redis]\nurls = [\"{}\"]\nkey_prefix = \"test:\"\non_unavailable = \"{}\"\n",
+            self.config.toml(),
+            self.redis.url(),
+            self.on_unavailable
+        )
+    }
+
+    async fn add_gateway(&mut self) -> usize {
+        let gateway = TestGateway::start(&self.toml()).await;
+        gateway.wait_ready().await;
+        self.gateways.push(gateway);
+        self.gateways.len() - 1
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.gateways[i].http.expect("plain HTTP listener")
+    }
+
+    fn browser(&self, i: usize) -> Browser {
+        Browser::new(self.addr(i))
+    }
+
+    /// A browser on gateway `i` carrying `cookie` as its session cookie.
+    fn with_session(&self, i: usize, cookie: &str) -> Browser {
+        let mut browser = self.browser(i);
+        browser.set_cookie(SESSION_COOKIE, cookie);
+        browser
+    }
+
+    /// Signs alice in on gateway `i` and returns her session cookie.
+    async fn signed_in(&self, i: usize, user: &str) -> String {
+        let mut browser = self.browser(i);
+        browser.sign_in_ok("/owa/", &self.provider, user).await;
+        browser
+            .cookie(SESSION_COOKIE)
+            .expect("a session cookie")
+            .to_owned()
+    }
+
+    /// What a script's request with `cookie` gets on gateway `i`.
+    async fn script_status(&self, i: usize, cookie: &str) -> StatusCode {
+        self.with_session(i, cookie)
+            .xhr("/owa/service.svc?action=GetFolder")
+            .await
+            .status
+    }
+
+    /// Polls every gateway in `others` until each refuses `cookie` (440, signed out), and
+    /// returns how long that took from `since`.
+    async fn until_refused_everywhere(
+        &self,
+        others: &[usize],
+        cookie: &str,
+        since: Instant,
+    ) -> Duration {
+        for &i in others {
+            let refused = wait_until(Duration::from_secs(5), || async {
+                self.script_status(i, cookie).await.as_u16() == 440
+            })
+            .await;
+            assert!(
+                refused,
+                "gateway {i} still serves the revoked session after 5 s"
+            );
+        }
+        since.elapsed()
+    }
+}
+
+fn report(what: &str, took: Duration) {
+    eprintln!("propagation: {what}: {took:?}");
+    assert!(
+        took < PROPAGATION_BOUND,
+        "{what}: the other gateways refused the session only after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn sign_out_on_one_gateway_ends_the_session_on_every_gateway_within_a_second() {
+    let farm = Farm::start(3, "refuse").await;
+    let cookie = farm.signed_in(0, "alice").await;
+    for i in 0..3 {
+        assert_eq!(
+            farm.script_status(i, &cookie).await,
+            StatusCode::OK,
+            "gateway {i}"
+        );
+    }
+
+    let mut alice = farm.with_session(0, &cookie);
+    let signed_out = alice
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    let since = Instant::now();
+    assert_eq!(
+        signed_out.status,
+        StatusCode::FOUND,
+        "{}",
+        signed_out.describe()
+    );
+    let took = farm
+        .until_refused_everywhere(&[0, 1, 2], &cookie, since)
+        .await;
+    report("sign-out on gateway 0 → gateways 1 and 2", took);
+
+    // A gateway that starts afterwards catches up before it serves anyone.
+    let mut farm = farm;
+    let late = farm.add_gateway().await;
+    assert_eq!(farm.script_status(late, &cookie).await.as_u16(), 440);
+    // Another user's session is not affected anywhere.
+    let bob = farm.signed_in(1, "bob").await;
+    for i in 0..4 {
+        assert_eq!(
+            farm.script_status(i, &bob).await,
+            StatusCode::OK,
+            "gateway {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn owa_sign_out_on_one_gateway_ends_the_session_on_the_others() {
+    let farm = Farm::start(2, "refuse").await;
+    let cookie = farm.signed_in(0, "alice").await;
+    assert_eq!(farm.script_status(1, &cookie).await, StatusCode::OK);
+    let mut alice = farm.with_session(1, &cookie);
+    let page = alice.navigate("/owa/logoff.owa").await;
+    let since = Instant::now();
+    assert!(page.status.is_redirection(), "{}", page.describe());
+    let took = farm.until_refused_everywhere(&[0], &cookie, since).await;
+    report("OWA sign-out on gateway 1 → gateway 0", took);
+}
+
+#[tokio::test]
+async fn front_channel_logout_on_one_gateway_ends_the_session_on_every_gateway() {
+    let farm = Farm::start(3, "refuse").await;
+    let cookie = farm.signed_in(1, "alice").await;
+    for i in 0..3 {
+        assert_eq!(
+            farm.script_status(i, &cookie).await,
+            StatusCode::OK,
+            "gateway {i}"
+        );
+    }
+    let sid = farm.provider.last_sid("alice").expect("alice's sid");
+    // Entra calls one URL, without cookies: it reaches gateway 2 only.
+    let mut entra_frame = farm.browser(2);
+    let reply = entra_frame
+        .navigate(&format!("/_gateway/frontchannel-logout?sid={sid}"))
+        .await;
+    let since = Instant::now();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    let took = farm
+        .until_refused_everywhere(&[0, 1, 2], &cookie, since)
+        .await;
+    report("front-channel logout on gateway 2 → gateways 0 and 1", took);
+}
+
+#[tokio::test]
+async fn login_state_replayed_on_another_gateway_is_refused_by_the_gateway() {
+    let farm = Farm::start(2, "refuse").await;
+    let mut browser = farm.browser(0);
+    let authorize = browser.start_sign_in("/owa/", &farm.provider).await;
+    let login_name = browser.login_cookies().pop().expect("a pending login");
+    let login_value = browser.cookie(&login_name).unwrap().to_owned();
+    let callback = browser.sign_in_at_provider(&authorize, "alice", true).await;
+    let first = browser.deliver(&callback).await;
+    assert_eq!(first.status, StatusCode::FOUND, "{}", first.describe());
+    let token_calls = farm.provider.calls_to(ProviderEndpoint::Token).len();
+
+    // The captured callback and pending-login cookie, sent to the other gateway.
+    let mut attacker = farm.browser(1);
+    attacker.set_cookie(&login_name, &login_value);
+    let replay = attacker.deliver(&callback).await;
+    assert_eq!(
+        replay.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        replay.describe()
+    );
+    assert!(replay.new_session_cookie().is_none());
+    assert_eq!(
+        farm.provider.calls_to(ProviderEndpoint::Token).len(),
+        token_calls,
+        "the gateway refused the replay itself: the code was not sent to Entra again"
+    );
+    // The callback URL names gateway 0's port (its redirect URI), so the refusal's audit event
+    // carries that Host even though gateway 1 answered it; gateway 0 itself saw only the
+    // first, successful callback.
+    let refusal = farm.gateways[0]
+        .audit_events()
+        .into_iter()
+        .rfind(|e| e.event() == "sign_in")
+        .expect("an audit event for the replay");
+    assert_eq!(
+        (refusal.outcome(), refusal.reason()),
+        ("refused", "state_replayed")
+    );
+}
+
+/// `refuse`: while Redis is down, sessions and sign-ins get a 503 page (never a panic, never a
+/// session served unchecked); when Redis is back the gateways recover by themselves.
+#[tokio::test]
+async fn redis_killed_under_load_refuses_sessions_until_it_is_back_then_recovers() {
+    let mut farm = Farm::start(2, "refuse").await;
+    let cookie = farm.signed_in(0, "alice").await;
+
+    // Load on both gateways while Redis dies (SIGKILL, mid-load).
+    let pid = farm.redis.pid();
+    let load = async {
+        let mut statuses = Vec::new();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            for i in 0..2 {
+                statuses.push(farm.script_status(i, &cookie).await);
+            }
+        }
+        statuses
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    let (statuses, ()) = tokio::join!(load, kill);
+    // Every request got an answer: served before, a 503 page after — nothing else.
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.first(), Some(&StatusCode::OK));
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    let first_refusal = statuses
+        .iter()
+        .position(|s| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .unwrap_or(0);
+    assert!(
+        statuses[first_refusal..]
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "once refused, sessions stay refused while Redis is down: {statuses:?}"
+    );
+    farm.redis.kill();
+    let page = farm.with_session(1, &cookie).navigate("/owa/").await;
+    assert_eq!(
+        page.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        page.describe()
+    );
+    assert!(page.body.contains("session store"), "{}", page.body);
+    let mut newcomer = farm.browser(0);
+    let sign_in = newcomer.navigate("/owa/").await;
+    assert_eq!(
+        sign_in.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        sign_in.describe()
+    );
+    assert!(farm.gateways[0]
+        .audit_events()
+        .iter()
+        .any(|e| e.reason() == "shared_state_unavailable"));
+
+    farm.redis.restart().await;
+    let back = Instant::now();
+    let recovered = wait_until(Duration::from_secs(10), || async {
+        farm.script_status(0, &cookie).await == StatusCode::OK
+            && farm.script_status(1, &cookie).await == StatusCode::OK
+    })
+    .await;
+    assert!(
+        recovered,
+        "the gateways did not recover after Redis came back"
+    );
+    eprintln!("recovery after Redis restart: {:?}", back.elapsed());
+    // And sign-out propagates again.
+    let mut alice = farm.with_session(1, &cookie);
+    alice
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    let since = Instant::now();
+    let took = farm.until_refused_everywhere(&[0], &cookie, since).await;
+    report("sign-out after Redis recovered", took);
+}
+
+/// `allow`: while Redis is down sessions are served from their cookies; a sign-out made
+/// meanwhile waits and reaches the other gateways when Redis is back.
+#[tokio::test]
+async fn with_allow_a_sign_out_made_while_redis_is_down_reaches_the_others_when_it_is_back() {
+    let mut farm = Farm::start(2, "allow").await;
+    let cookie = farm.signed_in(0, "alice").await;
+    farm.redis.kill();
+    // Served from the cookie on both gateways, and new sign-ins still work.
+    assert_eq!(farm.script_status(0, &cookie).await, StatusCode::OK);
+    assert_eq!(farm.script_status(1, &cookie).await, StatusCode::OK);
+    let carol = farm.signed_in(1, "carol").await;
+    assert_eq!(farm.script_status(0, &carol).await, StatusCode::OK);
+
+    let mut alice = farm.with_session(0, &cookie);
+    let signed_out = alice
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(
+        signed_out.status,
+        StatusCode::FOUND,
+        "{}",
+        signed_out.describe()
+    );
+    // Ended where it was signed out at once; elsewhere it cannot be known yet.
+    assert_eq!(farm.script_status(0, &cookie).await.as_u16(), 440);
+    assert_eq!(farm.script_status(1, &cookie).await, StatusCode::OK);
+
+    farm.redis.restart().await;
+    let since = Instant::now();
+    let took = farm.until_refused_everywhere(&[1], &cookie, since).await;
+    eprintln!("queued sign-out reached gateway 1 {took:?} after Redis restarted");
+    assert!(took < Duration::from_secs(5));
+}
