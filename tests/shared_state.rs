@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use mfa_gateway::demo::{ProviderEndpoint, TestProvider};
 use support::{
-    start_provider, wait_until, Browser, FakeExchange, RedisServer, SignInConfig, TestGateway,
-    SESSION_COOKIE,
+    start_provider, wait_until, Browser, FakeExchange, RedisServer, RedisTls, SignInConfig,
+    TestGateway, TestPki, SESSION_COOKIE,
 };
 
 /// How long a revocation may take to reach the other gateways (DESIGN.md section 5).
@@ -23,6 +23,8 @@ struct Farm {
     provider: TestProvider,
     _exchange: FakeExchange,
     redis: RedisServer,
+    redis_url: String,
+    redis_extra: String,
     config: SignInConfig,
     on_unavailable: &'static str,
     gateways: Vec<TestGateway>,
@@ -31,14 +33,28 @@ struct Farm {
 impl Farm {
     /// `count` gateways with the same session keys and the same `[redis]`.
     async fn start(count: usize, on_unavailable: &'static str) -> Farm {
+        let redis = RedisServer::start(&[]).await;
+        let url = redis.url();
+        Farm::start_on(redis, url, String::new(), count, on_unavailable).await
+    }
+
+    /// … on `redis`, reached as `url`, with `redis_extra` lines in `[redis]`.
+    async fn start_on(
+        redis: RedisServer,
+        url: String,
+        redis_extra: String,
+        count: usize,
+        on_unavailable: &'static str,
+    ) -> Farm {
         let provider = start_provider().await;
         let exchange = FakeExchange::builder("ex01").start().await;
-        let redis = RedisServer::start(&[]).await;
         let config = SignInConfig::new(&provider, &exchange);
         let mut farm = Farm {
             provider,
             _exchange: exchange,
             redis,
+            redis_url: url,
+            redis_extra,
             config,
             on_unavailable,
             gateways: Vec::new(),
@@ -51,10 +67,11 @@ impl Farm {
 
     fn toml(&self) -> String {
         format!(
-            "{}\n[redis]\nurls = [\"{}\"]\nkey_prefix = \"test:\"\non_unavailable = \"{}\"\n",
+            "{}\n[redis]\nurls = [\"{}\"]\nkey_prefix = \"test:\"\non_unavailable = \"{}\"\n{}\n",
             self.config.toml(),
-            self.redis.url(),
-            self.on_unavailable
+            self.redis_url,
+            self.on_unavailable,
+            self.redis_extra,
         )
     }
 
@@ -405,4 +422,61 @@ async fn with_allow_a_sign_out_made_while_redis_is_down_reaches_the_others_when_
     let took = farm.until_refused_everywhere(&[1], &cookie, since).await;
     eprintln!("queued sign-out reached gateway 1 {took:?} after Redis restarted");
     assert!(took < Duration::from_secs(5));
+}
+
+/// `rediss://` with the gateway's own CA bundle, and an ACL user that may touch only the
+/// `test:` keys and channels (the default user is off), its password read from a file.
+#[tokio::test]
+async fn over_tls_with_an_acl_user_sign_out_still_reaches_every_gateway() {
+    let pki = TestPki::new();
+    let issued = pki.issue(&["127.0.0.1"]);
+    let tls = RedisTls {
+        cert: issued.cert.clone(),
+        key: issued.key.clone(),
+        ca: pki.ca_path(),
+    };
+    let acl = pki.dir().join("users.acl");
+    std::fs::write(
+        &acl,
+        "user default off\nuser mfagw on >correct-horse ~test:* &test:* +@all\n",
+    )
+    .unwrap();
+    let redis = RedisServer::start_tls(&["--aclfile", acl.to_str().unwrap()], tls).await;
+    let password = redis.dir().join("redis-password");
+    std::fs::write(&password, "correct-horse\n").unwrap();
+    let url = format!("rediss://mfagw@127.0.0.1:{}", redis.addr().port());
+    let extra = format!(
+        "password = {{ file = \"{}\" }}\nca_file = \"{}\"\n",
+        password.display(),
+        pki.ca_path().display()
+    );
+    let farm = Farm::start_on(redis, url.clone(), extra, 2, "refuse").await;
+    let cookie = farm.signed_in(0, "alice").await;
+    assert_eq!(farm.script_status(1, &cookie).await, StatusCode::OK);
+    let mut alice = farm.with_session(0, &cookie);
+    alice
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    let since = Instant::now();
+    let took = farm.until_refused_everywhere(&[1], &cookie, since).await;
+    report("sign-out over TLS with an ACL user", took);
+
+    // A wrong password: the gateway never counts Redis as available, so with `refuse` it
+    // does not become ready.
+    std::fs::write(&password, "wrong\n").unwrap();
+    let wrong = TestGateway::start(&farm.toml()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !wrong.gateway().is_ready(),
+        "ready without Redis accepting its password"
+    );
 }

@@ -99,6 +99,9 @@ pub enum SignInError {
     KeyRing(KeyError),
     #[error(transparent)]
     BackChannel(#[from] BackChannelError),
+    /// `redis.ca_file` cannot be read or holds no certificate.
+    #[error("redis.ca_file: {path}: {problem}")]
+    RedisCaFile { path: String, problem: String },
 }
 
 pub struct SignIn {
@@ -163,6 +166,9 @@ impl SignIn {
         };
         let revocations = previous.map_or_else(Revocations::new, |p| p.revocations.clone());
         let used_states = previous.map_or_else(Default::default, |p| p.used_states.clone());
+        if let Some(ca_file) = config.redis.as_ref().and_then(|r| r.ca_file.as_ref()) {
+            check_ca_file(ca_file)?;
+        }
         let shared =
             config
                 .redis
@@ -349,6 +355,24 @@ impl SignIn {
             SameSite::Lax,
         ))
     }
+}
+
+/// `redis.ca_file` holds at least one PEM certificate (read again at each connection, so a
+/// renewed bundle needs no restart; checked here so `check-config` and the start report it).
+fn check_ca_file(path: &std::path::Path) -> Result<(), SignInError> {
+    use rustls_pki_types::pem::PemObject;
+    let problem = |problem: String| SignInError::RedisCaFile {
+        path: path.display().to_string(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(format!("not PEM certificates: {e}")))?;
+    if certificates.is_empty() {
+        return Err(problem("holds no certificate".to_owned()));
+    }
+    Ok(())
 }
 
 /// A `302 Found` to `location`, never cached.

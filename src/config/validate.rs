@@ -75,6 +75,13 @@ pub(super) fn check(
         .redis
         .as_ref()
         .map(|redis| checker.redis(redis, secrets));
+    if let (Some(section), None) = (&raw.redis, &raw.oidc) {
+        checker.warning(
+            "redis",
+            section,
+            "has no effect without [oidc]: Redis holds the state of sign-ins and sessions",
+        );
+    }
 
     let Checker {
         mut errors,

@@ -683,7 +683,10 @@ mod tests {
             "mfagw_redis_revocations_pending 2",
             "mfagw_redis_connection_failures_total 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
         }
     }
 

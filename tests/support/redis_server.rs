@@ -17,16 +17,36 @@ pub struct RedisServer {
     port: ReservedPort,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// TLS only (`--port 0 --tls-port …`): the PEM files of its certificate, key and CA.
+    tls: Option<RedisTls>,
+}
+
+/// The files `redis-server --tls-port` needs.
+#[derive(Clone)]
+pub struct RedisTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
 }
 
 impl RedisServer {
     /// Starts `redis-server` with `extra` arguments and waits until it answers PING.
     pub async fn start(extra: &[&str]) -> RedisServer {
+        RedisServer::start_with(extra, None).await
+    }
+
+    /// A server that speaks TLS only, with `tls`'s certificate (clients need no certificate).
+    pub async fn start_tls(extra: &[&str], tls: RedisTls) -> RedisServer {
+        RedisServer::start_with(extra, Some(tls)).await
+    }
+
+    async fn start_with(extra: &[&str], tls: Option<RedisTls>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: ReservedPort::new(),
             dir: tempfile::tempdir().expect("a temporary directory for redis-server"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
         server.launch().await;
         server
@@ -45,12 +65,26 @@ impl RedisServer {
     }
 
     async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.port().to_string())
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.port().to_string()),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.port().to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,8 +92,21 @@ impl RedisServer {
             .expect("redis-server (Debian package redis-server) must be installed");
         self.child = Some(child);
         let addr = self.addr();
-        let up = wait_until(Duration::from_secs(10), || async move { ping(addr).await }).await;
-        assert!(up, "redis-server did not answer on {addr}");
+        let tls = self.tls.is_some();
+        let up = wait_until(Duration::from_secs(10), || async move {
+            if tls {
+                // Listening is enough: the gateway's own TLS handshake is what is tested.
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            } else {
+                ping(addr).await
+            }
+        })
+        .await;
+        if !up {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+            panic!("redis-server did not answer on {addr}:\n{log}");
+        }
     }
 
     /// The running server's process id.
