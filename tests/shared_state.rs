@@ -66,12 +66,14 @@ impl Farm {
     }
 
     fn toml(&self) -> String {
+        let base = self.config.toml().replacen(
+            "http_listen = \"127.0.0.1:0\"",
+            "http_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+            1,
+        );
         format!(
             "{}\n[redis]\nurls = [\"{}\"]\nkey_prefix = \"test:\"\non_unavailable = \"{}\"\n{}\n",
-            self.config.toml(),
-            self.redis_url,
-            self.on_unavailable,
-            self.redis_extra,
+            base, self.redis_url, self.on_unavailable, self.redis_extra,
         )
     }
 
@@ -135,6 +137,29 @@ impl Farm {
         }
         since.elapsed()
     }
+}
+
+/// `/readyz` (status and JSON) and `/metrics` of gateway `i`'s admin listener.
+async fn admin(farm: &Farm, i: usize) -> (StatusCode, serde_json::Value, String) {
+    let addr = farm.gateways[i].admin.expect("admin listener");
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .expect("/readyz answers");
+    let status = ready.status();
+    let body = ready.text().await.expect("/readyz body");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("/readyz is JSON");
+    let metrics = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .unwrap();
+    (status, json, metrics)
 }
 
 fn report(what: &str, took: Duration) {
@@ -349,6 +374,21 @@ async fn redis_killed_under_load_refuses_sessions_until_it_is_back_then_recovers
         .audit_events()
         .iter()
         .any(|e| e.reason() == "shared_state_unavailable"));
+    // The operator sees it: /readyz and /metrics report Redis down. The gateway stays ready, so
+    // users get its 503 page rather than the load balancer's.
+    let (status, ready, metrics) = admin(&farm, 0).await;
+    assert_eq!(status.as_u16(), 200, "{ready}");
+    assert_eq!(ready["sign_in"]["redis"]["available"], false, "{ready}");
+    assert!(
+        metrics.lines().any(|l| l == "mfagw_redis_available 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mfagw_redis_connection_failures_total 1"),
+        "{metrics}"
+    );
 
     farm.redis.restart().await;
     let back = Instant::now();
@@ -362,6 +402,12 @@ async fn redis_killed_under_load_refuses_sessions_until_it_is_back_then_recovers
         "the gateways did not recover after Redis came back"
     );
     eprintln!("recovery after Redis restart: {:?}", back.elapsed());
+    let (_, ready, metrics) = admin(&farm, 1).await;
+    assert_eq!(ready["sign_in"]["redis"]["available"], true, "{ready}");
+    assert!(
+        metrics.lines().any(|l| l == "mfagw_redis_available 1"),
+        "{metrics}"
+    );
     // And sign-out propagates again.
     let mut alice = farm.with_session(1, &cookie);
     alice

@@ -400,7 +400,12 @@ impl SharedStore {
                         retry = FIRST_RETRY;
                         logged_failure = false;
                         tokio::select! {
-                            why = store.serve(pubsub) => store.lost(&why),
+                            why = store.serve(pubsub) => {
+                                store.lost(&why);
+                                // Logged and counted once per outage, not again for each
+                                // reconnection attempt that fails.
+                                logged_failure = true;
+                            }
                             _ = stop.changed() => {
                                 store.connection.store(None);
                                 return;
