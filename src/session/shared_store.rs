@@ -398,7 +398,6 @@ impl SharedStore {
                 match store.connect_and_catch_up().await {
                     Ok(pubsub) => {
                         retry = FIRST_RETRY;
-                        logged_failure = false;
                         tokio::select! {
                             why = store.serve(pubsub) => {
                                 store.lost(&why);
