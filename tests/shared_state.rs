@@ -526,3 +526,99 @@ async fn over_tls_with_an_acl_user_sign_out_still_reaches_every_gateway() {
         "ready without Redis accepting its password"
     );
 }
+
+/// `mode = "sentinel"`: the gateways ask a Sentinel for the master. The master dies, the
+/// Sentinel promotes its replica, and the gateways follow: a sign-out made before the failover
+/// is still known (replicated), and sign-outs after it propagate again.
+#[tokio::test]
+async fn with_sentinel_the_gateways_follow_a_failover_and_keep_the_revocations() {
+    let master = RedisServer::start(&["--repl-diskless-sync-delay", "0"]).await;
+    let master_port = master.addr().port().to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]).await;
+    let synced = wait_until(Duration::from_secs(10), || async {
+        replica
+            .command("INFO replication")
+            .await
+            .contains("master_link_status:up")
+    })
+    .await;
+    assert!(synced, "the replica never synchronised with the master");
+    let sentinel = RedisServer::start_sentinel(master.addr()).await;
+    let url = format!("redis://{}", sentinel.addr());
+    let extra = "mode = \"sentinel\"\nsentinel_master = \"mymaster\"\n".to_owned();
+    let mut farm = Farm::start_on(master, url, extra, 2, "refuse").await;
+
+    let alice = farm.signed_in(0, "alice").await;
+    let mut browser = farm.with_session(0, &alice);
+    browser
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    let since = Instant::now();
+    let took = farm.until_refused_everywhere(&[1], &alice, since).await;
+    report("sign-out through Sentinel's master", took);
+    // The gateway waited for the replica to acknowledge the write (WAIT) before the master
+    // goes: the revocation survives the failover.
+
+    farm.redis.kill();
+    let killed = Instant::now();
+    let bob = loop {
+        // Until the Sentinel has promoted the replica and the gateways have followed, sign-in
+        // gets the 503 page (refuse); then it works.
+        let mut browser = farm.browser(1);
+        let page = browser.navigate("/owa/").await;
+        if page.status == StatusCode::FOUND {
+            break farm.signed_in(1, "bob").await;
+        }
+        assert_eq!(
+            page.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            page.describe()
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the gateways did not follow the failover within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "sign-in back {:?} after the master was killed",
+        killed.elapsed()
+    );
+    // Both gateways on the new master: a sign-out on one reaches the other.
+    let recovered = wait_until(Duration::from_secs(10), || async {
+        farm.script_status(0, &bob).await == StatusCode::OK
+    })
+    .await;
+    assert!(recovered, "gateway 0 did not follow the failover");
+    let mut browser = farm.with_session(1, &bob);
+    browser
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    let since = Instant::now();
+    let took = farm.until_refused_everywhere(&[0], &bob, since).await;
+    report("sign-out after a Sentinel failover", took);
+    // A gateway started now reads alice's sign-out, made before the failover, from the new
+    // master.
+    let late = farm.add_gateway().await;
+    assert_eq!(farm.script_status(late, &alice).await.as_u16(), 440);
+    drop((replica, sentinel));
+}

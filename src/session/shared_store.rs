@@ -42,6 +42,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// With Sentinel, how long a revocation's write waits for a replica to acknowledge it.
+const REPLICA_WAIT_MS: u64 = 250;
 /// Revocations kept for writing while Redis is unreachable; beyond that the oldest are dropped
 /// (they still hold on this gateway).
 const MAX_PENDING: usize = 10_000;
@@ -269,6 +271,11 @@ impl SharedStore {
             .arg(self.channel())
             .arg(revocation.message())
             .ignore();
+        if self.config.mode == RedisMode::Sentinel {
+            // Replication is asynchronous: a failover right after the write could promote a
+            // replica without it. Wait (briefly) for one replica to have it.
+            pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS).ignore();
+        }
         self.run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
             .await?;
         self.published.fetch_add(1, Ordering::Relaxed);

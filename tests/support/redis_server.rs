@@ -19,6 +19,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// TLS only (`--port 0 --tls-port …`): the PEM files of its certificate, key and CA.
     tls: Option<RedisTls>,
+    /// A Sentinel watching the master on this port as `mymaster`.
+    sentinel_of: Option<u16>,
 }
 
 /// The files `redis-server --tls-port` needs.
@@ -40,6 +42,21 @@ impl RedisServer {
         RedisServer::start_with(extra, Some(tls)).await
     }
 
+    /// A Sentinel watching the master at `master` as `mymaster` (quorum 1, down after one
+    /// second).
+    pub async fn start_sentinel(master: SocketAddr) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: ReservedPort::new(),
+            dir: tempfile::tempdir().expect("a temporary directory for redis-server"),
+            extra: Vec::new(),
+            tls: None,
+            sentinel_of: Some(master.port()),
+        };
+        server.launch().await;
+        server
+    }
+
     async fn start_with(extra: &[&str], tls: Option<RedisTls>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
@@ -47,6 +64,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("a temporary directory for redis-server"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tls,
+            sentinel_of: None,
         };
         server.launch().await;
         server
@@ -66,6 +84,18 @@ impl RedisServer {
 
     async fn launch(&mut self) {
         let mut command = Command::new("redis-server");
+        if let Some(master) = self.sentinel_of {
+            // Sentinel rewrites its configuration file: one of its own, in its directory.
+            let conf = self.dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor mymaster 127.0.0.1 {master} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n"
+                ),
+            )
+            .expect("sentinel.conf");
+            command.arg(&conf).arg("--sentinel");
+        }
         match &self.tls {
             None => command.arg("--port").arg(self.port.port().to_string()),
             Some(tls) => command
@@ -80,7 +110,12 @@ impl RedisServer {
                 .args(["--tls-auth-clients", "no"]),
         };
         let child = command
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"])
+            .args(if self.sentinel_of.is_some() {
+                &[][..]
+            } else {
+                &["--save", "", "--appendonly", "no"][..]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -107,6 +142,25 @@ impl RedisServer {
                 std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
             panic!("redis-server did not answer on {addr}:\n{log}");
         }
+    }
+
+    /// Sends one inline command (plain TCP, no password) and returns what the server answered
+    /// in its first reply packet, e.g. `INFO replication`.
+    pub async fn command(&self, line: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(self.addr())
+            .await
+            .expect("connect to redis-server");
+        stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .expect("send to redis-server");
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
     /// The running server's process id.
