@@ -622,3 +622,82 @@ async fn with_sentinel_the_gateways_follow_a_failover_and_keep_the_revocations()
     assert_eq!(farm.script_status(late, &alice).await.as_u16(), 440);
     drop((replica, sentinel));
 }
+
+/// A reload that keeps `[redis]` keeps its connection and revocations; one that changes it
+/// (another `key_prefix`) connects anew and catches up under the new prefix.
+#[tokio::test]
+async fn a_reload_keeps_or_replaces_the_redis_connection_as_the_configuration_says() {
+    let farm = Farm::start(2, "refuse").await;
+    let alice = farm.signed_in(0, "alice").await;
+    let reload = |farm: &Farm, i: usize| {
+        let parsed = mfa_gateway::config::Config::from_toml(
+            &farm.toml(),
+            &mfa_gateway::config::SystemSecrets,
+        )
+        .unwrap();
+        farm.gateways[i].gateway().reload(parsed).unwrap();
+    };
+    // Same configuration: nothing changes, sign-out still propagates both ways.
+    reload(&farm, 0);
+    let mut browser = farm.with_session(1, &alice);
+    browser
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    let took = farm
+        .until_refused_everywhere(&[0], &alice, Instant::now())
+        .await;
+    report("sign-out reaching a reloaded gateway", took);
+
+    // Another prefix on both: a new connection under the new prefix, the old one retired.
+    let text = farm
+        .toml()
+        .replace("key_prefix = \"test:\"", "key_prefix = \"other:\"");
+    for i in 0..2 {
+        let parsed =
+            mfa_gateway::config::Config::from_toml(&text, &mfa_gateway::config::SystemSecrets)
+                .unwrap();
+        farm.gateways[i].gateway().reload(parsed).unwrap();
+    }
+    // The new connection is made in the background: until it has caught up, `refuse` answers
+    // 503 — briefly.
+    let caught_up = wait_until(Duration::from_secs(5), || async {
+        farm.script_status(0, &alice).await != StatusCode::SERVICE_UNAVAILABLE
+            && farm.script_status(1, &alice).await != StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(
+        caught_up,
+        "the new Redis connection was not made after the reload"
+    );
+    // Revocations made before stay in memory across the reload.
+    assert_eq!(farm.script_status(0, &alice).await.as_u16(), 440);
+    let bob = farm.signed_in(0, "bob").await;
+    let mut browser = farm.with_session(0, &bob);
+    browser
+        .request(
+            Method::GET,
+            "/_gateway/logout",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            None,
+            false,
+        )
+        .await;
+    let took = farm
+        .until_refused_everywhere(&[1], &bob, Instant::now())
+        .await;
+    report("sign-out after both gateways changed key_prefix", took);
+    let keys = farm.redis.command("KEYS other:revoked:*").await;
+    assert!(keys.contains("other:revoked:s:"), "{keys}");
+}
