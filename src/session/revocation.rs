@@ -324,6 +324,32 @@ mod tests {
     }
 
     #[test]
+    fn revocations_from_other_gateways_apply_and_an_older_one_never_narrows_a_newer() {
+        for seen in [false, true] {
+            let revocations = Revocations::new();
+            let early = session(1, "sid-a", 1000);
+            let later = session(2, "sid-a", 1150);
+            if seen {
+                revocations.note_session(&early, 1000);
+            }
+            // A logout at 1200 arrives, then (catch-up, reordered) one at 1100 for the same sid.
+            revocations.revoke_sid_until("sid-a", 1200, 1200 + HOUR, 1210);
+            revocations.revoke_sid_until("sid-a", 1100, 1100 + HOUR, 1210);
+            assert!(revocations.is_revoked(&early), "seen: {seen}");
+            assert!(revocations.is_revoked(&later), "seen: {seen}");
+        }
+        // A signed-out session named by id only, as Redis carries it.
+        let revocations = Revocations::new();
+        let alice = session(3, "sid-c", 1000);
+        revocations.revoke_session_id(alice.id, alice.expires_at, 1100);
+        assert!(revocations.is_revoked(&alice));
+        // Already expired: nothing to remember.
+        let bob = session(4, "sid-d", 1000);
+        revocations.revoke_session_id(bob.id, 1050, 1100);
+        assert!(!revocations.is_revoked(&bob));
+    }
+
+    #[test]
     fn a_session_and_its_sign_in_can_both_be_revoked() {
         let revocations = Revocations::new();
         let alice = session(1, "sid-a", 1000);
