@@ -154,6 +154,10 @@ pub enum GatewayError {
     /// sign-in, the page to return to while finishing one.
     #[error("Entra unreachable")]
     IdentityProviderUnavailable { return_path: Option<String> },
+    /// Redis (`[redis]`, `on_unavailable = "refuse"`) cannot be reached: a revocation made on
+    /// another gateway could be missed, so sessions and sign-ins fail closed.
+    #[error("shared session state (Redis) unreachable")]
+    SharedStateUnavailable,
 
     // The gateway's side.
     /// The route is closed by configuration (`access = "deny"`).
@@ -258,6 +262,7 @@ impl GatewayError {
             | GatewayError::SourceNotAllowed
             | GatewayError::FormsLogonRefused { .. }
             | GatewayError::PolicyDenied(_)
+            | GatewayError::SharedStateUnavailable
             | GatewayError::Internal(_) => Side::Gateway,
             GatewayError::Kerberos(error) => match error.reason {
                 KerberosReason::MutualAuthFailed | KerberosReason::TicketRefused => Side::Upstream,
@@ -308,6 +313,7 @@ impl GatewayError {
                 }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            GatewayError::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::SsoRefused(refusal) => match refusal {
                 WsFedRefusal::SigningFailed => StatusCode::INTERNAL_SERVER_ERROR,
                 WsFedRefusal::RealmNotPublished
@@ -347,6 +353,7 @@ impl GatewayError {
             GatewayError::PolicyDenied(why) => why.as_str(),
             GatewayError::Internal(_) => "internal",
             GatewayError::Kerberos(error) => error.reason.as_str(),
+            GatewayError::SharedStateUnavailable => "shared_state_unavailable",
             GatewayError::SsoRefused(refusal) => refusal.as_str(),
             GatewayError::NoHealthyServer => "no_healthy_server",
             GatewayError::UpstreamConnect(_) => "upstream_connect",
@@ -441,6 +448,10 @@ impl GatewayError {
             GatewayError::PolicyDenied(DenialReason::NotInGroup) => Page::new(
                 "You do not have access to this page",
                 "You are signed in, but your account is not allowed to use this part of the site. If you need it, ask your administrator.",
+            ),
+            GatewayError::SharedStateUnavailable => Page::new(
+                "Sign-in is unavailable",
+                "The gateway cannot reach the session store it shares with the other gateways, so it cannot check whether your session was ended elsewhere. Try again in a few minutes.",
             ),
             GatewayError::Internal(_) => Page::new(
                 "Something went wrong",

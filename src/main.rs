@@ -245,6 +245,9 @@ fn check_config(path: &Path) -> ExitCode {
         }
     };
     println!("{}: configuration is valid", path.display());
+    if let Some(redis) = &snapshot.config.redis {
+        println!("{}", describe_redis(redis));
+    }
     // What Exchange's Set-OrganizationConfig -AdfsSignCertificateThumbprints needs.
     if let Some(adfs) = &snapshot.adfs {
         for (i, thumbprint) in adfs.thumbprints().iter().enumerate() {
@@ -265,6 +268,40 @@ fn check_config(path: &Path) -> ExitCode {
         println!("{line}");
     }
     ExitCode::SUCCESS
+}
+
+/// What `[redis]` will connect to, for `check-config` (which does not connect).
+fn describe_redis(redis: &mfa_gateway::config::RedisConfig) -> String {
+    use mfa_gateway::config::{OnUnavailable, RedisMode};
+    let servers: Vec<String> = redis
+        .urls
+        .iter()
+        .map(|u| {
+            let scheme = if u.tls { "rediss" } else { "redis" };
+            let user = u
+                .username
+                .as_deref()
+                .map(|n| format!("{n}@"))
+                .unwrap_or_default();
+            format!("{scheme}://{user}{}:{}", u.host, u.port)
+        })
+        .collect();
+    let mode = match (redis.mode, &redis.sentinel_master) {
+        (RedisMode::Sentinel, Some(master)) => format!("sentinel (master {master:?})"),
+        (RedisMode::Sentinel, None) => "sentinel".to_owned(),
+        (RedisMode::Standalone, _) => "standalone".to_owned(),
+        (RedisMode::Cluster, _) => "cluster".to_owned(),
+    };
+    let on_unavailable = match redis.on_unavailable {
+        OnUnavailable::Refuse => "refuse",
+        OnUnavailable::Allow => "allow",
+    };
+    format!(
+        "redis: {mode} {}, password {}, key prefix {:?}, on_unavailable = {on_unavailable} (not contacted by check-config)",
+        servers.join(", "),
+        if redis.password.is_some() { "set" } else { "none" },
+        redis.key_prefix,
+    )
 }
 
 /// `sso.kerberos keytab FILE: principal, key version N (enctypes)`, for `check-config`.

@@ -593,3 +593,94 @@ async fn run_configures_kerberos_from_sso_kerberos_in_its_own_krb5_conf_and_remo
     assert!(status.success(), "{status}; log:\n{}", process.log());
     assert!(!written.exists(), "{} is left behind", written.display());
 }
+
+fn redis_configuration_text(redis: &str) -> String {
+    format!(
+        r#"
+[server]
+http_listen = "127.0.0.1:8080"
+
+[oidc]
+issuer = "https://sts.windows.net/3f2a9b1c-5d4e-4f60-8a7b-1c2d3e4f5a6b/"
+client_id = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+client_secret = {{ value = "client-secret" }}
+
+[session]
+keys = [{{ value = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=" }}]
+
+[upstreams.exchange]
+servers = ["http://127.0.0.1:8081"]
+
+[[routes]]
+host = "mail.contoso.com"
+path = "/owa"
+upstream = "exchange"
+access = "mfa"
+
+[redis]
+{redis}
+"#
+    )
+}
+
+#[test]
+fn check_config_describes_redis_without_its_password_and_refuses_bad_redis_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = write(dir.path(), "redis-password", "hunter2-redis\n");
+    let ca = write(dir.path(), "ca.pem", "not a certificate\n");
+    let good = write(
+        dir.path(),
+        "good.toml",
+        &redis_configuration_text(&format!(
+            "urls = [\"rediss://mfagw@redis01.corp.contoso.com:6380\"]\npassword = {{ file = {} }}\n",
+            quoted(&password)
+        )),
+    );
+    let (code, stdout, stderr) = check_config(&good);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = lines(&stdout)
+        .into_iter()
+        .find(|l| l.starts_with("redis:"))
+        .unwrap_or_else(|| panic!("no redis line:\n{stdout}"))
+        .to_owned();
+    assert!(
+        line.contains("standalone rediss://mfagw@redis01.corp.contoso.com:6380"),
+        "{line}"
+    );
+    assert!(line.contains("on_unavailable = refuse"), "{line}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &redis_configuration_text(
+            "urls = [\"redis://a\", \"redis://b\"]\nmode = \"sentinel\"\non_unavailable = \"sometimes\"\n",
+        ),
+    );
+    let (code, stdout, _) = check_config(&bad);
+    assert_ne!(code, Some(0), "{stdout}");
+    for key in ["redis.sentinel_master", "redis.on_unavailable"] {
+        assert!(
+            lines(&stdout).iter().any(|l| l.starts_with(key)),
+            "{key} not reported:\n{stdout}"
+        );
+    }
+
+    // A CA bundle that holds no certificate is found before the gateway runs with it.
+    let bad_ca = write(
+        dir.path(),
+        "bad-ca.toml",
+        &redis_configuration_text(&format!(
+            "urls = [\"rediss://redis01.corp.contoso.com:6380\"]\nca_file = {}\n",
+            quoted(&ca)
+        )),
+    );
+    let (code, stdout, _) = check_config(&bad_ca);
+    assert_ne!(code, Some(0), "{stdout}");
+    assert!(
+        lines(&stdout)
+            .iter()
+            .any(|l| l.starts_with("redis.ca_file")),
+        "{stdout}"
+    );
+}

@@ -395,6 +395,72 @@ async fn callback_while_entra_is_unreachable_gets_a_503_page_and_sign_in_resumes
     assert_reached_exchange(&bob.navigate("/owa/").await, "ex01", "/owa/");
 }
 
+/// After an outage the first sign-in attempt re-checks Entra itself (the background check
+/// runs every 30 s and backs off up to a minute): sign-in is back the moment Entra is.
+#[tokio::test]
+async fn first_sign_in_after_entra_comes_back_goes_through_without_waiting_for_the_background_check(
+) {
+    let w = world(|_| {}).await;
+    let mut bob = w.browser();
+    let authorize = bob.start_sign_in("/owa/", &w.provider).await;
+    let callback = bob.sign_in_at_provider(&authorize, "bob", true).await;
+    w.provider.set_available(false);
+    // The code exchange meets Entra down: the gateway marks it unreachable.
+    let reply = bob.deliver(&callback).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.describe()
+    );
+
+    // While Entra is down, sign-in attempts get the 503 page; a crowd of them asks Entra at
+    // most once per re-check interval (single-flight, rate-limited), not once each.
+    let discovery_before = w.provider.calls_to(ProviderEndpoint::Discovery).len();
+    let attempts = (0..10).map(|_| async {
+        let mut browser = w.browser();
+        browser.navigate("/owa/").await
+    });
+    for page in futures_util::future::join_all(attempts).await {
+        assert_eq!(
+            page.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            page.describe()
+        );
+        assert!(page.location().is_none(), "{}", page.describe());
+    }
+    let asked = w.provider.calls_to(ProviderEndpoint::Discovery).len() - discovery_before;
+    // One re-check by the attempts, perhaps one by the background task woken by the failed
+    // code exchange.
+    assert!(asked <= 2, "ten sign-in attempts asked Entra {asked} times");
+
+    // Entra answers again; past the re-check interval, the very next attempt goes through.
+    tokio::time::sleep(
+        mfa_gateway::auth::provider::RECHECK_MIN_INTERVAL + Duration::from_millis(200),
+    )
+    .await;
+    w.provider.set_available(true);
+    let back = std::time::Instant::now();
+    let mut carol = w.browser();
+    let page = carol.navigate("/owa/").await;
+    assert_eq!(page.status, StatusCode::FOUND, "{}", page.describe());
+    assert!(
+        page.location()
+            .is_some_and(|l| l.starts_with(&w.provider.authorization_endpoint())),
+        "{}",
+        page.describe()
+    );
+    let mut carol = w.browser();
+    carol.sign_in_ok("/owa/", &w.provider, "carol").await;
+    assert_reached_exchange(&carol.navigate("/owa/").await, "ex01", "/owa/");
+    assert!(
+        back.elapsed() < Duration::from_secs(10),
+        "sign-in took {:?} after Entra was back",
+        back.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn gateway_started_while_entra_is_down_is_not_ready_until_entra_answers() {
     let provider = start_provider().await;

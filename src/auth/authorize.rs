@@ -25,6 +25,7 @@ impl SignIn {
         step_up: &StepUp,
         ctx: &RequestContext<'_>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        self.refuse_without_shared_state(headers, "sign_in", ctx)?;
         let Some(state) = self
             .provider
             .state()

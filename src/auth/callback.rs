@@ -12,10 +12,28 @@ use serde::Deserialize;
 use super::id_token::{self, Expectations, Refusal};
 use super::{redirect, RequestContext, SignIn, MAX_PENDING_LOGINS};
 use crate::body::ResponseBody;
+use crate::config::OnUnavailable;
 use crate::error::{GatewayError, StateProblem};
 use crate::session::{
-    clear_cookie_header, cookies, EntraId, Guid, MfaEvidence, Session, SessionSeal,
+    clear_cookie_header, cookies, EntraId, Guid, MfaEvidence, Session, SessionSeal, SharedStore,
 };
+use std::sync::Arc;
+
+/// A login state claimed in Redis for one code exchange: released unless Entra accepted the
+/// code, so made-up codes leave nothing behind there either.
+struct SharedClaim<'a> {
+    store: Arc<SharedStore>,
+    state: &'a str,
+    kept: bool,
+}
+
+impl Drop for SharedClaim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.store.release_state(self.state);
+        }
+    }
+}
 
 /// The token endpoint's answer (RFC 6749 section 5.1 and 5.2): the parts the gateway reads.
 /// The access and refresh tokens Entra also returns are never read or kept.
@@ -93,6 +111,26 @@ impl SignIn {
             .used_states
             .reserve(state, now)
             .ok_or_else(|| state_problem(StateProblem::Replayed, &login.return_path))?;
+        // With `[redis]`, the state is single use across every gateway: a login cookie and
+        // callback replayed on another gateway find it claimed.
+        let shared_claim = match &self.shared {
+            None => None,
+            Some(shared) => match shared.claim_state(state, self.oidc.login_timeout).await {
+                Ok(true) => Some(SharedClaim {
+                    store: shared.clone(),
+                    state,
+                    kept: false,
+                }),
+                Ok(false) => return Err(state_problem(StateProblem::Replayed, &login.return_path)),
+                Err(_) if shared.config().on_unavailable == OnUnavailable::Refuse => {
+                    return Err(GatewayError::SharedStateUnavailable.into());
+                }
+                Err(_) => {
+                    tracing::warn!("Redis unreachable: this login state's single use is checked on this gateway only (redis.on_unavailable = \"allow\")");
+                    None
+                }
+            },
+        };
         if let Some(error) = params.get("error") {
             let description = params
                 .get("error_description")
@@ -164,6 +202,9 @@ impl SignIn {
             .into());
         }
         reservation.keep(now.saturating_add(self.oidc.login_timeout.as_secs()));
+        if let Some(mut claim) = shared_claim {
+            claim.kept = true;
+        }
         let id_token = token
             .id_token
             .as_deref()

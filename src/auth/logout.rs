@@ -10,7 +10,7 @@ use super::{redirect, RequestContext, SignIn, DEFAULT_RETURN};
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::pages::Page;
-use crate::session::{find_cookie, Session};
+use crate::session::{find_cookie, Session, SharedRevocation};
 
 impl SignIn {
     /// The session in the request when it is live (opens, not expired, not revoked), whatever
@@ -41,6 +41,12 @@ impl SignIn {
     ) -> Response<ResponseBody> {
         if let Some(session) = session {
             self.revocations.revoke_session(session, self.clock.now());
+            if let Some(shared) = &self.shared {
+                shared.publish(SharedRevocation::Session {
+                    id: session.id,
+                    until: session.expires_at,
+                });
+            }
             crate::observe::audit::signed_out(
                 how,
                 &session.oid.to_string(),
@@ -88,8 +94,16 @@ impl SignIn {
                 "front-channel logout without a sid",
             ));
         };
+        let now = self.clock.now();
         self.revocations
-            .revoke_sid(&sid, self.clock.now(), self.session.lifetime.as_secs());
+            .revoke_sid(&sid, now, self.session.lifetime.as_secs());
+        if let Some(shared) = &self.shared {
+            shared.publish(SharedRevocation::Sid {
+                until: now.saturating_add(self.session.lifetime.as_secs()),
+                sid: sid.clone(),
+                revoked_at: now,
+            });
+        }
         let session = self.session_of(headers);
         crate::observe::audit::front_channel_logout(
             session.as_ref().map(|s| s.oid.to_string()).as_deref(),

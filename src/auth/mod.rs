@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::config::{Config, MfaConfig, OidcConfig, SessionConfig};
 use crate::session::{
     find_cookie, set_cookie_header, Guid, KeyError, OpenedSessions, RevocationCounts, Revocations,
-    SameSite, Session, SessionKey, SessionSeal, UsedStates,
+    SameSite, Session, SessionKey, SessionSeal, SharedStore, SharedStoreStatus, UsedStates,
 };
 use backchannel::{BackChannel, BackChannelError};
 use client_auth::{ClientAuthError, ClientAuthenticator};
@@ -99,6 +99,9 @@ pub enum SignInError {
     KeyRing(KeyError),
     #[error(transparent)]
     BackChannel(#[from] BackChannelError),
+    /// `redis.ca_file` cannot be read or holds no certificate.
+    #[error("redis.ca_file: {path}: {problem}")]
+    RedisCaFile { path: String, problem: String },
 }
 
 pub struct SignIn {
@@ -117,6 +120,9 @@ pub struct SignIn {
     used_states: Arc<UsedStates>,
     /// Sessions ended by sign-out or front-channel logout; kept across reloads.
     revocations: Arc<Revocations>,
+    /// With `[redis]`: revocations and used states shared with the other gateways; kept
+    /// across reloads that do not change `[redis]`.
+    shared: Option<Arc<SharedStore>>,
     /// What recent session cookies opened to (with these keys): not opened again per request.
     opened: OpenedSessions,
     rng: SystemRandom,
@@ -160,6 +166,17 @@ impl SignIn {
         };
         let revocations = previous.map_or_else(Revocations::new, |p| p.revocations.clone());
         let used_states = previous.map_or_else(Default::default, |p| p.used_states.clone());
+        if let Some(ca_file) = config.redis.as_ref().and_then(|r| r.ca_file.as_ref()) {
+            check_ca_file(ca_file)?;
+        }
+        let shared =
+            config
+                .redis
+                .as_ref()
+                .map(|redis| match previous.and_then(|p| p.shared.as_ref()) {
+                    Some(kept) if kept.config() == redis => kept.clone(),
+                    _ => SharedStore::new(redis.clone(), revocations.clone(), clock.clone()),
+                });
         let mut named_groups: Vec<Guid> = config
             .routes
             .iter()
@@ -188,6 +205,7 @@ impl SignIn {
             clock,
             used_states,
             revocations,
+            shared,
             opened: OpenedSessions::default(),
             rng: SystemRandom::new(),
         })))
@@ -208,9 +226,45 @@ impl SignIn {
     }
 
     /// Ready when the provider's metadata and keys are loaded: before that no sign-in can
-    /// complete.
+    /// complete. With `[redis]` and `on_unavailable = "refuse"`, also not before the first
+    /// catch-up of the shared revocations.
     pub fn is_ready(&self) -> bool {
-        self.provider.is_ready()
+        self.provider.is_ready() && self.shared.as_ref().is_none_or(|s| s.ready())
+    }
+
+    /// Starts the background work: the provider's refresh and, with `[redis]`, the shared
+    /// store's connection (once, however many reloads keep it).
+    pub fn spawn_background(&self, stop: &tokio::sync::watch::Sender<bool>) {
+        self.provider.spawn_refresh(stop.subscribe());
+        self.spawn_shared(stop);
+    }
+
+    /// Starts the shared store's connection, unless it is running already.
+    pub fn spawn_shared(&self, stop: &tokio::sync::watch::Sender<bool>) {
+        if let Some(shared) = &self.shared {
+            shared.spawn(stop.subscribe());
+        }
+    }
+
+    /// Redis's state, with `[redis]` (for `/readyz` and the metrics).
+    pub fn shared_status(&self) -> Option<SharedStoreStatus> {
+        self.shared.as_ref().map(|s| s.status())
+    }
+
+    /// With `[redis]`, `on_unavailable = "refuse"` and Redis unreachable: the request's
+    /// session or sign-in is refused (a 503 page), audited as `what`.
+    pub fn refuse_without_shared_state(
+        &self,
+        headers: &HeaderMap,
+        what: &str,
+        ctx: &RequestContext<'_>,
+    ) -> Result<(), crate::error::GatewayError> {
+        if !self.shared.as_ref().is_some_and(|s| s.refuses()) {
+            return Ok(());
+        }
+        let oid = self.session_of(headers).map(|s| s.oid.to_string());
+        crate::observe::audit::shared_state_refused(what, oid.as_deref(), ctx.client, ctx.host);
+        Err(crate::error::GatewayError::SharedStateUnavailable)
     }
 
     /// The gateway's own cookies, never forwarded to Exchange.
@@ -301,6 +355,24 @@ impl SignIn {
             SameSite::Lax,
         ))
     }
+}
+
+/// `redis.ca_file` holds at least one PEM certificate (read again at each connection, so a
+/// renewed bundle needs no restart; checked here so `check-config` and the start report it).
+fn check_ca_file(path: &std::path::Path) -> Result<(), SignInError> {
+    use rustls_pki_types::pem::PemObject;
+    let problem = |problem: String| SignInError::RedisCaFile {
+        path: path.display().to_string(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(format!("not PEM certificates: {e}")))?;
+    if certificates.is_empty() {
+        return Err(problem("holds no certificate".to_owned()));
+    }
+    Ok(())
 }
 
 /// A `302 Found` to `location`, never cached.

@@ -22,6 +22,12 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 const UNKNOWN_KID_MIN_INTERVAL: Duration = Duration::from_secs(300);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Sign-in attempts while Entra is marked unreachable ask it again at most this often: the
+/// first attempt after Entra is back goes through, and a crowd of users pressing reload during
+/// an outage costs Entra one request every two seconds, not one per reload.
+pub const RECHECK_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a sign-in attempt waits for that re-check before it gets the 503 page.
+const RECHECK_WAIT: Duration = Duration::from_secs(3);
 
 /// Why the provider's metadata or keys could not be read. Until they are, the gateway is not
 /// ready; once read, a failure keeps the cached ones and only pauses new sign-ins.
@@ -95,6 +101,9 @@ pub struct IdentityProvider {
     reachable: AtomicBool,
     /// Wakes the refresh task early after a failed call.
     retry_now: Arc<Notify>,
+    /// When a sign-in attempt last re-checked an unreachable provider. The lock makes the
+    /// re-check single-flight: attempts arriving meanwhile wait for its outcome.
+    last_recheck: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl IdentityProvider {
@@ -107,6 +116,7 @@ impl IdentityProvider {
             clock,
             reachable: AtomicBool::new(false),
             retry_now: Arc::new(Notify::new()),
+            last_recheck: Mutex::new(None),
         })
     }
 
@@ -137,6 +147,40 @@ impl IdentityProvider {
     pub fn report_unreachable(&self) {
         self.reachable.store(false, Ordering::Relaxed);
         self.retry_now.notify_one();
+    }
+
+    /// A sign-in is about to be refused because the provider is marked unreachable (or its
+    /// metadata was never loaded): ask it again now rather than leave users on the 503 page
+    /// until the background retry, which may be up to a minute away. Single-flight, at most one
+    /// re-check per [`RECHECK_MIN_INTERVAL`], and waits at most [`RECHECK_WAIT`]. Returns
+    /// whether the provider is usable now.
+    pub async fn recheck_if_unreachable(&self) -> bool {
+        if self.is_reachable() && self.is_ready() {
+            return true;
+        }
+        let Ok(mut last) = tokio::time::timeout(RECHECK_WAIT, self.last_recheck.lock()).await
+        else {
+            return false;
+        };
+        // Another attempt may have re-checked while this one waited for the lock.
+        if self.is_reachable() && self.is_ready() {
+            return true;
+        }
+        if last.is_some_and(|at| at.elapsed() < RECHECK_MIN_INTERVAL) {
+            return false;
+        }
+        *last = Some(tokio::time::Instant::now());
+        match tokio::time::timeout(RECHECK_WAIT, self.refresh()).await {
+            Ok(Ok(())) => {
+                tracing::info!(issuer = %self.config.issuer, "identity provider answered a sign-in's re-check: sign-ins resume");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(reason = e.reason(), error = %e, "identity provider still unreachable");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Fetches discovery and keys until it succeeds (backing off up to a minute), then

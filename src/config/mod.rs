@@ -11,7 +11,7 @@
 //! - `validate`: the driver that runs every section's rules and collects all errors.
 //! - one file per section, holding its typed form, its rules and their tests: `server`, `tls`,
 //!   `upstreams`, `routes`, `oidc` (with `oidc/issuer` and `oidc/client_auth`), `mfa`,
-//!   `session`, `sso` (with `kerberos`); and `sign_in` for the rules that join `[oidc]`, `[mfa]`, `[session]` and the
+//!   `session`, `sso` (with `kerberos`), `redis`; and `sign_in` for the rules that join `[oidc]`, `[mfa]`, `[session]` and the
 //!   policy keys of `access = "mfa"` routes.
 //! - `defaults`: the value of every key the file may leave out; `error`: what `check-config`
 //!   prints; `secret`: where secrets are read from.
@@ -23,6 +23,7 @@ mod kerberos;
 mod mfa;
 mod oidc;
 mod raw;
+mod redis;
 mod routes;
 mod secret;
 mod server;
@@ -40,6 +41,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use kerberos::{KerberosConfig, KerberosUser};
 pub use mfa::MfaConfig;
 pub use oidc::{ClientAuth, OidcConfig, ResponseMode, TokenVersion};
+pub use redis::{OnUnavailable, RedisAddress, RedisConfig, RedisMode, DEFAULT_REDIS_KEY_PREFIX};
 pub use routes::{Access, RouteConfig};
 pub use secret::{MapSecrets, SecretError, SecretSource, Secrets, SystemSecrets};
 pub use server::ServerConfig;
@@ -73,6 +75,8 @@ pub struct Config {
     pub session: Option<SessionConfig>,
     /// `[sso]`: how Exchange signs in the users the gateway admitted, per route's `sso` key.
     pub sso: SsoConfig,
+    /// `[redis]`: state shared by several gateways (revocations, single-use login states).
+    pub redis: Option<RedisConfig>,
 }
 
 impl Config {

@@ -30,6 +30,7 @@ pub(crate) struct RawConfig {
     pub mfa: Option<Spanned<RawMfa>>,
     pub session: Option<Spanned<RawSession>>,
     pub sso: Option<Spanned<RawSso>>,
+    pub redis: Option<Spanned<RawRedis>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +156,19 @@ pub(crate) struct RawSession {
     pub idle_timeout: Option<Text>,
 }
 
+/// `[redis]`. Choices are kept as text so validation can list the accepted values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    pub urls: Spanned<Vec<Text>>,
+    pub mode: Option<Text>,
+    pub sentinel_master: Option<Text>,
+    pub password: Option<Spanned<SecretSource>>,
+    pub ca_file: Option<Text>,
+    pub key_prefix: Option<Text>,
+    pub on_unavailable: Option<Text>,
+}
+
 /// `[sso]`: single sign-on into Exchange, one table per mode.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,7 +258,7 @@ impl<'de> Deserialize<'de> for RawSize {
     }
 }
 
-const SECTIONS: &str = "server, tls, upstreams, routes, oidc, mfa, session, sso";
+const SECTIONS: &str = "server, tls, upstreams, routes, oidc, mfa, session, sso, redis";
 
 /// Parses the text into [`RawConfig`], or returns every structural error found.
 pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
@@ -282,6 +296,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
             "mfa" => raw.mfa = parser.table_item(value, "mfa"),
             "session" => raw.session = parser.table_item(value, "session"),
             "sso" => raw.sso = parser.table_item(value, "sso"),
+            "redis" => raw.redis = parser.table_item(value, "redis"),
             "upstreams" => raw.upstreams = parser.upstreams(value),
             "routes" => raw.routes = Some(parser.routes(value)),
             other => parser.errors.push(

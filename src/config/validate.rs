@@ -71,6 +71,17 @@ pub(super) fn check(
     let modes: Vec<_> = routes.iter().map(|route| route.sso).collect();
     checker.unused_sso(raw.sso.as_ref(), &modes);
     checker.sign_in_together(&raw, oidc.as_ref(), &mfa);
+    let redis = raw
+        .redis
+        .as_ref()
+        .map(|redis| checker.redis(redis, secrets));
+    if let (Some(section), None) = (&raw.redis, &raw.oidc) {
+        checker.warning(
+            "redis",
+            section,
+            "has no effect without [oidc]: Redis holds the state of sign-ins and sessions",
+        );
+    }
 
     let Checker {
         mut errors,
@@ -87,6 +98,7 @@ pub(super) fn check(
             mfa,
             session,
             sso,
+            redis,
         };
         (Ok(config), warnings)
     } else {

@@ -140,6 +140,20 @@ pub fn sso_token_refused(
     );
 }
 
+/// A session or sign-in refused because Redis is unreachable and `redis.on_unavailable` is
+/// `refuse`. `oid` is the session's user, when the request carried a readable session.
+pub fn shared_state_refused(what: &str, oid: Option<&str>, client: IpAddr, host: &str) {
+    tracing::warn!(
+        target: "audit",
+        event = what,
+        outcome = "refused",
+        reason = "shared_state_unavailable",
+        oid = oid.unwrap_or("-"),
+        client = %client,
+        host,
+    );
+}
+
 /// A request refused because its client address (after `trusted_proxies`) is outside the
 /// route's `allow_from`. No user: the refusal comes before any sign-in.
 pub fn source_refused(route: &str, client: IpAddr, host: &str) {

@@ -166,6 +166,8 @@ pub struct SignInMemory {
     pub unseen_sid_revocations: usize,
     /// Sids of sessions issued or served here.
     pub seen_sids: usize,
+    /// With `[redis]`: its state.
+    pub redis: Option<crate::session::SharedStoreStatus>,
 }
 
 /// The gateway's state at the moment of a scrape, gathered by the admin listener.
@@ -405,6 +407,35 @@ impl Metrics {
                  front-channel logout is protected",
                 ConstGauge::new(gauge_value(memory.seen_sids)),
             );
+            if let Some(redis) = memory.redis {
+                registry.register(
+                    "mfagw_redis_available",
+                    "1 while Redis is reachable, subscribed to revocations and caught up; 0 \
+                     otherwise (redis.on_unavailable decides what happens meanwhile)",
+                    ConstGauge::new(i64::from(redis.available)),
+                );
+                registry.register(
+                    "mfagw_redis_revocations_published",
+                    "Revocations (sign-outs, front-channel logouts) written to Redis by this \
+                     gateway",
+                    ConstCounter::new(redis.published),
+                );
+                registry.register(
+                    "mfagw_redis_revocations_received",
+                    "Revocations received from other gateways through Redis",
+                    ConstCounter::new(redis.received),
+                );
+                registry.register(
+                    "mfagw_redis_revocations_pending",
+                    "Revocations waiting to be written to Redis while it is unreachable",
+                    ConstGauge::new(gauge_value(redis.pending)),
+                );
+                registry.register(
+                    "mfagw_redis_connection_failures",
+                    "Times the connection to Redis was lost or could not be made",
+                    ConstCounter::new(redis.connection_failures),
+                );
+            }
         }
         if let Some(kerberos) = scrape.kerberos {
             registry.register(
@@ -661,11 +692,40 @@ mod tests {
                 protected_revocations: 1,
                 unseen_sid_revocations: 10_000,
                 seen_sids: 7,
+                redis: None,
             }),
             kerberos: None,
             draining: false,
         };
         (metrics, scrape)
+    }
+
+    #[test]
+    fn redis_state_is_exposed_when_redis_is_configured() {
+        let (metrics, mut scrape) = scraped_gateway();
+        assert!(!metrics.render(scrape.clone()).contains("mfagw_redis"));
+        if let Some(memory) = scrape.sign_in.as_mut() {
+            memory.redis = Some(crate::session::SharedStoreStatus {
+                available: false,
+                published: 4,
+                received: 9,
+                pending: 2,
+                connection_failures: 1,
+            });
+        }
+        let text = metrics.render(scrape);
+        for line in [
+            "mfagw_redis_available 0",
+            "mfagw_redis_revocations_published_total 4",
+            "mfagw_redis_revocations_received_total 9",
+            "mfagw_redis_revocations_pending 2",
+            "mfagw_redis_connection_failures_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub(super) fn decide(
             ))),
         });
     }
+    // With Redis unreachable and `on_unavailable = "refuse"`, a session cannot be checked
+    // against revocations made on other gateways: closed, with a page that says so.
+    sign_in.refuse_without_shared_state(request.headers(), "session", ctx)?;
     let navigation = auth::is_navigation(request.method(), request.headers());
     // A page load is always the user's doing; anything else may be OWA's background traffic.
     let activity = navigation

@@ -105,16 +105,35 @@ pub(super) async fn serve(
                 prompt_login: true,
                 ..Default::default()
             };
-            sign_in.start(
-                request.method(),
-                request.uri(),
-                request.headers(),
-                &step_up,
-                ctx,
-            )
+            let start = || {
+                sign_in.start(
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                    &step_up,
+                    ctx,
+                )
+            };
+            match start() {
+                Err(GatewayError::IdentityProviderUnavailable { .. })
+                    if sign_in.provider().recheck_if_unreachable().await =>
+                {
+                    start()
+                }
+                answer => answer,
+            }
         }
         GatewayEndpoint::SignedOut => Ok(auth::signed_out_page()),
-        GatewayEndpoint::WsFed => super::wsfed::serve(&request, sign_in, snapshot, shared, ctx),
+        GatewayEndpoint::WsFed => {
+            match super::wsfed::serve(&request, sign_in, snapshot, shared, ctx) {
+                Err(GatewayError::IdentityProviderUnavailable { .. })
+                    if sign_in.provider().recheck_if_unreachable().await =>
+                {
+                    super::wsfed::serve(&request, sign_in, snapshot, shared, ctx)
+                }
+                answer => answer,
+            }
+        }
         GatewayEndpoint::Health => Ok(health(shared)),
         GatewayEndpoint::Unknown => Err(GatewayError::NoRoute),
     }

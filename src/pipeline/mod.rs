@@ -177,7 +177,17 @@ async fn serve(
         RouteMatch::BadPath => return Err(GatewayError::BadPath),
     };
     record.set_route(entry.slot);
-    let admitted = match admission::decide(&request, entry, snapshot, &ctx, record) {
+    let mut decision = admission::decide(&request, entry, snapshot, &ctx, record);
+    if let (Err(GatewayError::IdentityProviderUnavailable { .. }), Some(sign_in)) =
+        (&decision, &snapshot.sign_in)
+    {
+        // A sign-in refused because Entra was marked unreachable: ask Entra again now, and if
+        // it answers, this very attempt goes through.
+        if sign_in.provider().recheck_if_unreachable().await {
+            decision = admission::decide(&request, entry, snapshot, &ctx, record);
+        }
+    }
+    let admitted = match decision {
         Ok(admission::Decision::Forward(admitted)) => admitted,
         Ok(admission::Decision::Answer(response)) => return Ok(*response),
         Err(refusal @ GatewayError::SignInRequired { .. }) => {

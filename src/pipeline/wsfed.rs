@@ -90,6 +90,9 @@ fn sign_in_to_realm(
     let young_enough = |session: &Session| {
         now.saturating_sub(session.issued_at) < EXCHANGE_MAX_AUTHENTICATION_AGE.as_secs()
     };
+    // No token for a session that may have been signed out on another gateway (`[redis]`
+    // unreachable, `on_unavailable = "refuse"`).
+    sign_in.refuse_without_shared_state(request.headers(), "session", ctx)?;
     let (session, reseal) = match sign_in.admit(request.headers(), policy, true) {
         Admission::Allowed { session, reseal } if young_enough(&session) => (session, reseal),
         // Exchange would refuse a token this old and send the browser straight back: a fresh

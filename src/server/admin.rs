@@ -111,6 +111,7 @@ fn scrape(shared: &Shared) -> Scrape {
             protected_revocations: revocations.protected,
             unseen_sid_revocations: revocations.unseen_sids,
             seen_sids: revocations.seen_sids,
+            redis: sign_in.shared_status(),
         }
     });
     Scrape {
@@ -130,6 +131,10 @@ fn readiness(shared: &Shared) -> (StatusCode, &'static str, String) {
         serde_json::json!({
             "metadata_and_keys_loaded": s.is_ready(),
             "provider_reachable": s.provider().is_reachable(),
+            "redis": s.shared_status().map(|r| serde_json::json!({
+                "available": r.available,
+                "pending_revocations": r.pending,
+            })),
         })
     });
     let upstreams: Vec<serde_json::Value> = snapshot

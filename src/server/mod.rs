@@ -633,7 +633,7 @@ impl Gateway {
             pool.spawn_background(health_stop.subscribe());
         }
         if let Some(sign_in) = &snapshot.sign_in {
-            sign_in.provider().spawn_refresh(health_stop.subscribe());
+            sign_in.spawn_background(&health_stop);
         }
         let snapshot = Arc::new(snapshot);
         let shared = Arc::new(Shared {
@@ -778,6 +778,8 @@ impl Gateway {
                     .provider()
                     .spawn_refresh(self.shared.health_stop.subscribe());
             }
+            // Started once per store: a reload that keeps `[redis]` keeps its connection.
+            sign_in.spawn_shared(&self.shared.health_stop);
         }
         self.shared.snapshot.store(Arc::new(snapshot));
         // Workers see the new generation at their next request and take the new snapshot.

@@ -5,9 +5,9 @@
 //! with keys every gateway holds, *any* gateway with the same keys serves *any* request — the
 //! load balancer needs no affinity, a gateway can restart or drain without signing anyone out,
 //! and no request waits on a shared store. What a stateless cookie cannot do by itself is be
-//! revoked everywhere at once (sign-out, Entra's front-channel logout by `sid`); that comes
-//! later through a shared revocation list keyed by [`SessionId`] and `sid`, consulted after
-//! [`SessionSeal::open`].
+//! revoked everywhere at once (sign-out, Entra's front-channel logout by `sid`); that is the
+//! shared revocation list in Redis ([`SharedStore`]), keyed by [`SessionId`] and `sid`,
+//! mirrored into each gateway's [`Revocations`] and consulted after [`SessionSeal::open`].
 //!
 //! - [`Session`]: only what decisions and logs need, kept small
 //!   (GUIDs as 16 bytes, only the groups some route names) because it rides on every request
@@ -21,6 +21,8 @@
 //! - [`Revocations`]: sessions ended before their cookie expires (sign-out, front-channel
 //!   logout), kept so that made-up front-channel logouts can never push a genuine one out.
 //! - [`UsedStates`]: login states already finished with, so a callback cannot be replayed.
+//! - [`SharedStore`]: with `[redis]`, revocations and used login states shared by every
+//!   gateway.
 //! - [`exchange`]: Exchange's own identity cookies, expired when a gateway session starts or
 //!   ends and forwarded only under the session they were set in.
 //! - [`cookie`]: `Set-Cookie` values, finding a cookie among several `Cookie` fields, and
@@ -37,6 +39,7 @@ mod model;
 mod opened;
 mod revocation;
 mod seal;
+mod shared_store;
 mod used_states;
 
 pub use cookie::{
@@ -48,6 +51,7 @@ pub use model::{EntraId, Guid, MfaEvidence, Session, SessionExpired, SessionId, 
 pub use opened::OpenedSessions;
 pub use revocation::{RevocationCounts, Revocations, MAX_SEEN_SIDS, MAX_UNSEEN_SID_REVOCATIONS};
 pub use seal::{KeyError, SealError, SessionKey, SessionSeal, FORMAT_VERSION, MIN_KEY_BYTES};
+pub use shared_store::{SharedRevocation, SharedStore, SharedStoreStatus, SharedStoreUnavailable};
 pub use used_states::{StateReservation, UsedStates, MAX_USED_STATES};
 
 #[cfg(test)]

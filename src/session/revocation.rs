@@ -134,23 +134,41 @@ impl Revocations {
 
     /// Ends one session (sign-out); the entry lives until the session would have expired.
     pub fn revoke_session(&self, session: &Session, now: u64) {
+        self.revoke_session_id(session.id, session.expires_at, now);
+    }
+
+    /// Ends the session with this id (signed out here or, through Redis, on another gateway)
+    /// until `until`, when it would have expired.
+    pub fn revoke_session_id(&self, id: SessionId, until: u64, now: u64) {
         let mut store = self.write();
         store.forget_expired(now);
-        if session.expires_at > now {
-            store.sessions.insert(session.id, (), session.expires_at);
+        if until > now {
+            store.sessions.insert(id, (), until);
         }
     }
 
     /// Ends every session of an Entra sign-in (front-channel logout) issued up to `now`;
     /// `lifetime` bounds how long such a session can live.
     pub fn revoke_sid(&self, sid: &str, now: u64, lifetime: u64) {
-        let until = now.saturating_add(lifetime);
+        self.revoke_sid_until(sid, now, now.saturating_add(lifetime), now);
+    }
+
+    /// Ends every session of an Entra sign-in issued up to `revoked_at`, remembered until
+    /// `until` (a front-channel logout here or, through Redis, on another gateway).
+    pub fn revoke_sid_until(&self, sid: &str, revoked_at: u64, until: u64, now: u64) {
+        if until <= now || sid.is_empty() || sid.len() > MAX_SID_LEN {
+            return;
+        }
         let mut store = self.write();
         store.forget_expired(now);
         let sid: Arc<str> = Arc::from(sid);
         if store.seen_sids.contains(&*sid) {
             store.unseen_sids.remove(&*sid);
-            store.sids.insert(sid, now, until);
+            let revoked_at = store
+                .sids
+                .get(&*sid)
+                .map_or(revoked_at, |at| (*at).max(revoked_at));
+            store.sids.insert(sid, revoked_at, until);
         } else {
             if !store.unseen_sids.contains(&*sid)
                 && store.unseen_sids.len() >= MAX_UNSEEN_SID_REVOCATIONS
@@ -164,7 +182,11 @@ impl Revocations {
                     );
                 }
             }
-            store.unseen_sids.insert(sid, now, until);
+            let revoked_at = store
+                .unseen_sids
+                .get(&*sid)
+                .map_or(revoked_at, |at| (*at).max(revoked_at));
+            store.unseen_sids.insert(sid, revoked_at, until);
         }
     }
 
@@ -299,6 +321,32 @@ mod tests {
             assert!(revocations.is_revoked(&before), "seen: {seen}");
             assert!(!revocations.is_revoked(&after), "seen: {seen}");
         }
+    }
+
+    #[test]
+    fn revocations_from_other_gateways_apply_and_an_older_one_never_narrows_a_newer() {
+        for seen in [false, true] {
+            let revocations = Revocations::new();
+            let early = session(1, "sid-a", 1000);
+            let later = session(2, "sid-a", 1150);
+            if seen {
+                revocations.note_session(&early, 1000);
+            }
+            // A logout at 1200 arrives, then (catch-up, reordered) one at 1100 for the same sid.
+            revocations.revoke_sid_until("sid-a", 1200, 1200 + HOUR, 1210);
+            revocations.revoke_sid_until("sid-a", 1100, 1100 + HOUR, 1210);
+            assert!(revocations.is_revoked(&early), "seen: {seen}");
+            assert!(revocations.is_revoked(&later), "seen: {seen}");
+        }
+        // A signed-out session named by id only, as Redis carries it.
+        let revocations = Revocations::new();
+        let alice = session(3, "sid-c", 1000);
+        revocations.revoke_session_id(alice.id, alice.expires_at, 1100);
+        assert!(revocations.is_revoked(&alice));
+        // Already expired: nothing to remember.
+        let bob = session(4, "sid-d", 1000);
+        revocations.revoke_session_id(bob.id, 1050, 1100);
+        assert!(!revocations.is_revoked(&bob));
     }
 
     #[test]

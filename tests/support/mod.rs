@@ -13,6 +13,7 @@
 //!   client of the test provider that validates the ID token Entra posts to `/owa/`.
 //! - `gateway`: the gateway started in this process on pre-bound 127.0.0.1:0 listeners.
 //! - `process`: the real `mfa-gateway` binary, on ports reserved for it.
+//! - `redis_server`: a real `redis-server` on a loopback port, killed and restarted at will.
 //! - `ports`: loopback ports held for listeners that something else binds.
 //! - `config`: the sign-in tests' gateway configuration and the names it publishes.
 //! - `sign_in`: the test OpenID provider, a clock the test moves, a browser that signs in.
@@ -35,6 +36,7 @@ pub mod logging;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod redis_server;
 pub mod samba;
 pub mod sign_in;
 pub mod wait;
@@ -51,6 +53,7 @@ pub use logging::*;
 pub use pki::*;
 pub use ports::*;
 pub use process::*;
+pub use redis_server::*;
 pub use samba::*;
 pub use sign_in::*;
 pub use wait::*;
