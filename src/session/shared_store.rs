@@ -566,18 +566,7 @@ impl SharedStore {
         match self.config.mode {
             RedisMode::Sentinel => {
                 use ::redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-                let nodes = self.config.urls.iter().map(|url| {
-                    if url.tls {
-                        ::redis::ConnectionAddr::TcpTls {
-                            host: url.host.clone(),
-                            port: url.port,
-                            insecure: false,
-                            tls_params: None,
-                        }
-                    } else {
-                        ::redis::ConnectionAddr::Tcp(url.host.clone(), url.port)
-                    }
-                });
+                let nodes = self.config.urls.iter().map(address);
                 let master = self.config.sentinel_master.clone().unwrap_or_default();
                 let mut builder =
                     SentinelClientBuilder::new(nodes, master, SentinelServerType::Master)?;
@@ -604,16 +593,7 @@ impl SharedStore {
                 let url = self.config.urls.first().ok_or_else(|| {
                     RedisError::from((::redis::ErrorKind::Client, "redis.urls is empty"))
                 })?;
-                let addr = if url.tls {
-                    ::redis::ConnectionAddr::TcpTls {
-                        host: url.host.clone(),
-                        port: url.port,
-                        insecure: false,
-                        tls_params: None,
-                    }
-                } else {
-                    ::redis::ConnectionAddr::Tcp(url.host.clone(), url.port)
-                };
+                let addr = address(url);
                 let mut redis = ::redis::RedisConnectionInfo::default().set_db(url.db);
                 if let Some(user) = &url.username {
                     redis = redis.set_username(user);
@@ -655,6 +635,20 @@ impl SharedStore {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+}
+
+/// Where `url` is: plain TCP, or TLS with the server's name verified.
+fn address(url: &crate::config::RedisAddress) -> ::redis::ConnectionAddr {
+    if url.tls {
+        ::redis::ConnectionAddr::TcpTls {
+            host: url.host.clone(),
+            port: url.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ::redis::ConnectionAddr::Tcp(url.host.clone(), url.port)
     }
 }
 
